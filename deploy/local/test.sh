@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# `make test`: start a throwaway PostgreSQL and Redis on free loopback ports, run vet and the
+# whole test suite (race detector on) against them, and stop them afterwards, also on failure.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+. deploy/local/services.sh
+
+tmp=$(mktemp -d "${TMPDIR:-/tmp}/maas-test.XXXXXX")
+chmod 755 "$tmp"
+cleanup() {
+	pg_stop "$tmp/pg"
+	redis_stop "$tmp/redis"
+	rm -rf "$tmp"
+}
+trap cleanup EXIT
+
+pg_start "$tmp/pg"
+redis_start "$tmp/redis" || {
+	if [ -n "${CI:-}" ]; then
+		say "Redis is required under CI"
+		exit 1
+	fi
+}
+export MAAS_TEST_DATABASE_URL=$PG_URL
+export MAAS_TEST_REDIS_URL=${REDIS_URL:-}
+
+say "go vet ./..."
+go vet ./...
+say "go test -race ./..."
+go test -race -count=1 -timeout 12m "$@" ./...
