@@ -17,21 +17,21 @@ import (
 type Kind uint8
 
 const (
-	Internal          Kind = iota // 500 api_error
-	InvalidRequest                // 400 invalid_request_error
-	Unauthenticated               // 401 authentication_error
-	PermissionDenied              // 403 permission_error
-	NotFound                      // 404 not_found_error
-	Conflict                      // 409 conflict_error
-	TooLarge                      // 413 invalid_request_error
-	RateLimited                   // 429 rate_limit_exceeded
-	QuotaExceeded                 // 429 insufficient_quota
-	Unavailable                   // 503 service_unavailable
-	UpstreamTimeout               // 504 timeout
-	BadGateway                    // 502 bad_gateway
-	ClientClosed                  // 499 client_closed_request
-	MethodNotAllowed              // 405 invalid_request_error
-	Unprocessable                 // 422 invalid_request_error
+	Internal         Kind = iota // 500 api_error
+	InvalidRequest               // 400 invalid_request_error
+	Unauthenticated              // 401 authentication_error
+	PermissionDenied             // 403 permission_error
+	NotFound                     // 404 not_found_error
+	Conflict                     // 409 conflict_error
+	TooLarge                     // 413 invalid_request_error
+	RateLimited                  // 429 rate_limit_exceeded
+	QuotaExceeded                // 429 insufficient_quota
+	Unavailable                  // 503 service_unavailable
+	UpstreamTimeout              // 504 timeout
+	BadGateway                   // 502 bad_gateway
+	ClientClosed                 // 499 client_closed_request
+	MethodNotAllowed             // 405 invalid_request_error
+	Unprocessable                // 422 invalid_request_error
 )
 
 type kindInfo struct {
