@@ -20,7 +20,7 @@ test: ## vet + every test (unit, integration, end to end) against real PostgreSQ
 	@bash deploy/local/test.sh
 
 bench: build ## the standard benchmark suite (bench/results/)
-	$(GO) run ./bench -out bench/results
+	@bash deploy/local/bench.sh $(BENCH_ARGS)
 
 fmt: ## gofmt the tree
 	gofmt -w $$(git ls-files '*.go')
