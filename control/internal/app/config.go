@@ -1,0 +1,96 @@
+package app
+
+import (
+	"errors"
+	"flag"
+	"strings"
+	"time"
+
+	"github.com/maas-platform/maas/pkg/config"
+)
+
+// Options is control's configuration, loaded from .env, the environment and flags.
+type Options struct {
+	config.Common
+	// Addr is where the HTTP API listens (MAAS_CONTROL_ADDR).
+	Addr string
+	// BootstrapAdminPassword is the first admin's password; empty means generate one and
+	// print it once (MAAS_BOOTSTRAP_ADMIN_PASSWORD).
+	BootstrapAdminPassword string
+	// AutoMigrate applies pending migrations and the bootstrap when serve starts
+	// (MAAS_AUTO_MIGRATE).
+	AutoMigrate bool
+	// BackendRemoveAfter is how long an unhealthy backend stays listed before it is removed
+	// (MAAS_BACKEND_REMOVE_AFTER).
+	BackendRemoveAfter time.Duration
+	// ShutdownGrace bounds graceful shutdown (MAAS_SHUTDOWN_GRACE).
+	ShutdownGrace time.Duration
+
+	// Command-specific flags.
+	Dir      string // migrate create: target folder
+	Username string // keys create
+	KeyName  string // keys create
+	Models   string // keys create: comma-separated
+
+	// Redacted is the effective configuration for the start-up log line.
+	Redacted []any
+}
+
+// Load parses args (everything after the subcommand) and returns the options and the
+// positional arguments. Flags and positional arguments may be interleaved.
+func Load(args []string) (Options, []string, error) {
+	var o Options
+	l, err := config.NewLoader("control", "")
+	if err != nil {
+		return o, nil, &config.Error{Name: ".env", Msg: err.Error()}
+	}
+	o.Common.Bind(l)
+	l.String(&o.Addr, "MAAS_CONTROL_ADDR", "addr", "127.0.0.1:8001", "listen address of the control API")
+	l.Secret(&o.BootstrapAdminPassword, "MAAS_BOOTSTRAP_ADMIN_PASSWORD", "bootstrap-admin-password", "", "password of the first admin (generated and printed once when empty)")
+	l.Bool(&o.AutoMigrate, "MAAS_AUTO_MIGRATE", "auto-migrate", true, "apply migrations and bootstrap the first admin when serve starts")
+	l.Duration(&o.BackendRemoveAfter, "MAAS_BACKEND_REMOVE_AFTER", "backend-remove-after", 5*time.Minute, "remove a backend this long after its last heartbeat once it is unhealthy")
+	l.Duration(&o.ShutdownGrace, "MAAS_SHUTDOWN_GRACE", "shutdown-grace", 15*time.Second, "time allowed for graceful shutdown")
+	fs := l.FlagSet()
+	fs.StringVar(&o.Dir, "dir", "migrations", "migrate create: folder to write the new migration into")
+	fs.StringVar(&o.Username, "username", "", "keys create: owner of the new key")
+	fs.StringVar(&o.KeyName, "name", "", "keys create: name of the new key")
+	fs.StringVar(&o.Models, "models", "", "keys create: comma-separated models the key may use (default: all)")
+
+	var pos []string
+	for {
+		if err := l.Parse(args); err != nil {
+			if errors.Is(err, flag.ErrHelp) {
+				return o, nil, err
+			}
+			return o, nil, err
+		}
+		rest := fs.Args()
+		if len(rest) == 0 {
+			break
+		}
+		pos = append(pos, rest[0])
+		args = rest[1:]
+	}
+	if o.Addr == "" {
+		return o, nil, &config.Error{Name: "MAAS_CONTROL_ADDR", Msg: "is empty"}
+	}
+	if o.BackendRemoveAfter <= 0 {
+		return o, nil, &config.Error{Name: "MAAS_BACKEND_REMOVE_AFTER", Msg: "must be a positive duration"}
+	}
+	if o.ShutdownGrace <= 0 {
+		return o, nil, &config.Error{Name: "MAAS_SHUTDOWN_GRACE", Msg: "must be a positive duration"}
+	}
+	o.Redacted = l.Redacted()
+	return o, pos, nil
+}
+
+// ModelList splits the --models flag.
+func (o Options) ModelList() []string {
+	var out []string
+	for _, m := range strings.Split(o.Models, ",") {
+		if m = strings.TrimSpace(m); m != "" {
+			out = append(out, m)
+		}
+	}
+	return out
+}

@@ -1,0 +1,130 @@
+package user
+
+import (
+	"context"
+	"errors"
+	"strings"
+	"time"
+
+	"github.com/valyala/fasthttp"
+
+	"github.com/maas-platform/maas/control/internal/server"
+	"github.com/maas-platform/maas/pkg/apierr"
+	"github.com/maas-platform/maas/pkg/apikey"
+	"github.com/maas-platform/maas/pkg/internalauth"
+)
+
+func unauthenticated(format string, args ...any) *apierr.Error {
+	return apierr.New(apierr.Unauthenticated, format, args...)
+}
+
+// Authenticate implements server.Authenticator. It accepts, in this order: an identity
+// signed by the gateway (X-Maas-Identity-Sig), a bearer API key ("sk-…"), or a bearer
+// session token (JWT). The user must exist and be active; a key must be neither revoked
+// nor expired.
+func (s *Service) Authenticate(ctx context.Context, req *fasthttp.Request) (*server.Principal, error) {
+	now := s.now()
+	if len(req.Header.Peek(internalauth.HeaderSignature)) > 0 {
+		id, err := internalauth.Verify(s.internalToken, func(h string) string { return string(req.Header.Peek(h)) }, now)
+		if err != nil {
+			return nil, unauthenticated("invalid forwarded identity")
+		}
+		if id.KeyID > 0 {
+			k, err := s.store.KeyByID(ctx, id.KeyID)
+			if err := s.checkKey(ctx, k, err, now, id.UserID); err != nil {
+				return nil, err
+			}
+		}
+		return s.principal(ctx, id.UserID, id.KeyID, "gateway")
+	}
+	auth := string(req.Header.Peek("Authorization"))
+	if auth == "" {
+		return nil, unauthenticated("missing credentials: send Authorization: Bearer <token or API key>")
+	}
+	cred, ok := strings.CutPrefix(auth, "Bearer ")
+	if !ok {
+		return nil, unauthenticated("unsupported authorization scheme; use Bearer")
+	}
+	cred = strings.TrimSpace(cred)
+	if strings.HasPrefix(cred, apikey.Prefix) {
+		if !apikey.Valid(cred) {
+			return nil, unauthenticated("invalid API key")
+		}
+		h := apikey.Sum([]byte(cred))
+		owner, err := s.store.KeyByHash(ctx, h[:])
+		if errors.Is(err, ErrNotFound) {
+			return nil, unauthenticated("invalid API key")
+		}
+		if err := s.checkKey(ctx, owner, err, now, 0); err != nil {
+			return nil, err
+		}
+		return s.principal(ctx, owner.UserID, owner.KeyID, "api_key")
+	}
+	uid, err := s.tokens.Parse(cred)
+	if errors.Is(err, ErrTokenExpired) {
+		return nil, unauthenticated("session token expired; log in again")
+	}
+	if err != nil {
+		return nil, &apierr.Error{Kind: apierr.Unauthenticated, Message: "invalid session token", Err: err}
+	}
+	return s.principal(ctx, uid, 0, "jwt")
+}
+
+func (s *Service) checkKey(_ context.Context, k *KeyOwner, lookupErr error, now time.Time, wantUser int64) error {
+	if errors.Is(lookupErr, ErrNotFound) {
+		return unauthenticated("invalid API key")
+	}
+	if lookupErr != nil {
+		return apierr.Wrap(lookupErr, "authenticate key")
+	}
+	switch {
+	case k.RevokedAt != nil:
+		return unauthenticated("API key has been revoked")
+	case k.ExpiresAt != nil && !now.Before(*k.ExpiresAt):
+		return unauthenticated("API key has expired")
+	case wantUser != 0 && k.UserID != wantUser:
+		return unauthenticated("invalid forwarded identity")
+	}
+	return nil
+}
+
+func (s *Service) principal(ctx context.Context, userID, keyID int64, method string) (*server.Principal, error) {
+	u, err := s.store.Get(ctx, userID)
+	if errors.Is(err, ErrNotFound) {
+		return nil, unauthenticated("unknown user")
+	}
+	if err != nil {
+		return nil, apierr.Wrap(err, "authenticate")
+	}
+	if !u.IsActive {
+		return nil, unauthenticated("user is disabled")
+	}
+	return &server.Principal{UserID: u.ID, Username: u.Username, Roles: u.Roles, KeyID: keyID, Method: method}, nil
+}
+
+// Login checks username and password and returns a session token.
+func (s *Service) Login(ctx context.Context, username, password string) (string, error) {
+	id, hash, active, err := s.store.Credentials(ctx, username)
+	if errors.Is(err, ErrNotFound) {
+		// Spend the same time as a real check so that timing does not reveal usernames.
+		_ = VerifyPassword(password, s.dummyHash)
+		return "", unauthenticated("invalid username or password")
+	}
+	if err != nil {
+		return "", apierr.Wrap(err, "login")
+	}
+	if err := VerifyPassword(password, hash); err != nil {
+		if errors.Is(err, ErrMismatch) {
+			return "", unauthenticated("invalid username or password")
+		}
+		return "", apierr.Wrap(err, "login %d", id)
+	}
+	if !active {
+		return "", unauthenticated("user is disabled")
+	}
+	tok, err := s.tokens.Issue(id, username)
+	if err != nil {
+		return "", apierr.Wrap(err, "login")
+	}
+	return tok, nil
+}
