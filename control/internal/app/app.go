@@ -371,4 +371,3 @@ func IsUsage(err error) bool {
 	var c *config.Error
 	return errors.As(err, &u) || errors.As(err, &c)
 }
-

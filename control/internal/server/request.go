@@ -149,4 +149,3 @@ func (c *Call) QueryInt(name string) (int64, bool, error) {
 	}
 	return n, true, nil
 }
-

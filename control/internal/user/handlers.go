@@ -568,4 +568,3 @@ func (s *Service) handleRevokeKey(c *server.Call) error {
 	s.log.Info("api key revoked", "key_id", k.ID, "user_id", k.UserID, "by", c.Principal.UserID)
 	return c.NoContent()
 }
-
