@@ -1,0 +1,576 @@
+package admit
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+)
+
+// Redis layout, per subject (scope s, id i), under Options.KeyPrefix:
+//
+//	b:s:i        hash: r, rt (RPM tokens, their time in ms), t, tt (TPM tokens, time); expires
+//	             once the buckets would be full again
+//	c:s:i        sorted set of concurrency leases: ticket id scored by lease expiry (ms)
+//	m:s:i:YYYYMM budget counter: tokens charged in that calendar month (UTC)
+//
+// Buckets have the local tier's semantics: burst = the per-minute limit, continuous refill
+// at limit/60000 per ms.
+const luaRefill = `
+local function refill(tok, ts, limit, now)
+  if tok == nil then return limit end
+  if ts ~= nil and now > ts then tok = tok + (now - ts) * limit / 60000 end
+  if tok > limit then tok = limit end
+  return tok
+end
+local function fullin(tok, limit)
+  if tok >= limit then return 1000 end
+  return math.ceil((limit - tok) * 60000 / limit) + 1000
+end
+local function clock(arg)
+  local now = tonumber(arg)
+  if now == 0 then
+    local t = redis.call('TIME')
+    now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+  end
+  return now
+end
+`
+
+// admitScript checks every limit of every subject, then charges them all, atomically.
+//
+// KEYS: 3 per subject (bucket, leases, budget).
+// ARGV: now ms (0 = Redis server time), reserved tokens, lease ms, ticket id; then 7 per
+// subject: rpm, tpm, max concurrent, budget, tpm charge, budget seed (-1 = report missing,
+// -2 = skip the budget when missing), budget key ttl s.
+// Returns {0, budget mask} admitted; {1, subject, reason, retry ms, used} refused;
+// {3, subject...} budget counters missing: call again with seeds.
+var admitScript = redis.NewScript(luaRefill + `
+local now = clock(ARGV[1])
+local n = tonumber(ARGV[2])
+local lease = tonumber(ARGV[3])
+local tid = ARGV[4]
+local ns = #KEYS / 3
+local rtok, ttok, used, missing = {}, {}, {}, {}
+for i = 1, ns do
+  local a = 4 + (i - 1) * 7
+  local rpm, tpm, cc, bud = tonumber(ARGV[a+1]), tonumber(ARGV[a+2]), tonumber(ARGV[a+3]), tonumber(ARGV[a+4])
+  local charge = tonumber(ARGV[a+5])
+  if rpm > 0 or tpm > 0 then
+    local h = redis.call('HMGET', KEYS[i*3-2], 'r', 'rt', 't', 'tt')
+    if rpm > 0 then
+      local tok = refill(tonumber(h[1]), tonumber(h[2]), rpm, now)
+      if tok < 1 then return {1, i, 0, math.ceil((1 - tok) * 60000 / rpm), 0} end
+      rtok[i] = tok
+    end
+    if tpm > 0 then
+      local tok = refill(tonumber(h[3]), tonumber(h[4]), tpm, now)
+      if tok < charge then return {1, i, 1, math.ceil((charge - tok) * 60000 / tpm), 0} end
+      ttok[i] = tok
+    end
+  end
+  if cc > 0 then
+    redis.call('ZREMRANGEBYSCORE', KEYS[i*3-1], '-inf', now)
+    if redis.call('ZCARD', KEYS[i*3-1]) >= cc then return {1, i, 2, 1000, 0} end
+  end
+  if bud > 0 then
+    local u = redis.call('GET', KEYS[i*3])
+    if not u then
+      local seed = tonumber(ARGV[a+6])
+      if seed >= 0 then
+        redis.call('SET', KEYS[i*3], seed, 'EX', ARGV[a+7])
+        u = seed
+      elseif seed == -1 then
+        missing[#missing + 1] = i
+      end
+    end
+    if u then
+      u = tonumber(u)
+      if u >= bud or u + n > bud then return {1, i, 3, 0, u} end
+      used[i] = u
+    end
+  end
+end
+if #missing > 0 then
+  table.insert(missing, 1, 3)
+  return missing
+end
+local mask = 0
+for i = 1, ns do
+  local a = 4 + (i - 1) * 7
+  local rpm, tpm, cc = tonumber(ARGV[a+1]), tonumber(ARGV[a+2]), tonumber(ARGV[a+3])
+  local bk = KEYS[i*3-2]
+  local ttl = 0
+  if rtok[i] then
+    redis.call('HSET', bk, 'r', rtok[i] - 1, 'rt', now)
+    ttl = math.max(ttl, fullin(rtok[i] - 1, rpm))
+  end
+  if ttok[i] then
+    local left = ttok[i] - tonumber(ARGV[a+5])
+    redis.call('HSET', bk, 't', left, 'tt', now)
+    ttl = math.max(ttl, fullin(left, tpm))
+  end
+  if ttl > 0 then redis.call('PEXPIRE', bk, ttl) end
+  if cc > 0 then
+    redis.call('ZADD', KEYS[i*3-1], now + lease, tid)
+    redis.call('PEXPIRE', KEYS[i*3-1], lease * 2)
+  end
+  if used[i] then
+    redis.call('INCRBY', KEYS[i*3], n)
+    mask = mask + 2 ^ (i - 1)
+  end
+end
+return {0, mask}
+`)
+
+// settleScript ends one ticket.
+//
+// KEYS: 3 per subject, as admitScript. ARGV: now ms, ticket id, actual tokens; then 4 per
+// subject: tpm limit, tpm charged (-1 = none), budget reserved (-1 = none), lease held (0/1).
+var settleScript = redis.NewScript(luaRefill + `
+local now = clock(ARGV[1])
+local tid = ARGV[2]
+local actual = tonumber(ARGV[3])
+for i = 1, #KEYS / 3 do
+  local a = 3 + (i - 1) * 4
+  local tpm, charged, res, cc = tonumber(ARGV[a+1]), tonumber(ARGV[a+2]), tonumber(ARGV[a+3]), tonumber(ARGV[a+4])
+  if cc == 1 then redis.call('ZREM', KEYS[i*3-1], tid) end
+  if tpm > 0 and charged >= 0 and charged ~= actual then
+    local bk = KEYS[i*3-2]
+    local h = redis.call('HMGET', bk, 't', 'tt')
+    local tok = refill(tonumber(h[1]), tonumber(h[2]), tpm, now) + charged - actual
+    if tok > tpm then tok = tpm end
+    redis.call('HSET', bk, 't', tok, 'tt', now)
+    redis.call('PEXPIRE', bk, math.max(redis.call('PTTL', bk), fullin(tok, tpm)))
+  end
+  if res >= 0 and res ~= actual and redis.call('EXISTS', KEYS[i*3]) == 1 then
+    if redis.call('INCRBY', KEYS[i*3], actual - res) < 0 then redis.call('SET', KEYS[i*3], 0, 'KEEPTTL') end
+  end
+end
+return 0
+`)
+
+const (
+	settleQueue   = 4096
+	settleBatch   = 256
+	settlePending = 8192 // settlements kept for retry while Redis is down
+)
+
+// redisTier is the global tier. healthy is false during an outage: Admit then skips Redis and
+// the prober looks for its return.
+type redisTier struct {
+	l          *Limiter
+	client     *redis.Client
+	prefix     string
+	timeout    time.Duration
+	lease      time.Duration
+	serverTime bool // Options.Now unset: scripts read Redis's clock, shared by every gateway
+	healthy    atomic.Bool
+	instance   string
+	seq        atomic.Uint64
+	settleCh   chan settleOp
+	kick       chan struct{} // wakes the prober
+	liveMu     sync.Mutex
+	live       map[*Ticket]struct{} // tickets holding a lease, renewed by renewer
+}
+
+type settleOp struct {
+	t      *Ticket
+	actual int64
+}
+
+func newRedisTier(l *Limiter, o Options) (*redisTier, error) {
+	ro, err := redis.ParseURL(o.RedisURL)
+	if err != nil {
+		return nil, fmt.Errorf("admit: parse redis url: %w", err)
+	}
+	ro.DialTimeout = o.RedisTimeout
+	ro.ReadTimeout = o.RedisTimeout
+	ro.WriteTimeout = o.RedisTimeout
+	ro.PoolTimeout = o.RedisTimeout
+	ro.MaxRetries = -1
+	ro.ContextTimeoutEnabled = true
+	ro.DisableIdentity = true
+	var id [6]byte
+	if _, err := rand.Read(id[:]); err != nil {
+		return nil, fmt.Errorf("admit: ticket id: %w", err)
+	}
+	r := &redisTier{
+		l:          l,
+		client:     redis.NewClient(ro),
+		prefix:     o.KeyPrefix,
+		timeout:    o.RedisTimeout,
+		lease:      o.LeaseTTL,
+		serverTime: o.Now == nil,
+		instance:   hex.EncodeToString(id[:]) + ":",
+		settleCh:   make(chan settleOp, settleQueue),
+		kick:       make(chan struct{}, 1),
+		live:       make(map[*Ticket]struct{}),
+	}
+	r.healthy.Store(true)
+	l.wg.Add(3)
+	go r.settler()
+	go r.renewer()
+	go r.prober()
+	return r, nil
+}
+
+func (r *redisTier) close() error {
+	if err := r.client.Close(); err != nil {
+		return fmt.Errorf("admit: close redis: %w", err)
+	}
+	return nil
+}
+
+func (r *redisTier) nowArg(now time.Time) int64 {
+	if r.serverTime {
+		return 0
+	}
+	return now.UnixMilli()
+}
+
+func (r *redisTier) keys(cs []charge, cur int32) []string {
+	keys := make([]string, 0, 3*len(cs))
+	ym := strconv.Itoa(int(cur/12)*100 + int(cur%12) + 1)
+	for i := range cs {
+		k := cs[i].st.key
+		sub := scopeNames[k.scope] + ":" + strconv.FormatInt(k.id, 10)
+		keys = append(keys, r.prefix+"b:"+sub, r.prefix+"c:"+sub, r.prefix+"m:"+sub+":"+ym)
+	}
+	return keys
+}
+
+// markDown switches to the local tier: logs once per outage and wakes the prober.
+func (r *redisTier) markDown(err error) {
+	if r.healthy.CompareAndSwap(true, false) {
+		r.l.log.Warn("quota redis unavailable; limits are enforced per gateway until it recovers", "err", err)
+		select {
+		case r.kick <- struct{}{}:
+		default:
+		}
+	}
+}
+
+// admit decides t in Redis. decided is false when Redis failed and the local tier must decide.
+func (r *redisTier) admit(ctx context.Context, t *Ticket, now time.Time) (decided bool, err error) {
+	cs := t.charges()
+	cur, start, next := month(now)
+	keys := r.keys(cs, cur)
+	lease := false
+	for i := range cs {
+		lease = lease || cs[i].limits.MaxConcurrent > 0
+	}
+	if lease {
+		t.id = r.instance + strconv.FormatUint(r.seq.Add(1), 10)
+	}
+	n := t.reserved
+	budgetTTL := int64((next.Sub(now) + 7*24*time.Hour) / time.Second)
+	args := make([]any, 0, 4+7*len(cs))
+	args = append(args, r.nowArg(now), n, r.lease.Milliseconds(), t.id)
+	for i := range cs {
+		lim := cs[i].limits
+		charge := int64(0)
+		if lim.TokensPerMinute > 0 {
+			charge = min(n, int64(lim.TokensPerMinute))
+		}
+		args = append(args, lim.RequestsPerMinute, lim.TokensPerMinute, lim.MaxConcurrent, lim.MonthlyTokenBudget, charge, -1, budgetTTL)
+	}
+	var res []int64
+	for attempt := 0; ; attempt++ {
+		rctx, cancel := context.WithTimeout(ctx, r.timeout)
+		begin := time.Now()
+		res, err = admitScript.Run(rctx, r.client, keys, args...).Int64Slice()
+		cancel()
+		if err != nil {
+			if ctx.Err() == nil {
+				r.markDown(err)
+			}
+			return false, nil
+		}
+		r.l.m.redisSeconds.Observe(time.Since(begin).Seconds())
+		if len(res) == 0 || res[0] != 3 || attempt == 2 {
+			break
+		}
+		for _, i := range res[1:] {
+			c := &cs[i-1]
+			seed := int64(0)
+			if f := r.l.o.BudgetUsed; f != nil {
+				used, err := f(ctx, scopeNames[c.st.key.scope], c.st.key.id, start)
+				if err != nil {
+					r.l.log.Warn("quota budget seed failed; admitting without budget check", "scope", scopeNames[c.st.key.scope], "subject_id", c.st.key.id, "err", err)
+					used = -2
+				}
+				seed = used
+			}
+			args[4+(i-1)*7+5] = seed
+		}
+	}
+	switch {
+	case len(res) >= 2 && res[0] == 0:
+		mask := res[1]
+		for i := range cs {
+			c := &cs[i]
+			if c.limits.TokensPerMinute > 0 {
+				c.tpm = min(n, int64(c.limits.TokensPerMinute))
+			}
+			c.budget = mask&(1<<i) != 0
+		}
+		t.redis = true
+		t.month = cur
+		t.hasLease = lease
+		r.l.lockAll(cs)
+		ns := now.UnixNano()
+		for i := range cs {
+			cs[i].st.inflight++
+			cs[i].st.lastUsed.Store(ns)
+		}
+		unlockAll(cs)
+		if lease {
+			r.liveMu.Lock()
+			r.live[t] = struct{}{}
+			r.liveMu.Unlock()
+		}
+		return true, nil
+	case len(res) == 5 && res[0] == 1 && res[1] >= 1 && int(res[1]) <= len(cs) && res[2] >= 0 && res[2] < int64(len(reasonNames)):
+		c := &cs[res[1]-1]
+		why := reason(res[2])
+		retry := time.Duration(res[3]) * time.Millisecond
+		if why == reasonBudget {
+			retry = next.Sub(now)
+		}
+		r.l.m.rejected(c.st.key.scope, why)
+		return true, reject(c.st.key.scope, why, c.limits, n, res[4], retry)
+	}
+	r.markDown(fmt.Errorf("admit: unexpected script reply %v", res))
+	return false, nil
+}
+
+// settle queues t's settlement for the settler.
+func (r *redisTier) settle(t *Ticket, actual int64) {
+	if t.hasLease {
+		r.liveMu.Lock()
+		delete(r.live, t)
+		r.liveMu.Unlock()
+	}
+	if r.l.closing.Load() {
+		r.l.m.settleDropped.Inc()
+		return
+	}
+	select {
+	case r.settleCh <- settleOp{t: t, actual: actual}:
+	case <-r.l.stop:
+		r.l.m.settleDropped.Inc()
+	}
+}
+
+// settler sends settlements in batches: whatever queued while the previous batch was in
+// flight goes in one pipeline. On stop it drains the queue and flushes it.
+func (r *redisTier) settler() {
+	defer r.l.wg.Done()
+	batch := make([]settleOp, 0, settleBatch)
+	var pending []settleOp
+	retry := time.NewTicker(r.l.o.ProbeInterval)
+	defer retry.Stop()
+	for {
+		select {
+		case op := <-r.settleCh:
+			batch = append(batch[:0], op)
+		fill:
+			for len(batch) < settleBatch {
+				select {
+				case op := <-r.settleCh:
+					batch = append(batch, op)
+				default:
+					break fill
+				}
+			}
+			pending = r.flushAll(append(pending, batch...))
+		case <-retry.C:
+			if len(pending) > 0 {
+				pending = r.flushAll(pending)
+			}
+		case <-r.l.stop:
+			for {
+				select {
+				case op := <-r.settleCh:
+					pending = append(pending, op)
+					continue
+				default:
+				}
+				break
+			}
+			if left := r.flushAll(pending); len(left) > 0 {
+				r.l.m.settleDropped.Add(float64(len(left)))
+				r.l.log.Warn("quota redis settlements lost at shutdown", "count", len(left))
+			}
+			return
+		}
+	}
+}
+
+// flushAll sends ops in batches and returns what could not be sent (bounded; the excess is
+// dropped and counted).
+func (r *redisTier) flushAll(ops []settleOp) []settleOp {
+	if !r.healthy.Load() {
+		return r.bound(ops)
+	}
+	for len(ops) > 0 {
+		k := min(len(ops), settleBatch)
+		if err := r.flush(ops[:k]); err != nil {
+			r.markDown(err)
+			return r.bound(ops)
+		}
+		ops = ops[k:]
+	}
+	return ops[:0]
+}
+
+func (r *redisTier) bound(ops []settleOp) []settleOp {
+	if over := len(ops) - settlePending; over > 0 {
+		r.l.m.settleDropped.Add(float64(over))
+		ops = append(ops[:0], ops[over:]...)
+	}
+	return ops
+}
+
+func (r *redisTier) flush(ops []settleOp) error {
+	ctx, cancel := context.WithTimeout(context.Background(), 10*r.timeout)
+	defer cancel()
+	err := r.pipeSettle(ctx, ops)
+	if err != nil && redis.HasErrorPrefix(err, "NOSCRIPT") {
+		if err = settleScript.Load(ctx, r.client).Err(); err == nil {
+			err = r.pipeSettle(ctx, ops)
+		}
+	}
+	if err != nil {
+		return fmt.Errorf("admit: settle %d tickets: %w", len(ops), err)
+	}
+	return nil
+}
+
+func (r *redisTier) pipeSettle(ctx context.Context, ops []settleOp) error {
+	pipe := r.client.Pipeline()
+	for _, op := range ops {
+		t := op.t
+		cs := t.charges()
+		args := make([]any, 0, 3+4*len(cs))
+		args = append(args, r.nowArg(r.l.now()), t.id, op.actual)
+		for i := range cs {
+			c := &cs[i]
+			res, cc := int64(-1), 0
+			if c.budget {
+				res = t.reserved
+			}
+			if t.hasLease && c.limits.MaxConcurrent > 0 {
+				cc = 1
+			}
+			args = append(args, c.limits.TokensPerMinute, c.tpm, res, cc)
+		}
+		settleScript.EvalSha(ctx, pipe, r.keys(cs, t.month), args...)
+	}
+	cmds, err := pipe.Exec(ctx)
+	if err != nil {
+		for _, c := range cmds {
+			if e := c.Err(); e != nil && redis.HasErrorPrefix(e, "NOSCRIPT") {
+				return e
+			}
+		}
+	}
+	return err
+}
+
+// renewer extends the leases of live tickets every LeaseTTL/3, so a slot outlives a long
+// stream but not a dead gateway.
+func (r *redisTier) renewer() {
+	defer r.l.wg.Done()
+	tick := time.NewTicker(r.lease / 3)
+	defer tick.Stop()
+	var batch []*Ticket
+	for {
+		select {
+		case <-r.l.stop:
+			return
+		case <-tick.C:
+		}
+		batch = batch[:0]
+		r.liveMu.Lock()
+		for t := range r.live {
+			batch = append(batch, t)
+		}
+		r.liveMu.Unlock()
+		if len(batch) == 0 || !r.healthy.Load() {
+			continue
+		}
+		if err := r.renew(batch); err != nil {
+			r.markDown(err)
+		}
+	}
+}
+
+func (r *redisTier) renew(ts []*Ticket) error {
+	ctx, cancel := context.WithTimeout(context.Background(), 10*r.timeout)
+	defer cancel()
+	var exp int64
+	if r.serverTime {
+		tm, err := r.client.Time(ctx).Result()
+		if err != nil {
+			return fmt.Errorf("admit: renew leases: %w", err)
+		}
+		exp = tm.Add(r.lease).UnixMilli()
+	} else {
+		exp = r.l.now().Add(r.lease).UnixMilli()
+	}
+	pipe := r.client.Pipeline()
+	for _, t := range ts {
+		cs := t.charges()
+		keys := r.keys(cs, t.month)
+		for i := range cs {
+			if cs[i].limits.MaxConcurrent > 0 {
+				pipe.ZAddXX(ctx, keys[i*3+1], redis.Z{Score: float64(exp), Member: t.id})
+				pipe.PExpire(ctx, keys[i*3+1], 2*r.lease)
+			}
+		}
+	}
+	if _, err := pipe.Exec(ctx); err != nil {
+		return fmt.Errorf("admit: renew %d leases: %w", len(ts), err)
+	}
+	return nil
+}
+
+// prober waits for an outage, then pings Redis every ProbeInterval until it answers.
+func (r *redisTier) prober() {
+	defer r.l.wg.Done()
+	for {
+		select {
+		case <-r.l.stop:
+			return
+		case <-r.kick:
+		}
+		tick := time.NewTicker(r.l.o.ProbeInterval)
+		for !r.healthy.Load() {
+			select {
+			case <-r.l.stop:
+				tick.Stop()
+				return
+			case <-tick.C:
+			}
+			ctx, cancel := context.WithTimeout(context.Background(), r.timeout)
+			err := r.client.Ping(ctx).Err()
+			cancel()
+			if err == nil {
+				r.healthy.Store(true)
+				r.l.log.Info("quota redis recovered; limits are global again")
+			} else if !errors.Is(err, context.DeadlineExceeded) {
+				r.l.log.Debug("quota redis probe failed", "err", err)
+			}
+		}
+		tick.Stop()
+	}
+}
