@@ -1,0 +1,27 @@
+// Package sim is the platform's simulator engine: an OpenAI-compatible inference server
+// that stands in for vLLM where there is no GPU (laptops, CI, benchmarks). It is labelled
+// as a simulator everywhere it appears (owned_by in /v1/models, its logs).
+//
+// Endpoints: /v1/chat/completions, /v1/completions, /v1/embeddings, /v1/models, /health,
+// /metrics (vLLM's metric names), and vLLM's /v1/load_lora_adapter and
+// /v1/unload_lora_adapter.
+//
+// Tokens. Prompt tokens are counted by a deterministic tokenizer (Tokens): every run of
+// ASCII letters and digits is one token, every other non-space character (punctuation,
+// symbols, each non-ASCII character) is one token, whitespace is not counted. A chat
+// prompt costs 4 tokens per message plus its content's (and name's) tokens, plus 2 for the
+// reply's priming. A completion prompt given as token ids counts its ids. Generated text
+// is a sequence of words, one token each, so Tokens(output) == completion_tokens.
+//
+// Completion length: max_tokens (max_completion_tokens for chat) caps a length drawn from
+// the configured distribution; the draw is derived from the prompt, so the same request
+// gives the same answer. finish_reason is "length" when the cap cut the answer, else "stop".
+// With vLLM's ignore_eos the answer is exactly max_tokens long.
+//
+// Load. At most MaxConcurrency requests run at once; the rest wait in a queue (as vLLM
+// does), bounded by MaxQueue when set (503 beyond it). The running and waiting counts and
+// a KV-cache usage estimate are on /metrics as vllm:num_requests_running,
+// vllm:num_requests_waiting, vllm:gpu_cache_usage_perc and vllm:kv_cache_usage_perc.
+//
+// Failure injection: see ParseFailure for the X-Sim-Fail header and MAAS_SIM_FAIL syntax.
+package sim

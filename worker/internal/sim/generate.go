@@ -1,0 +1,624 @@
+package sim
+
+import (
+	"bufio"
+	"encoding/json"
+	"errors"
+	"net"
+	"strconv"
+	"sync"
+	"time"
+
+	"github.com/valyala/fasthttp"
+
+	"github.com/maas-platform/maas/pkg/apierr"
+	"github.com/maas-platform/maas/pkg/openai"
+)
+
+// vocab are the words answers are made of; each is one token.
+var vocab = [32]string{
+	"the", "simulated", "model", "answers", "with", "plain", "words", "so", "that", "every",
+	"token", "counts", "once", "quick", "brown", "fox", "jumps", "over", "lazy", "dog",
+	"engine", "stream", "gateway", "latency", "cache", "batch", "queue", "signal", "route",
+	"vector", "sample", "output",
+}
+
+func word(seed uint64, k int) string { return vocab[(seed>>17+uint64(k))&31] }
+
+var bufPool = sync.Pool{New: func() any { b := make([]byte, 0, 4096); return &b }}
+
+// choice is the plan of one generated choice.
+type choice struct {
+	index  int
+	seed   uint64
+	n      int    // completion tokens
+	finish string // stop or length
+	echo   string // completions with echo: the prompt, sent first
+}
+
+// gen is one generation request, planned before it is admitted.
+type gen struct {
+	s            *Sim
+	m            *model
+	chat         bool
+	id           []byte
+	created      int64
+	prompt       int
+	choices      []choice
+	maxN         int
+	stream       bool
+	includeUsage bool
+	start        time.Time
+	prefix       []byte // chunk prefix up to and including `"choices":[`
+}
+
+func (g *gen) completionTokens() int {
+	n := 0
+	for _, c := range g.choices {
+		n += c.n
+	}
+	return n
+}
+
+func badJSON(err error) error {
+	return apierr.New(apierr.InvalidRequest, "invalid JSON body: %v", err)
+}
+
+// lookup finds a served model of the right kind.
+func (s *Sim) lookup(name string, embedding bool) (*model, error) {
+	if name == "" {
+		return nil, apierr.Param("model", "you must provide a model parameter")
+	}
+	m := s.models.Load().byName[name]
+	if m == nil {
+		return nil, &apierr.Error{Kind: apierr.NotFound, Param: "model", Code: "model_not_found",
+			Message: "The model `" + name + "` does not exist."}
+	}
+	if m.embedding != embedding {
+		what := "a chat/completions"
+		if m.embedding {
+			what = "an embedding"
+		}
+		return nil, apierr.Param("model", "the model `%s` is %s model and does not support this endpoint", name, what)
+	}
+	return m, nil
+}
+
+// plan decides the length and finish reason of count choices.
+func (s *Sim) plan(seed uint64, prompt, limit int, hasLimit, ignoreEOS bool, count int) ([]choice, error) {
+	maxLen := s.o.MaxModelLen
+	switch {
+	case hasLimit && limit < 1:
+		return nil, apierr.Param("max_tokens", "max_tokens must be at least 1, got %d", limit)
+	case prompt >= maxLen:
+		return nil, apierr.Param("messages", "This model's maximum context length is %d tokens. However, your prompt has %d tokens.", maxLen, prompt)
+	case hasLimit && prompt+limit > maxLen:
+		return nil, apierr.Param("max_tokens", "This model's maximum context length is %d tokens. However, you requested %d tokens (%d in the messages, %d in the completion).", maxLen, prompt+limit, prompt, limit)
+	}
+	room := maxLen - prompt
+	out := make([]choice, count)
+	for i := range out {
+		cs := seed + uint64(i)*0x9e3779b97f4a7c15
+		n, fin := s.o.OutputTokens.pick(cs>>7), finishStop
+		switch {
+		case hasLimit && (ignoreEOS || n >= limit):
+			n, fin = limit, finishLength
+		case n >= room:
+			n, fin = room, finishLength
+		}
+		out[i] = choice{index: i, seed: cs, n: n, finish: fin}
+	}
+	return out, nil
+}
+
+func choiceCount(n *int) (int, error) {
+	if n == nil {
+		return 1, nil
+	}
+	if *n < 1 || *n > 128 {
+		return 0, apierr.Param("n", "n must be between 1 and 128, got %d", *n)
+	}
+	return *n, nil
+}
+
+func (s *Sim) chat(ctx *fasthttp.RequestCtx) {
+	start := time.Now()
+	var req openai.ChatCompletionRequest
+	if err := json.Unmarshal(ctx.PostBody(), &req); err != nil {
+		apierr.WriteFast(ctx, badJSON(err))
+		return
+	}
+	m, err := s.lookup(req.Model, false)
+	if err != nil {
+		apierr.WriteFast(ctx, err)
+		return
+	}
+	if len(req.Messages) == 0 {
+		apierr.WriteFast(ctx, apierr.Param("messages", "messages must not be empty"))
+		return
+	}
+	prompt := 2
+	seed := uint64(14695981039346656037)
+	for i := range req.Messages {
+		msg := &req.Messages[i]
+		text := msg.Content.String()
+		prompt += 4 + Tokens(text) + Tokens(msg.Name)
+		seed ^= promptSeed(msg.Role, text)
+		seed *= 1099511628211
+	}
+	count, err := choiceCount(req.N)
+	if err != nil {
+		apierr.WriteFast(ctx, err)
+		return
+	}
+	limit, hasLimit := req.Limit()
+	choices, err := s.plan(seed, prompt, limit, hasLimit, req.IgnoreEOS, count)
+	if err != nil {
+		apierr.WriteFast(ctx, err)
+		return
+	}
+	g := &gen{s: s, m: m, chat: true, prompt: prompt, choices: choices, stream: req.Stream, start: start,
+		includeUsage: req.Stream && req.StreamOptions != nil && req.StreamOptions.IncludeUsage}
+	s.respond(ctx, g)
+}
+
+func (s *Sim) completions(ctx *fasthttp.RequestCtx) {
+	start := time.Now()
+	var req openai.CompletionRequest
+	if err := json.Unmarshal(ctx.PostBody(), &req); err != nil {
+		apierr.WriteFast(ctx, badJSON(err))
+		return
+	}
+	m, err := s.lookup(req.Model, false)
+	if err != nil {
+		apierr.WriteFast(ctx, err)
+		return
+	}
+	if req.Prompt.Len() == 0 {
+		apierr.WriteFast(ctx, apierr.Param("prompt", "prompt must not be empty"))
+		return
+	}
+	count, err := choiceCount(req.N)
+	if err != nil {
+		apierr.WriteFast(ctx, err)
+		return
+	}
+	limit, hasLimit := 0, false
+	if req.MaxTokens != nil {
+		limit, hasLimit = *req.MaxTokens, true
+	}
+	g := &gen{s: s, m: m, prompt: 0, stream: req.Stream, start: start,
+		includeUsage: req.Stream && req.StreamOptions != nil && req.StreamOptions.IncludeUsage}
+	for p := 0; p < req.Prompt.Len(); p++ {
+		var tokens int
+		var seed uint64
+		var echo string
+		if req.Prompt.Tokens != nil {
+			tokens = len(req.Prompt.Tokens[p])
+			seed = uint64(tokens) * 0x9e3779b97f4a7c15
+			for _, t := range req.Prompt.Tokens[p] {
+				seed = (seed ^ uint64(t)) * 1099511628211
+			}
+		} else {
+			text := req.Prompt.Strings[p]
+			tokens, seed = Tokens(text), promptSeed(text)
+			if req.Echo {
+				echo = text
+			}
+		}
+		cs, err := s.plan(seed, tokens, limit, hasLimit, req.IgnoreEOS, count)
+		if err != nil {
+			apierr.WriteFast(ctx, err)
+			return
+		}
+		for i := range cs {
+			cs[i].index = p*count + i
+			cs[i].echo = echo
+		}
+		g.prompt += tokens
+		g.choices = append(g.choices, cs...)
+	}
+	s.respond(ctx, g)
+}
+
+// respond injects the request's failure, admits it and answers, streaming or not.
+func (s *Sim) respond(ctx *fasthttp.RequestCtx, g *gen) {
+	f, err := s.failureFor(ctx)
+	if err != nil {
+		apierr.WriteFast(ctx, err)
+		return
+	}
+	var timer *time.Timer
+	defer func() {
+		if timer != nil {
+			timer.Stop()
+		}
+	}()
+	if !f.IsZero() {
+		s.m.failures.WithLabelValues(f.mode()).Inc()
+		if !s.sleep(&timer, f.SlowFirstByte) {
+			apierr.WriteFast(ctx, apierr.New(apierr.Unavailable, "simulator is stopping"))
+			return
+		}
+		if f.Status != 0 {
+			writeInjectedStatus(ctx, f.Status)
+			return
+		}
+		if f.Hang {
+			s.hang(ctx)
+			return
+		}
+	}
+	tokens := int64(g.prompt + g.completionTokens())
+	if err := s.admit(tokens); err != nil {
+		e := apierr.New(apierr.Unavailable, "the simulator is overloaded: waiting queue full")
+		e.RetryAfter = time.Second
+		if errors.Is(err, errStopping) {
+			e.Message = "simulator is stopping"
+		}
+		apierr.WriteFast(ctx, e)
+		return
+	}
+	queued := time.Since(g.start)
+	g.id = s.nextID(make([]byte, 0, 48), idPrefixFor(g.chat))
+	g.created = time.Now().Unix()
+	for _, c := range g.choices {
+		g.maxN = max(g.maxN, c.n)
+	}
+	if g.stream {
+		g.prefix = g.chunkPrefix()
+		drop := -1
+		if f.Drop {
+			drop = f.DropAfter
+		}
+		if f.Drop {
+			s.hijack(ctx, func(c net.Conn) {
+				defer s.release(tokens)
+				bw := bufio.NewWriter(c)
+				if _, err := bw.WriteString(rawStreamHeader); err != nil {
+					return
+				}
+				g.streamEvents(&eventWriter{w: bw, chunked: true, dropAfter: drop}, f.Malformed)
+			})
+			return
+		}
+		ctx.Response.Header.SetContentType("text/event-stream")
+		ctx.Response.Header.Set("Cache-Control", "no-cache")
+		ctx.SetBodyStreamWriter(func(w *bufio.Writer) {
+			defer s.release(tokens)
+			g.streamEvents(&eventWriter{w: w, dropAfter: -1}, f.Malformed)
+		})
+		return
+	}
+
+	wait := s.o.TTFT
+	if s.o.ITL > 0 || s.o.ITLJitter > 0 {
+		for k := 1; k < g.maxN; k++ {
+			wait += s.itl()
+		}
+	}
+	ok := s.sleep(&timer, wait)
+	s.release(tokens)
+	if !ok {
+		apierr.WriteFast(ctx, apierr.New(apierr.Unavailable, "simulator is stopping"))
+		return
+	}
+	bp := bufPool.Get().(*[]byte)
+	body := g.appendBody((*bp)[:0])
+	g.record(queued + s.o.TTFT)
+	switch {
+	case f.Drop:
+		writeDropped(s, ctx, body, f.DropAfter)
+	case f.Malformed:
+		ctx.Response.Header.SetContentType("application/json")
+		ctx.SetBody(body[:len(body)/2])
+	default:
+		ctx.Response.Header.SetContentType("application/json")
+		ctx.SetBody(body)
+	}
+	*bp = body
+	bufPool.Put(bp)
+}
+
+// writeDropped sends the headers and the first n bytes of body on the raw connection,
+// then closes it.
+func writeDropped(s *Sim, ctx *fasthttp.RequestCtx, body []byte, n int) {
+	raw := make([]byte, 0, len(body)+128)
+	raw = append(raw, "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: "...)
+	raw = strconv.AppendInt(raw, int64(len(body)), 10)
+	raw = append(raw, "\r\n\r\n"...)
+	raw = append(raw, body[:min(n, len(body))]...)
+	s.hijack(ctx, func(c net.Conn) { _, _ = c.Write(raw) })
+}
+
+const rawStreamHeader = "HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nCache-Control: no-cache\r\nTransfer-Encoding: chunked\r\n\r\n"
+
+func idPrefixFor(chat bool) string {
+	if chat {
+		return "chatcmpl-"
+	}
+	return "cmpl-"
+}
+
+// record adds a finished request to the vLLM metrics.
+func (g *gen) record(ttft time.Duration) {
+	mm := g.m.mm
+	mm.promptTokens.Add(float64(g.prompt))
+	mm.genTokens.Add(float64(g.completionTokens()))
+	for _, c := range g.choices {
+		if c.finish == finishLength {
+			mm.length.Inc()
+		} else {
+			mm.stop.Inc()
+		}
+	}
+	mm.ttft.Observe(ttft.Seconds())
+	mm.e2e.Observe(time.Since(g.start).Seconds())
+}
+
+func writeInjectedStatus(ctx *fasthttp.RequestCtx, status int) {
+	typ := "invalid_request_error"
+	switch {
+	case status == 429:
+		typ = "rate_limit_error"
+	case status == 503:
+		typ = "service_unavailable"
+	case status >= 500:
+		typ = "api_error"
+	}
+	if status == 429 || status == 503 {
+		ctx.Response.Header.Set("Retry-After", "1")
+	}
+	ctx.Response.Header.SetContentType("application/json")
+	ctx.SetStatusCode(status)
+	b := append([]byte(nil), `{"error":{"message":"simulated failure (status `...)
+	b = strconv.AppendInt(b, int64(status), 10)
+	b = append(b, `)","type":"`...)
+	b = append(b, typ...)
+	b = append(b, `","param":null,"code":"simulated_failure"}}`...)
+	ctx.SetBody(b)
+}
+
+// appendBody appends the non-streamed answer.
+func (g *gen) appendBody(b []byte) []byte {
+	b = append(b, `{"id":"`...)
+	b = append(b, g.id...)
+	if g.chat {
+		b = append(b, `","object":"chat.completion","created":`...)
+	} else {
+		b = append(b, `","object":"text_completion","created":`...)
+	}
+	b = strconv.AppendInt(b, g.created, 10)
+	b = append(b, `,"model":`...)
+	b = append(b, g.m.quoted...)
+	b = append(b, `,"choices":[`...)
+	for i, c := range g.choices {
+		if i > 0 {
+			b = append(b, ',')
+		}
+		b = append(b, `{"index":`...)
+		b = strconv.AppendInt(b, int64(c.index), 10)
+		if g.chat {
+			b = append(b, `,"message":{"role":"assistant","content":"`...)
+		} else {
+			b = append(b, `,"text":"`...)
+			b = appendJSONEscaped(b, c.echo)
+		}
+		for k := 0; k < c.n; k++ {
+			if k > 0 || !g.chat {
+				b = append(b, ' ')
+			}
+			b = append(b, word(c.seed, k)...)
+		}
+		if g.chat {
+			b = append(b, `"},"logprobs":null,"finish_reason":"`...)
+		} else {
+			b = append(b, `","logprobs":null,"finish_reason":"`...)
+		}
+		b = append(b, c.finish...)
+		b = append(b, `"}`...)
+	}
+	b = append(b, `],"usage":`...)
+	b = appendUsage(b, g.prompt, g.completionTokens())
+	return append(b, '}')
+}
+
+func (g *gen) chunkPrefix() []byte {
+	b := make([]byte, 0, 128)
+	b = append(b, `{"id":"`...)
+	b = append(b, g.id...)
+	if g.chat {
+		b = append(b, `","object":"chat.completion.chunk","created":`...)
+	} else {
+		b = append(b, `","object":"text_completion","created":`...)
+	}
+	b = strconv.AppendInt(b, g.created, 10)
+	b = append(b, `,"model":`...)
+	b = append(b, g.m.quoted...)
+	return append(b, `,"choices":[`...)
+}
+
+// chunk appends one event's data: the prefix, one choice, and the closing.
+func (g *gen) chunk(b []byte, index int, kind chunkKind, text string, lead bool, finish string) []byte {
+	b = append(b, g.prefix...)
+	b = append(b, `{"index":`...)
+	b = strconv.AppendInt(b, int64(index), 10)
+	if g.chat {
+		switch kind {
+		case chunkRole:
+			b = append(b, `,"delta":{"role":"assistant","content":""}`...)
+		case chunkText:
+			b = append(b, `,"delta":{"content":"`...)
+			if lead {
+				b = append(b, ' ')
+			}
+			b = appendJSONEscaped(b, text)
+			b = append(b, `"}`...)
+		case chunkFinish:
+			b = append(b, `,"delta":{}`...)
+		}
+	} else {
+		b = append(b, `,"text":"`...)
+		if lead {
+			b = append(b, ' ')
+		}
+		b = appendJSONEscaped(b, text)
+		b = append(b, '"')
+	}
+	b = append(b, `,"logprobs":null,"finish_reason":`...)
+	if kind == chunkFinish {
+		b = append(b, '"')
+		b = append(b, finish...)
+		b = append(b, '"')
+	} else {
+		b = append(b, "null"...)
+	}
+	b = append(b, '}', ']')
+	if g.includeUsage {
+		b = append(b, `,"usage":null`...)
+	}
+	return append(b, '}')
+}
+
+type chunkKind uint8
+
+const (
+	chunkRole chunkKind = iota
+	chunkText
+	chunkFinish
+)
+
+var errDropped = errors.New("sim: connection dropped on purpose")
+
+// eventWriter writes SSE events, optionally in HTTP chunked framing (on a hijacked
+// connection), and stops after dropAfter events when dropAfter >= 0.
+type eventWriter struct {
+	w         *bufio.Writer
+	chunked   bool
+	dropAfter int
+	events    int
+	buf       []byte
+}
+
+func (e *eventWriter) event(data []byte) error {
+	if e.dropAfter >= 0 && e.events >= e.dropAfter {
+		return errDropped
+	}
+	e.events++
+	if e.chunked {
+		e.buf = strconv.AppendInt(e.buf[:0], int64(len(data)+8), 16)
+		e.buf = append(e.buf, '\r', '\n')
+		e.buf = openai.AppendEvent(e.buf, data)
+		e.buf = append(e.buf, '\r', '\n')
+		_, err := e.w.Write(e.buf)
+		return err
+	}
+	e.buf = openai.AppendEvent(e.buf[:0], data)
+	_, err := e.w.Write(e.buf)
+	return err
+}
+
+func (e *eventWriter) done() error {
+	if e.dropAfter >= 0 && e.events >= e.dropAfter {
+		return errDropped
+	}
+	e.events++
+	if e.chunked {
+		if _, err := e.w.WriteString("e\r\ndata: [DONE]\n\n\r\n0\r\n\r\n"); err != nil {
+			return err
+		}
+		return e.w.Flush()
+	}
+	if err := openai.WriteDone(e.w); err != nil {
+		return err
+	}
+	return e.w.Flush()
+}
+
+// streamEvents writes the whole stream. It returns early when the client is gone, the
+// simulator stops, or the drop point is reached.
+func (g *gen) streamEvents(ew *eventWriter, malformed bool) {
+	s := g.s
+	var timer *time.Timer
+	defer func() {
+		if timer != nil {
+			timer.Stop()
+		}
+	}()
+	if s.o.TTFT > 0 {
+		if ew.w.Flush() != nil || !s.sleep(&timer, s.o.TTFT) {
+			return
+		}
+	}
+	ttft := time.Since(g.start)
+	bp := bufPool.Get().(*[]byte)
+	b := (*bp)[:0]
+	defer func() { *bp = b; bufPool.Put(bp) }()
+
+	first := true
+	emit := func(data []byte) bool {
+		if ew.event(data) != nil {
+			return false
+		}
+		if first && malformed {
+			first = false
+			bad := append(append([]byte(nil), g.prefix...), `{"index":0,"delta":{"content":`...)
+			if ew.event(bad) != nil {
+				return false
+			}
+		}
+		first = false
+		return true
+	}
+	for _, c := range g.choices {
+		if g.chat {
+			b = g.chunk(b[:0], c.index, chunkRole, "", false, "")
+			if !emit(b) {
+				return
+			}
+		}
+		if c.echo != "" {
+			b = g.chunk(b[:0], c.index, chunkText, c.echo, false, "")
+			if !emit(b) {
+				return
+			}
+		}
+	}
+	for k := 0; k < g.maxN; k++ {
+		if k > 0 {
+			if d := s.itl(); d > 0 {
+				if ew.w.Flush() != nil || !s.sleep(&timer, d) {
+					return
+				}
+			}
+		}
+		for _, c := range g.choices {
+			if k >= c.n {
+				continue
+			}
+			b = g.chunk(b[:0], c.index, chunkText, word(c.seed, k), k > 0 || !g.chat, "")
+			if !emit(b) {
+				return
+			}
+			if k == c.n-1 {
+				b = g.chunk(b[:0], c.index, chunkFinish, "", false, c.finish)
+				if !emit(b) {
+					return
+				}
+			}
+		}
+	}
+	if g.includeUsage {
+		b = append(b[:0], g.prefix...)
+		b = append(b, `],"usage":`...)
+		b = appendUsage(b, g.prompt, g.completionTokens())
+		b = append(b, '}')
+		if !emit(b) {
+			return
+		}
+	}
+	if ew.done() != nil {
+		return
+	}
+	g.record(ttft)
+}
