@@ -1,0 +1,251 @@
+// Package ledger writes the usage ledger: one usage_records row per request, buffered in
+// memory and written in batches with COPY, by size or by time. While PostgreSQL is
+// unreachable records are held in a bounded buffer and retried; anything that cannot be
+// held is dropped and counted in maas_usage_records_dropped_total. Stop flushes.
+package ledger
+
+import (
+	"context"
+	"errors"
+	"log/slog"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+// Record is one request's usage.
+type Record struct {
+	RequestID        string
+	CreatedAt        time.Time
+	UserID           int64 // 0: unknown (NULL)
+	KeyID            int64 // 0: unknown (NULL)
+	Model            string
+	Backend          string
+	Endpoint         string
+	Status           int
+	PromptTokens     int64
+	CompletionTokens int64
+	Estimated        bool
+	Streamed         bool
+	TTFT             time.Duration // < 0: none (NULL)
+	Duration         time.Duration
+	ErrorType        string
+}
+
+// Copier is what the Writer needs of a pool (pgxpool.Pool implements it).
+type Copier interface {
+	CopyFrom(ctx context.Context, table pgx.Identifier, columns []string, src pgx.CopyFromSource) (int64, error)
+}
+
+// Options configures a Writer.
+type Options struct {
+	DB            Copier
+	Batch         int           // records per COPY at most
+	FlushInterval time.Duration // longest a record waits
+	Buffer        int           // records held while the database is unreachable
+	Logger        *slog.Logger
+	Registerer    prometheus.Registerer
+}
+
+// DefaultOptions returns the defaults.
+func DefaultOptions() Options {
+	return Options{Batch: 1000, FlushInterval: 200 * time.Millisecond, Buffer: 200000}
+}
+
+var columns = []string{"request_id", "created_at", "user_id", "api_key_id", "model", "backend_id", "endpoint",
+	"status", "prompt_tokens", "completion_tokens", "estimated", "streamed", "ttft_ms", "duration_ms", "error_type"}
+
+// Writer batches records into usage_records. Add is safe for concurrent use.
+type Writer struct {
+	o       Options
+	ch      chan Record
+	stop    chan context.Context
+	done    chan struct{}
+	stopped atomic.Bool
+	pending atomic.Int64
+	once    sync.Once
+
+	dropped prometheus.Counter
+	written prometheus.Counter
+	errors  prometheus.Counter
+	flushes prometheus.Histogram
+}
+
+// New starts a Writer.
+func New(o Options) (*Writer, error) {
+	if o.DB == nil {
+		return nil, errors.New("ledger: Options.DB is required")
+	}
+	if o.Batch <= 0 || o.FlushInterval <= 0 || o.Buffer <= 0 {
+		return nil, errors.New("ledger: Batch, FlushInterval and Buffer must be positive")
+	}
+	if o.Logger == nil {
+		o.Logger = slog.New(slog.DiscardHandler)
+	}
+	w := &Writer{
+		o:    o,
+		ch:   make(chan Record, min(o.Buffer, 1<<16)),
+		stop: make(chan context.Context),
+		done: make(chan struct{}),
+		dropped: prometheus.NewCounter(prometheus.CounterOpts{Name: "maas_usage_records_dropped_total",
+			Help: "Usage records lost because the in-memory buffer was full or shutdown could not flush them. Must stay 0."}),
+		written: prometheus.NewCounter(prometheus.CounterOpts{Name: "maas_gateway_usage_records_written_total",
+			Help: "Usage records written to PostgreSQL."}),
+		errors: prometheus.NewCounter(prometheus.CounterOpts{Name: "maas_gateway_usage_flush_errors_total",
+			Help: "Failed COPY batches (retried)."}),
+		flushes: prometheus.NewHistogram(prometheus.HistogramOpts{Name: "maas_gateway_usage_flush_seconds",
+			Help: "Duration of one COPY of usage records.", Buckets: prometheus.ExponentialBuckets(0.0005, 2.5, 12)}),
+	}
+	if o.Registerer != nil {
+		depth := prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "maas_gateway_usage_queue_depth",
+			Help: "Usage records waiting to be written."}, func() float64 { return float64(len(w.ch)) + float64(w.pending.Load()) })
+		for _, c := range []prometheus.Collector{w.dropped, w.written, w.errors, w.flushes, depth} {
+			if err := o.Registerer.Register(c); err != nil {
+				return nil, err
+			}
+		}
+	}
+	go w.run()
+	return w, nil
+}
+
+// Add queues r without blocking. When the buffer is full, r is dropped and counted.
+func (w *Writer) Add(r Record) {
+	if w.stopped.Load() {
+		w.dropped.Inc()
+		return
+	}
+	select {
+	case w.ch <- r:
+	default:
+		w.dropped.Inc()
+	}
+}
+
+// Dropped returns how many records were dropped so far.
+func (w *Writer) Dropped() float64 {
+	var m = &dtoCounter{}
+	return m.read(w.dropped)
+}
+
+// Stop stops accepting records and writes what is buffered, retrying until ctx ends;
+// records still unwritten then are counted as dropped. Idempotent.
+func (w *Writer) Stop(ctx context.Context) error {
+	w.once.Do(func() {
+		w.stopped.Store(true)
+		w.stop <- ctx
+	})
+	<-w.done
+	return nil
+}
+
+func (w *Writer) run() {
+	defer close(w.done)
+	var buf []Record
+	timer := time.NewTimer(w.o.FlushInterval)
+	defer timer.Stop()
+	backoff := time.Duration(0)
+	var retryAt time.Time
+
+	take := func(r Record) {
+		if len(buf) >= w.o.Buffer {
+			w.dropped.Inc()
+			return
+		}
+		buf = append(buf, r)
+		w.pending.Store(int64(len(buf)))
+	}
+	flush := func(ctx context.Context) bool {
+		for len(buf) > 0 {
+			n := min(len(buf), w.o.Batch)
+			if err := w.copy(ctx, buf[:n]); err != nil {
+				w.errors.Inc()
+				if backoff == 0 {
+					w.o.Logger.Warn("ledger: cannot write usage records, buffering and retrying", "err", err, "buffered", len(buf))
+				}
+				backoff = min(max(backoff*2, 100*time.Millisecond), 5*time.Second)
+				retryAt = time.Now().Add(backoff)
+				return false
+			}
+			if backoff != 0 {
+				w.o.Logger.Info("ledger: writing usage records again")
+				backoff = 0
+			}
+			buf = append(buf[:0], buf[n:]...)
+			w.pending.Store(int64(len(buf)))
+		}
+		return true
+	}
+
+	for {
+		select {
+		case r := <-w.ch:
+			take(r)
+			if len(buf) >= w.o.Batch && time.Now().After(retryAt) {
+				flush(context.Background())
+			}
+		case <-timer.C:
+			if time.Now().After(retryAt) {
+				flush(context.Background())
+			}
+			timer.Reset(w.o.FlushInterval)
+		case ctx := <-w.stop:
+			for {
+				select {
+				case r := <-w.ch:
+					take(r)
+					continue
+				default:
+				}
+				break
+			}
+			for !flush(ctx) {
+				select {
+				case <-ctx.Done():
+					w.o.Logger.Error("ledger: shutdown before usage records could be written", "lost", len(buf))
+					w.dropped.Add(float64(len(buf)))
+					return
+				case <-time.After(backoff):
+				}
+			}
+			// Anything added in the race with stopped is counted, never silently lost.
+			w.dropped.Add(float64(len(w.ch)))
+			return
+		}
+	}
+}
+
+func (w *Writer) copy(ctx context.Context, recs []Record) error {
+	start := time.Now()
+	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	i := 0
+	_, err := w.o.DB.CopyFrom(ctx, pgx.Identifier{"usage_records"}, columns, pgx.CopyFromFunc(func() ([]any, error) {
+		if i >= len(recs) {
+			return nil, nil
+		}
+		r := &recs[i]
+		i++
+		var user, key, ttft any
+		if r.UserID != 0 {
+			user = r.UserID
+		}
+		if r.KeyID != 0 {
+			key = r.KeyID
+		}
+		if r.TTFT >= 0 {
+			ttft = float64(r.TTFT) / float64(time.Millisecond)
+		}
+		return []any{r.RequestID, r.CreatedAt, user, key, r.Model, r.Backend, r.Endpoint, int32(r.Status),
+			int32(r.PromptTokens), int32(r.CompletionTokens), r.Estimated, r.Streamed, ttft,
+			float64(r.Duration) / float64(time.Millisecond), r.ErrorType}, nil
+	}))
+	if err == nil {
+		w.flushes.Observe(time.Since(start).Seconds())
+		w.written.Add(float64(len(recs)))
+	}
+	return err
+}

@@ -1,0 +1,295 @@
+// Package proxy is the gateway's request path: route → authenticate → admit → dispatch →
+// stream. Handlers return errors; one function (writeError) turns them into OpenAI error
+// responses. Request bodies are scanned as bytes, never decoded whole.
+package proxy
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"log/slog"
+	"net/http"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/valyala/fasthttp"
+
+	"github.com/maas-platform/maas/gateway/internal/ledger"
+	"github.com/maas-platform/maas/gateway/internal/snapshot"
+	"github.com/maas-platform/maas/gateway/internal/upstream"
+	"github.com/maas-platform/maas/pkg/apierr"
+	"github.com/maas-platform/maas/pkg/apikey"
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+// Quota admits requests against the key's and the user's limits.
+type Quota interface {
+	// Admit reserves tokens for a request by k; it returns an *apierr.Error (429) when a
+	// limit is reached.
+	Admit(ctx context.Context, k *snapshot.Key, tokens int64) (Ticket, error)
+}
+
+// Ticket is an admitted request's reservation.
+type Ticket interface {
+	// Settle ends the request with the tokens it actually used.
+	Settle(actualTokens int64)
+}
+
+// Snapshots gives the current snapshot.
+type Snapshots interface {
+	Current() *snapshot.Snapshot
+}
+
+// Recorder receives usage records.
+type Recorder interface {
+	Add(ledger.Record)
+}
+
+// Options configures a Handler.
+type Options struct {
+	Snapshots Snapshots
+	Pool      *upstream.Pool
+	// Stream sends streamed requests (cancellable through their context).
+	Stream *http.Client
+	Quota  Quota    // nil: no quotas
+	Ledger Recorder // nil: no usage records
+	// ControlURL and InternalToken: where and how control-plane paths are forwarded.
+	ControlURL    string
+	InternalToken string
+
+	MaxAttempts       int
+	FirstByteTimeout  time.Duration
+	StreamIdleTimeout time.Duration
+	RequestTimeout    time.Duration
+	// MaxEventBytes bounds one SSE event from a backend.
+	MaxEventBytes int
+
+	// BaseContext ends when streams must stop (shutdown grace over).
+	BaseContext context.Context
+	AccessLog   bool
+	Logger      *slog.Logger
+	Registerer  prometheus.Registerer
+	Now         func() time.Time
+}
+
+// DefaultOptions returns the defaults.
+func DefaultOptions() Options {
+	return Options{
+		MaxAttempts:       3,
+		FirstByteTimeout:  60 * time.Second,
+		StreamIdleTimeout: 60 * time.Second,
+		RequestTimeout:    10 * time.Minute,
+		MaxEventBytes:     4 << 20,
+		AccessLog:         true,
+		Now:               time.Now,
+	}
+}
+
+// Handler serves the OpenAI API. Safe for concurrent use.
+type Handler struct {
+	o       Options
+	m       *metrics
+	control *controlClient
+	idBase  string
+	idSeq   atomic.Uint64
+	calls   sync.Pool
+}
+
+// New returns a Handler.
+func New(o Options) (*Handler, error) {
+	if o.Snapshots == nil || o.Pool == nil || o.Stream == nil {
+		return nil, errors.New("proxy: Snapshots, Pool and Stream are required")
+	}
+	if o.Logger == nil {
+		o.Logger = slog.New(slog.DiscardHandler)
+	}
+	if o.Now == nil {
+		o.Now = time.Now
+	}
+	if o.BaseContext == nil {
+		o.BaseContext = context.Background()
+	}
+	if o.MaxAttempts <= 0 {
+		o.MaxAttempts = 1
+	}
+	if o.MaxEventBytes <= 0 {
+		o.MaxEventBytes = 4 << 20
+	}
+	m, err := newMetrics(o.Registerer)
+	if err != nil {
+		return nil, err
+	}
+	var b [6]byte
+	_, _ = rand.Read(b[:])
+	h := &Handler{o: o, m: m, idBase: "req-" + hex.EncodeToString(b[:]) + "-"}
+	h.calls.New = func() any { return &call{} }
+	if o.ControlURL != "" {
+		if h.control, err = newControlClient(o.ControlURL, o.RequestTimeout); err != nil {
+			return nil, err
+		}
+	}
+	return h, nil
+}
+
+// Endpoint kinds.
+type endpoint uint8
+
+const (
+	epChat endpoint = iota
+	epCompletions
+	epEmbeddings
+)
+
+var endpointPaths = [...]string{epChat: "/v1/chat/completions", epCompletions: "/v1/completions", epEmbeddings: "/v1/embeddings"}
+
+// ChatCompletions serves POST /v1/chat/completions.
+func (h *Handler) ChatCompletions(ctx *fasthttp.RequestCtx) { h.serve(ctx, epChat) }
+
+// Completions serves POST /v1/completions.
+func (h *Handler) Completions(ctx *fasthttp.RequestCtx) { h.serve(ctx, epCompletions) }
+
+// Embeddings serves POST /v1/embeddings.
+func (h *Handler) Embeddings(ctx *fasthttp.RequestCtx) { h.serve(ctx, epEmbeddings) }
+
+// RequestID returns the request's id: the client's X-Request-Id when it is sane, else a
+// new one. It also sets it on the response.
+func (h *Handler) RequestID(ctx *fasthttp.RequestCtx) string {
+	if v := ctx.UserValue(reqIDKey); v != nil {
+		return v.(string)
+	}
+	id := ""
+	if in := ctx.Request.Header.Peek("X-Request-Id"); len(in) > 0 && len(in) <= 128 && printable(in) {
+		id = string(in)
+	} else {
+		var buf [48]byte
+		b := append(buf[:0], h.idBase...)
+		b = strconv.AppendUint(b, h.idSeq.Add(1), 36)
+		id = string(b)
+	}
+	ctx.Response.Header.Set("X-Request-Id", id)
+	ctx.SetUserValue(reqIDKey, id)
+	return id
+}
+
+type ctxKey struct{}
+
+var reqIDKey = ctxKey{}
+
+func printable(b []byte) bool {
+	for _, c := range b {
+		if c < 0x21 || c > 0x7e {
+			return false
+		}
+	}
+	return true
+}
+
+// authenticate returns the key of the request's bearer token.
+func authenticate(snap *snapshot.Snapshot, authz []byte, now time.Time) (*snapshot.Key, error) {
+	tok, ok := bearer(authz)
+	if !ok {
+		return nil, &apierr.Error{Kind: apierr.Unauthenticated, Message: "missing API key: send Authorization: Bearer sk-..."}
+	}
+	k := snap.Key(apikey.Sum(tok))
+	if k == nil || k.Expired(now) {
+		return nil, &apierr.Error{Kind: apierr.Unauthenticated, Message: "invalid, revoked or expired API key"}
+	}
+	return k, nil
+}
+
+func bearer(authz []byte) ([]byte, bool) {
+	const p = "Bearer "
+	if len(authz) <= len(p) || !equalFoldASCII(authz[:len(p)], p) {
+		return nil, false
+	}
+	return authz[len(p):], true
+}
+
+func equalFoldASCII(b []byte, s string) bool {
+	if len(b) != len(s) {
+		return false
+	}
+	for i := range b {
+		c, d := b[i], s[i]
+		if c|0x20 != d|0x20 {
+			return false
+		}
+	}
+	return true
+}
+
+func isAPIKey(tok []byte) bool { return len(tok) > 3 && string(tok[:3]) == apikey.Prefix }
+
+// Models serves GET /v1/models: the models the key may use, in OpenAI's list shape.
+func (h *Handler) Models(ctx *fasthttp.RequestCtx) {
+	h.RequestID(ctx)
+	snap := h.o.Snapshots.Current()
+	if snap == nil {
+		h.writeError(ctx, notReady())
+		return
+	}
+	k, err := authenticate(snap, ctx.Request.Header.Peek("Authorization"), h.o.Now())
+	if err != nil {
+		h.writeError(ctx, err)
+		return
+	}
+	type entry struct {
+		ID      string `json:"id"`
+		Object  string `json:"object"`
+		Created int64  `json:"created"`
+		OwnedBy string `json:"owned_by"`
+	}
+	out := struct {
+		Object string  `json:"object"`
+		Data   []entry `json:"data"`
+	}{Object: "list", Data: []entry{}}
+	for _, m := range snap.Models() {
+		if m.Enabled && m.VisibleTo(k.User) && k.AllowsModel(m, m.Name) {
+			out.Data = append(out.Data, entry{ID: m.Name, Object: "model", Created: m.Created, OwnedBy: "maas"})
+		}
+	}
+	body, _ := json.Marshal(out)
+	ctx.SetContentType("application/json")
+	ctx.SetBody(body)
+}
+
+func notReady() error {
+	return &apierr.Error{Kind: apierr.Unavailable, Message: "the gateway has not loaded its configuration yet", RetryAfter: time.Second}
+}
+
+// writeError is the one place errors become responses.
+func (h *Handler) writeError(ctx *fasthttp.RequestCtx, err error) *apierr.Error {
+	e := apierr.WriteFast(ctx, err)
+	if e.Kind == apierr.Internal && e.Err != nil {
+		h.o.Logger.Error("internal error", "request_id", h.RequestID(ctx), "err", e.Err)
+	}
+	return e
+}
+
+// reason maps an error to a bounded rejection label.
+func reason(e *apierr.Error) string {
+	switch e.Kind {
+	case apierr.Unauthenticated:
+		return "invalid_key"
+	case apierr.PermissionDenied:
+		return "forbidden"
+	case apierr.NotFound:
+		return "not_found"
+	case apierr.InvalidRequest, apierr.Unprocessable, apierr.TooLarge:
+		return "bad_request"
+	case apierr.RateLimited:
+		return "rate_limit"
+	case apierr.QuotaExceeded:
+		return "quota"
+	case apierr.Unavailable:
+		if e.Code == "backends_busy" {
+			return "busy"
+		}
+		return "no_backend"
+	}
+	return "other"
+}

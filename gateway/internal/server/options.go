@@ -1,0 +1,169 @@
+package server
+
+import (
+	"log/slog"
+	"time"
+
+	"github.com/maas-platform/maas/pkg/config"
+)
+
+// Options configures the gateway process. Field comments are written for operators; every
+// field has a MAAS_* variable (see Bind).
+type Options struct {
+	Common config.Common
+
+	// Addr is where the gateway listens (MAAS_GATEWAY_ADDR).
+	Addr string
+	// MaxBodyBytes bounds a request body; larger bodies get 413 (MAAS_MAX_BODY_BYTES).
+	MaxBodyBytes int
+	// MaxHeaderBytes bounds the request line plus headers (MAAS_MAX_HEADER_BYTES).
+	MaxHeaderBytes int
+	// ReadTimeout bounds reading one request, headers and body (MAAS_READ_TIMEOUT).
+	ReadTimeout time.Duration
+	// WriteTimeout bounds writing a non-streamed response (MAAS_WRITE_TIMEOUT). Streams are
+	// bounded by RequestTimeout instead.
+	WriteTimeout time.Duration
+	// IdleTimeout closes keep-alive connections idle this long (MAAS_IDLE_TIMEOUT).
+	IdleTimeout time.Duration
+	// ShutdownGrace is how long in-flight requests and streams may run after SIGTERM
+	// (MAAS_SHUTDOWN_GRACE).
+	ShutdownGrace time.Duration
+
+	// ConnectTimeout bounds dialing a backend (MAAS_CONNECT_TIMEOUT).
+	ConnectTimeout time.Duration
+	// FirstByteTimeout bounds the wait for a stream's first event (MAAS_FIRST_BYTE_TIMEOUT).
+	FirstByteTimeout time.Duration
+	// StreamIdleTimeout bounds the gap between two events of a stream (MAAS_STREAM_IDLE_TIMEOUT).
+	StreamIdleTimeout time.Duration
+	// RequestTimeout bounds a whole request, streamed or not (MAAS_REQUEST_TIMEOUT).
+	RequestTimeout time.Duration
+	// MaxAttempts is how many backends one request may try before its first byte
+	// (MAAS_MAX_ATTEMPTS).
+	MaxAttempts int
+	// QueueTimeout is how long a request waits for a free backend slot when every backend is
+	// at capacity, before 503 (MAAS_QUEUE_TIMEOUT).
+	QueueTimeout time.Duration
+	// QueueSize bounds the requests waiting for a slot, across all users (MAAS_QUEUE_SIZE).
+	QueueSize int
+
+	// ReloadInterval is the period of the full snapshot reload (MAAS_SNAPSHOT_RELOAD_INTERVAL).
+	ReloadInterval time.Duration
+	// LoadRefreshInterval is the period at which backends' load figures and heartbeats are
+	// re-read (MAAS_LOAD_REFRESH_INTERVAL).
+	LoadRefreshInterval time.Duration
+
+	// LedgerBatch is the largest COPY batch of usage records (MAAS_LEDGER_BATCH).
+	LedgerBatch int
+	// LedgerFlushInterval is the longest a usage record waits before it is written
+	// (MAAS_LEDGER_FLUSH_INTERVAL).
+	LedgerFlushInterval time.Duration
+	// LedgerBuffer bounds the records held in memory while PostgreSQL is unreachable
+	// (MAAS_LEDGER_BUFFER); beyond it records are dropped and counted.
+	LedgerBuffer int
+
+	// AccessLog writes one log line per request (MAAS_ACCESS_LOG).
+	AccessLog bool
+	// LogJSON forces JSON logs outside production (MAAS_LOG_JSON).
+	LogJSON bool
+
+	// Logger is the process logger; nil discards.
+	Logger *slog.Logger
+}
+
+// DefaultOptions returns the defaults documented in the README.
+func DefaultOptions() Options {
+	return Options{
+		Addr:                "127.0.0.1:8000",
+		MaxBodyBytes:        10 << 20,
+		MaxHeaderBytes:      16 << 10,
+		ReadTimeout:         60 * time.Second,
+		WriteTimeout:        60 * time.Second,
+		IdleTimeout:         120 * time.Second,
+		ShutdownGrace:       30 * time.Second,
+		ConnectTimeout:      2 * time.Second,
+		FirstByteTimeout:    60 * time.Second,
+		StreamIdleTimeout:   60 * time.Second,
+		RequestTimeout:      10 * time.Minute,
+		MaxAttempts:         3,
+		QueueTimeout:        10 * time.Second,
+		QueueSize:           4096,
+		ReloadInterval:      30 * time.Second,
+		LoadRefreshInterval: time.Second,
+		LedgerBatch:         1000,
+		LedgerFlushInterval: 200 * time.Millisecond,
+		LedgerBuffer:        200000,
+		AccessLog:           true,
+	}
+}
+
+// Bind declares every setting on l with o's current values as defaults.
+func (o *Options) Bind(l *config.Loader) {
+	o.Common.Bind(l)
+	l.String(&o.Addr, "MAAS_GATEWAY_ADDR", "addr", o.Addr, "listen address")
+	l.Int(&o.MaxBodyBytes, "MAAS_MAX_BODY_BYTES", "max-body-bytes", o.MaxBodyBytes, "largest request body (413 beyond)")
+	l.Int(&o.MaxHeaderBytes, "MAAS_MAX_HEADER_BYTES", "max-header-bytes", o.MaxHeaderBytes, "largest request header block")
+	l.Duration(&o.ReadTimeout, "MAAS_READ_TIMEOUT", "read-timeout", o.ReadTimeout, "time to read one request")
+	l.Duration(&o.WriteTimeout, "MAAS_WRITE_TIMEOUT", "write-timeout", o.WriteTimeout, "time to write a non-streamed response")
+	l.Duration(&o.IdleTimeout, "MAAS_IDLE_TIMEOUT", "idle-timeout", o.IdleTimeout, "keep-alive idle timeout")
+	l.Duration(&o.ShutdownGrace, "MAAS_SHUTDOWN_GRACE", "shutdown-grace", o.ShutdownGrace, "time in-flight requests may finish after SIGTERM")
+	l.Duration(&o.ConnectTimeout, "MAAS_CONNECT_TIMEOUT", "connect-timeout", o.ConnectTimeout, "backend dial timeout")
+	l.Duration(&o.FirstByteTimeout, "MAAS_FIRST_BYTE_TIMEOUT", "first-byte-timeout", o.FirstByteTimeout, "wait for a stream's first event")
+	l.Duration(&o.StreamIdleTimeout, "MAAS_STREAM_IDLE_TIMEOUT", "stream-idle-timeout", o.StreamIdleTimeout, "largest gap between stream events")
+	l.Duration(&o.RequestTimeout, "MAAS_REQUEST_TIMEOUT", "request-timeout", o.RequestTimeout, "total time of one request")
+	l.Int(&o.MaxAttempts, "MAAS_MAX_ATTEMPTS", "max-attempts", o.MaxAttempts, "backends tried per request before the first byte")
+	l.Duration(&o.QueueTimeout, "MAAS_QUEUE_TIMEOUT", "queue-timeout", o.QueueTimeout, "wait for a backend slot when all are full")
+	l.Int(&o.QueueSize, "MAAS_QUEUE_SIZE", "queue-size", o.QueueSize, "requests that may wait for a backend slot")
+	l.Duration(&o.ReloadInterval, "MAAS_SNAPSHOT_RELOAD_INTERVAL", "snapshot-reload-interval", o.ReloadInterval, "full snapshot reload period")
+	l.Duration(&o.LoadRefreshInterval, "MAAS_LOAD_REFRESH_INTERVAL", "load-refresh-interval", o.LoadRefreshInterval, "backend load refresh period")
+	l.Int(&o.LedgerBatch, "MAAS_LEDGER_BATCH", "ledger-batch", o.LedgerBatch, "usage records per COPY")
+	l.Duration(&o.LedgerFlushInterval, "MAAS_LEDGER_FLUSH_INTERVAL", "ledger-flush-interval", o.LedgerFlushInterval, "longest wait before usage records are written")
+	l.Int(&o.LedgerBuffer, "MAAS_LEDGER_BUFFER", "ledger-buffer", o.LedgerBuffer, "usage records held while PostgreSQL is down")
+	l.Bool(&o.AccessLog, "MAAS_ACCESS_LOG", "access-log", o.AccessLog, "one log line per request")
+	l.Bool(&o.LogJSON, "MAAS_LOG_JSON", "log-json", o.LogJSON, "JSON logs")
+}
+
+// Validate checks the settings and returns a *config.Error naming the first bad one.
+func (o *Options) Validate() error {
+	if err := o.Common.Validate(true, false); err != nil {
+		return err
+	}
+	if err := o.Common.RequireInternalToken(); err != nil {
+		return err
+	}
+	if o.Addr == "" {
+		return &config.Error{Name: "MAAS_GATEWAY_ADDR", Msg: "is empty"}
+	}
+	positive := []struct {
+		name string
+		v    int64
+	}{
+		{"MAAS_MAX_BODY_BYTES", int64(o.MaxBodyBytes)},
+		{"MAAS_MAX_HEADER_BYTES", int64(o.MaxHeaderBytes)},
+		{"MAAS_READ_TIMEOUT", int64(o.ReadTimeout)},
+		{"MAAS_WRITE_TIMEOUT", int64(o.WriteTimeout)},
+		{"MAAS_IDLE_TIMEOUT", int64(o.IdleTimeout)},
+		{"MAAS_CONNECT_TIMEOUT", int64(o.ConnectTimeout)},
+		{"MAAS_FIRST_BYTE_TIMEOUT", int64(o.FirstByteTimeout)},
+		{"MAAS_STREAM_IDLE_TIMEOUT", int64(o.StreamIdleTimeout)},
+		{"MAAS_REQUEST_TIMEOUT", int64(o.RequestTimeout)},
+		{"MAAS_MAX_ATTEMPTS", int64(o.MaxAttempts)},
+		{"MAAS_QUEUE_TIMEOUT", int64(o.QueueTimeout)},
+		{"MAAS_SNAPSHOT_RELOAD_INTERVAL", int64(o.ReloadInterval)},
+		{"MAAS_LOAD_REFRESH_INTERVAL", int64(o.LoadRefreshInterval)},
+		{"MAAS_LEDGER_BATCH", int64(o.LedgerBatch)},
+		{"MAAS_LEDGER_FLUSH_INTERVAL", int64(o.LedgerFlushInterval)},
+		{"MAAS_LEDGER_BUFFER", int64(o.LedgerBuffer)},
+	}
+	for _, p := range positive {
+		if p.v <= 0 {
+			return &config.Error{Name: p.name, Msg: "must be positive"}
+		}
+	}
+	if o.QueueSize < 0 {
+		return &config.Error{Name: "MAAS_QUEUE_SIZE", Msg: "must not be negative"}
+	}
+	if o.MaxHeaderBytes < 1024 {
+		return &config.Error{Name: "MAAS_MAX_HEADER_BYTES", Msg: "must be at least 1024"}
+	}
+	return nil
+}

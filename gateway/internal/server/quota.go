@@ -1,0 +1,48 @@
+package server
+
+import (
+	"context"
+	"fmt"
+	"time"
+
+	"github.com/jackc/pgx/v5/pgxpool"
+
+	"github.com/maas-platform/maas/gateway/internal/admit"
+	"github.com/maas-platform/maas/gateway/internal/proxy"
+	"github.com/maas-platform/maas/gateway/internal/snapshot"
+)
+
+// quota adapts admit.Limiter to proxy.Quota: every request is charged to its key and to
+// the key's user.
+type quota struct{ l *admit.Limiter }
+
+func (q quota) Admit(ctx context.Context, k *snapshot.Key, tokens int64) (proxy.Ticket, error) {
+	uq := k.User.Quota
+	subjects := [2]admit.Subject{
+		{Scope: admit.ScopeKey, ID: k.ID, Limits: admit.Limits{RequestsPerMinute: k.RequestsPerMinute, TokensPerMinute: k.TokensPerMinute}},
+		{Scope: admit.ScopeUser, ID: k.UserID, Limits: admit.Limits{RequestsPerMinute: uq.RequestsPerMinute,
+			TokensPerMinute: uq.TokensPerMinute, MaxConcurrent: uq.MaxConcurrent, MonthlyTokenBudget: uq.MonthlyTokenBudget}},
+	}
+	t, err := q.l.Admit(ctx, admit.Request{Subjects: subjects[:], Tokens: tokens})
+	if err != nil {
+		return nil, err
+	}
+	return t, nil
+}
+
+// budgetUsed sums the ledger for a subject's month, to seed its budget counter.
+func budgetUsed(pool *pgxpool.Pool) func(ctx context.Context, scope string, id int64, monthStart time.Time) (int64, error) {
+	return func(ctx context.Context, scope string, id int64, monthStart time.Time) (int64, error) {
+		col := "user_id"
+		if scope == admit.ScopeKey {
+			col = "api_key_id"
+		}
+		var n int64
+		err := pool.QueryRow(ctx, `SELECT COALESCE(SUM(prompt_tokens + completion_tokens), 0)::bigint
+			FROM usage_records WHERE `+col+` = $1 AND created_at >= $2`, id, monthStart).Scan(&n)
+		if err != nil {
+			return 0, fmt.Errorf("sum usage of %s %d: %w", scope, id, err)
+		}
+		return n, nil
+	}
+}

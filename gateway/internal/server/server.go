@@ -1,0 +1,280 @@
+// Package server runs the gateway process: it is the only place the fasthttp.Server is
+// configured, wires the snapshot, the upstream pool, quotas, the proxy and the ledger
+// together, and shuts them down in order.
+package server
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"runtime/debug"
+	"sync"
+	"time"
+
+	"github.com/fasthttp/router"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/valyala/fasthttp"
+
+	"github.com/maas-platform/maas/gateway/internal/admit"
+	"github.com/maas-platform/maas/gateway/internal/ledger"
+	"github.com/maas-platform/maas/gateway/internal/proxy"
+	"github.com/maas-platform/maas/gateway/internal/snapshot"
+	"github.com/maas-platform/maas/gateway/internal/upstream"
+	"github.com/maas-platform/maas/pkg/apierr"
+	"github.com/maas-platform/maas/pkg/obs"
+	"github.com/maas-platform/maas/pkg/pgdb"
+)
+
+// Run serves until ctx ends, then shuts down gracefully: stop accepting, let requests and
+// streams finish for up to ShutdownGrace, stop the refresh loops, settle quotas, flush the
+// ledger.
+func Run(ctx context.Context, o Options) error {
+	if o.Logger == nil {
+		o.Logger = slog.New(slog.DiscardHandler)
+	}
+	log := o.Logger
+	reg := obs.NewRegistry("gateway")
+
+	pool, err := pgdb.Connect(ctx, o.Common.DatabaseURL)
+	if err != nil {
+		return fmt.Errorf("connect to database: %w", err)
+	}
+	defer pool.Close()
+
+	ups, err := upstream.New(upstream.Options{
+		ConnectTimeout: o.ConnectTimeout, MaxConnsPerBackend: 4096, MaxResponseBytes: 64 << 20,
+		QueueTimeout: o.QueueTimeout, QueueSize: o.QueueSize,
+		BreakerFailures: 3, BreakerOpenFor: 5 * time.Second, BreakerInterval: 10 * time.Second,
+		AffinityLoadFactor: 1.25, FreshFor: 3*o.LoadRefreshInterval + 2*time.Second,
+		Logger: log, Registerer: reg, Now: time.Now,
+	})
+	if err != nil {
+		return fmt.Errorf("upstream pool: %w", err)
+	}
+
+	so := snapshot.DefaultOptions()
+	so.Pool, so.DatabaseURL = pool, o.Common.DatabaseURL
+	so.ReloadInterval, so.LoadRefreshInterval = o.ReloadInterval, o.LoadRefreshInterval
+	so.OnSnapshot, so.OnLoad = ups.Sync, ups.UpdateLoad
+	so.Logger, so.Registerer = log, reg
+	store, err := snapshot.New(so)
+	if err != nil {
+		return err
+	}
+
+	ao := admit.DefaultOptions()
+	ao.RedisURL, ao.Logger, ao.Registerer, ao.BudgetUsed = o.Common.RedisURL, log, reg, budgetUsed(pool)
+	limiter, err := admit.New(ao)
+	if err != nil {
+		return fmt.Errorf("quota limiter: %w", err)
+	}
+
+	lw, err := ledger.New(ledger.Options{DB: pool, Batch: o.LedgerBatch, FlushInterval: o.LedgerFlushInterval,
+		Buffer: o.LedgerBuffer, Logger: log, Registerer: reg})
+	if err != nil {
+		limiter.Close()
+		return fmt.Errorf("usage ledger: %w", err)
+	}
+
+	// streamCtx ends when the shutdown grace is over: streams still running are cut then.
+	streamCtx, cutStreams := context.WithCancel(context.Background())
+	defer cutStreams()
+	transport := upstream.NewStreamTransport(o.ConnectTimeout, 1024)
+	transport.ResponseHeaderTimeout = o.FirstByteTimeout
+	defer transport.CloseIdleConnections()
+
+	po := proxy.DefaultOptions()
+	po.Snapshots, po.Pool, po.Stream = store, ups, &http.Client{Transport: transport}
+	po.Quota, po.Ledger = quota{limiter}, lw
+	po.ControlURL, po.InternalToken = o.Common.ControlURL, o.Common.InternalToken
+	po.MaxAttempts, po.FirstByteTimeout, po.StreamIdleTimeout, po.RequestTimeout = o.MaxAttempts, o.FirstByteTimeout, o.StreamIdleTimeout, o.RequestTimeout
+	po.BaseContext, po.AccessLog, po.Logger, po.Registerer = streamCtx, o.AccessLog, log, reg
+	ph, err := proxy.New(po)
+	if err != nil {
+		limiter.Close()
+		_ = lw.Stop(context.Background())
+		return err
+	}
+
+	srv := New(o, Deps{Proxy: ph, Store: store, Registry: reg})
+
+	loops, stopLoops := context.WithCancel(context.Background())
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() { defer wg.Done(); store.Run(loops) }()
+
+	ln, err := net.Listen("tcp", o.Addr)
+	if err != nil {
+		stopLoops()
+		wg.Wait()
+		limiter.Close()
+		_ = lw.Stop(context.Background())
+		return fmt.Errorf("listen on %s: %w", o.Addr, err)
+	}
+	log.Info("gateway listening", "addr", ln.Addr().String())
+	serveErr := make(chan error, 1)
+	go func() { serveErr <- srv.Serve(ln) }()
+
+	select {
+	case <-ctx.Done():
+	case err = <-serveErr:
+		log.Error("server failed", "err", err)
+	}
+
+	// Shutdown, in order: stop accepting and drain, stop loops, settle, flush (LIFO).
+	log.Info("shutting down", "grace", o.ShutdownGrace.String())
+	graceCtx, cancelGrace := context.WithTimeout(context.Background(), o.ShutdownGrace)
+	if sErr := srv.ShutdownWithContext(graceCtx); sErr != nil {
+		log.Warn("shutdown grace over; cutting remaining streams", "err", sErr)
+		cutStreams()
+		// The cut streams end within one read; give their writers a moment to record usage.
+		cutCtx, cancelCut := context.WithTimeout(context.Background(), 2*time.Second)
+		_ = srv.ShutdownWithContext(cutCtx)
+		cancelCut()
+	}
+	cancelGrace()
+	stopLoops()
+	wg.Wait()
+	if cErr := limiter.Close(); cErr != nil {
+		log.Warn("quota limiter close", "err", cErr)
+	}
+	flushCtx, cancelFlush := context.WithTimeout(context.Background(), 15*time.Second)
+	_ = lw.Stop(flushCtx)
+	cancelFlush()
+	log.Info("gateway stopped", "usage_records_dropped", lw.Dropped())
+	if err != nil && !errors.Is(err, net.ErrClosed) {
+		return err
+	}
+	return nil
+}
+
+// Deps are the handlers the server routes to.
+type Deps struct {
+	Proxy    *proxy.Handler
+	Store    interface{ Status() (bool, string) }
+	Registry *prometheus.Registry
+}
+
+// New returns the configured fasthttp.Server with the gateway's routes.
+func New(o Options, d Deps) *fasthttp.Server {
+	r := router.New()
+	r.RedirectTrailingSlash = false
+	r.RedirectFixedPath = false
+	r.HandleMethodNotAllowed = true
+	ph := d.Proxy
+
+	r.GET("/health", func(ctx *fasthttp.RequestCtx) {
+		ctx.SetContentType("application/json")
+		ctx.SetBodyString(`{"status":"ok"}`)
+	})
+	r.GET("/ready", func(ctx *fasthttp.RequestCtx) {
+		ctx.SetContentType("application/json")
+		if ok, why := d.Store.Status(); !ok {
+			ctx.SetStatusCode(fasthttp.StatusServiceUnavailable)
+			ctx.SetBodyString(`{"status":"degraded","reason":` + quote(why) + `}`)
+			return
+		}
+		ctx.SetBodyString(`{"status":"ready"}`)
+	})
+	r.GET("/metrics", obs.MetricsHandler(d.Registry))
+	r.POST("/v1/chat/completions", ph.ChatCompletions)
+	r.POST("/v1/completions", ph.Completions)
+	r.POST("/v1/embeddings", ph.Embeddings)
+	r.GET("/v1/models", ph.Models)
+	for _, p := range []string{"/api/v1/{path:*}", "/v1/files", "/v1/files/{path:*}", "/v1/fine_tuning/{path:*}",
+		"/v1/vector_stores", "/v1/vector_stores/{path:*}", "/v1/apps", "/v1/apps/{path:*}"} {
+		r.ANY(p, ph.Forward)
+	}
+	r.NotFound = func(ctx *fasthttp.RequestCtx) {
+		ph.RequestID(ctx)
+		apierr.WriteFast(ctx, apierr.New(apierr.NotFound, "unknown path %s %s", ctx.Method(), truncate(ctx.Path())))
+	}
+	r.MethodNotAllowed = func(ctx *fasthttp.RequestCtx) {
+		ph.RequestID(ctx)
+		apierr.WriteFast(ctx, apierr.New(apierr.MethodNotAllowed, "method %s is not allowed on %s", ctx.Method(), truncate(ctx.Path())))
+	}
+
+	panics := prometheus.NewCounter(prometheus.CounterOpts{Name: "maas_gateway_panics_total",
+		Help: "Request handlers that panicked (recovered; the process keeps serving)."})
+	d.Registry.MustRegister(panics)
+	handler := r.Handler
+	log := o.Logger
+	recovered := func(ctx *fasthttp.RequestCtx) {
+		defer func() {
+			if v := recover(); v != nil {
+				panics.Inc()
+				log.Error("handler panicked", "request_id", ph.RequestID(ctx), "panic", fmt.Sprint(v), "stack", string(debug.Stack()))
+				ctx.Response.Reset()
+				apierr.WriteFast(ctx, apierr.New(apierr.Internal, "internal error"))
+			}
+		}()
+		handler(ctx)
+	}
+
+	return &fasthttp.Server{
+		Handler:                       recovered,
+		Name:                          "maas-gateway",
+		ReadTimeout:                   o.ReadTimeout,
+		WriteTimeout:                  o.WriteTimeout,
+		IdleTimeout:                   o.IdleTimeout,
+		MaxRequestBodySize:            o.MaxBodyBytes,
+		ReadBufferSize:                o.MaxHeaderBytes,
+		DisableHeaderNamesNormalizing: false,
+		NoDefaultServerHeader:         true,
+		NoDefaultDate:                 false,
+		CloseOnShutdown:               true,
+		ReduceMemoryUsage:             false,
+		Logger:                        fasthttpLogger{log},
+		ErrorHandler: func(ctx *fasthttp.RequestCtx, err error) {
+			var tooLarge *fasthttp.ErrSmallBuffer
+			switch {
+			case errors.Is(err, fasthttp.ErrBodyTooLarge):
+				apierr.WriteFast(ctx, apierr.New(apierr.TooLarge, "request body is larger than %d bytes", o.MaxBodyBytes))
+			case errors.As(err, &tooLarge):
+				apierr.WriteFast(ctx, &apierr.Error{Kind: apierr.TooLarge, Message: "request headers are too large"})
+				ctx.SetStatusCode(fasthttp.StatusRequestHeaderFieldsTooLarge)
+			default:
+				var ne net.Error
+				if errors.As(err, &ne) && ne.Timeout() {
+					apierr.WriteFast(ctx, &apierr.Error{Kind: apierr.InvalidRequest, Message: "request not received in time"})
+					ctx.SetStatusCode(fasthttp.StatusRequestTimeout)
+					return
+				}
+				apierr.WriteFast(ctx, apierr.New(apierr.InvalidRequest, "malformed HTTP request"))
+			}
+		},
+	}
+}
+
+type fasthttpLogger struct{ l *slog.Logger }
+
+func (f fasthttpLogger) Printf(format string, args ...any) {
+	f.l.Debug("fasthttp: " + fmt.Sprintf(format, args...))
+}
+
+func truncate(p []byte) string {
+	if len(p) > 200 {
+		return string(p[:200]) + "…"
+	}
+	return string(p)
+}
+
+func quote(s string) string {
+	b := make([]byte, 0, len(s)+2)
+	b = append(b, '"')
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		switch {
+		case c == '"' || c == '\\':
+			b = append(b, '\\', c)
+		case c < 0x20:
+			b = append(b, ' ')
+		default:
+			b = append(b, c)
+		}
+	}
+	return string(append(b, '"'))
+}

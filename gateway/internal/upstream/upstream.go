@@ -1,0 +1,204 @@
+// Package upstream keeps the pool of inference backends and picks one per request:
+// least outstanding requests with power-of-two choices (weighted; engine-reported load as
+// the tie-breaker), a per-model prefix-affinity policy (consistent hashing with bounded
+// load) and weighted random; a per-backend in-flight cap; a bounded queue, fair across
+// users, when every backend is full; and a circuit breaker per backend.
+package upstream
+
+import (
+	"crypto/tls"
+	"errors"
+	"net"
+	"net/http"
+	"net/url"
+	"strings"
+	"sync/atomic"
+	"time"
+
+	"github.com/sony/gobreaker/v2"
+	"github.com/valyala/fasthttp"
+
+	"github.com/maas-platform/maas/gateway/internal/snapshot"
+	"github.com/maas-platform/maas/pkg/registry"
+)
+
+// Upstream is one backend. Its counters are updated with atomics; it is safe for
+// concurrent use. It lives as long as the backend stays registered, across snapshots.
+type Upstream struct {
+	ID   string
+	Base string // scheme://host[:port][/path], no trailing slash
+	// Client sends non-streamed requests (pooled keep-alive connections).
+	Client *fasthttp.HostClient
+
+	inFlight atomic.Int64
+	capacity atomic.Int64
+	weight   atomic.Int64
+	// routable folds state healthy and not disabled.
+	routable atomic.Bool
+	// staleAtNano is when the backend's heartbeat becomes stale (unix nanoseconds, local clock).
+	staleAtNano atomic.Int64
+	waiting     atomic.Int64
+	kvMilli     atomic.Int64 // KV-cache use × 1000
+
+	breaker *gobreaker.TwoStepCircuitBreaker[struct{}]
+	models  atomic.Pointer[[]string]
+	hbEvery atomic.Int64 // heartbeat interval, nanoseconds
+	removed atomic.Bool
+}
+
+// InFlight is the number of requests the gateway has in flight on u.
+func (u *Upstream) InFlight() int64 { return u.inFlight.Load() }
+
+// Capacity is u's in-flight cap.
+func (u *Upstream) Capacity() int64 { return u.capacity.Load() }
+
+// BreakerState is u's circuit breaker state.
+func (u *Upstream) BreakerState() gobreaker.State { return u.breaker.State() }
+
+// URL returns the absolute URL of path on u.
+func (u *Upstream) URL(path string) string { return u.Base + path }
+
+func (u *Upstream) tryAcquire() bool {
+	c := u.capacity.Load()
+	for {
+		n := u.inFlight.Load()
+		if n >= c {
+			return false
+		}
+		if u.inFlight.CompareAndSwap(n, n+1) {
+			return true
+		}
+	}
+}
+
+// usable reports whether u may take new requests at now (ignoring capacity).
+func (u *Upstream) usable(nowNano int64, checkFresh bool) bool {
+	if !u.routable.Load() || u.removed.Load() || u.weight.Load() <= 0 {
+		return false
+	}
+	if checkFresh && nowNano > u.staleAtNano.Load() {
+		return false
+	}
+	return u.breaker.State() != gobreaker.StateOpen
+}
+
+func (u *Upstream) applyLoad(l snapshot.Load) {
+	u.routable.Store(l.State == registry.StateHealthy && !l.Disabled)
+	u.waiting.Store(int64(l.Waiting))
+	u.kvMilli.Store(int64(l.KVCache * 1000))
+	stale := l.ReadAt.Add(-l.HeartbeatAge).Add(3 * time.Duration(u.hbEvery.Load()))
+	u.staleAtNano.Store(stale.UnixNano())
+}
+
+// load is the engine-reported load used to break ties (lower is better).
+func (u *Upstream) load() int64 { return u.waiting.Load()*1000 + u.kvMilli.Load() }
+
+// Outcome is how a request ended, for the breaker.
+type Outcome uint8
+
+const (
+	// Success: the backend answered (any status below 500, or a completed stream).
+	Success Outcome = iota
+	// Failure: connection error, timeout or a 5xx; counts against the breaker.
+	Failure
+	// Neutral: the client went away or the request was cancelled; no health signal.
+	Neutral
+)
+
+var errFailed = errors.New("upstream: backend failed")
+
+// Lease is one acquired slot on an Upstream. Release it exactly once.
+type Lease struct {
+	U     *Upstream
+	pool  *Pool
+	done  func(err error)
+	Queue time.Duration // time spent waiting in the queue
+}
+
+// Release frees the slot and reports the outcome to u's breaker.
+func (l *Lease) Release(o Outcome) {
+	if l.done != nil {
+		switch o {
+		case Failure:
+			l.done(errFailed)
+		default:
+			// Neutral: a half-open probe that was cancelled must still finish; count it a
+			// success so that a client hang-up does not keep a backend out of the pool.
+			l.done(nil)
+		}
+		l.done = nil
+	}
+	l.U.inFlight.Add(-1)
+	l.pool.released()
+}
+
+func newUpstream(b snapshot.Backend, o *Options) (*Upstream, error) {
+	base := strings.TrimRight(b.URL, "/")
+	pu, err := url.Parse(base)
+	if err != nil || pu.Host == "" {
+		return nil, &url.Error{Op: "parse", URL: b.URL, Err: err}
+	}
+	addr := pu.Host
+	isTLS := pu.Scheme == "https"
+	if pu.Port() == "" {
+		if isTLS {
+			addr += ":443"
+		} else {
+			addr += ":80"
+		}
+	}
+	connect := o.ConnectTimeout
+	u := &Upstream{ID: b.ID, Base: base}
+	u.Client = &fasthttp.HostClient{
+		Addr:                          addr,
+		IsTLS:                         isTLS,
+		TLSConfig:                     &tls.Config{MinVersion: tls.VersionTLS12},
+		Name:                          "maas-gateway",
+		MaxConns:                      o.MaxConnsPerBackend,
+		MaxIdleConnDuration:           90 * time.Second,
+		DisableHeaderNamesNormalizing: false,
+		NoDefaultUserAgentHeader:      true,
+		MaxResponseBodySize:           o.MaxResponseBytes,
+		Dial: func(a string) (net.Conn, error) {
+			return fasthttp.DialTimeout(a, connect)
+		},
+	}
+	u.breaker = gobreaker.NewTwoStepCircuitBreaker[struct{}](gobreaker.Settings{
+		Name:        b.ID,
+		MaxRequests: 1,
+		Interval:    o.BreakerInterval,
+		Timeout:     o.BreakerOpenFor,
+		ReadyToTrip: func(c gobreaker.Counts) bool {
+			return c.ConsecutiveFailures >= o.BreakerFailures
+		},
+		OnStateChange: func(name string, from, to gobreaker.State) {
+			o.Logger.Warn("backend circuit breaker changed state", "backend", name, "from", from.String(), "to", to.String())
+		},
+	})
+	u.update(b)
+	u.applyLoad(b.Load)
+	return u, nil
+}
+
+func (u *Upstream) update(b snapshot.Backend) {
+	u.capacity.Store(int64(max(b.Capacity, 1)))
+	u.weight.Store(int64(b.Weight))
+	u.hbEvery.Store(int64(b.HeartbeatInterval))
+	models := b.Models
+	u.models.Store(&models)
+}
+
+// NewStreamTransport returns the HTTP transport used for streamed requests: its requests
+// are cancelled through their context the moment the client goes away.
+func NewStreamTransport(connect time.Duration, maxIdlePerHost int) *http.Transport {
+	return &http.Transport{
+		Proxy:               nil,
+		DialContext:         (&net.Dialer{Timeout: connect, KeepAlive: 30 * time.Second}).DialContext,
+		MaxIdleConns:        0,
+		MaxIdleConnsPerHost: maxIdlePerHost,
+		IdleConnTimeout:     90 * time.Second,
+		DisableCompression:  true,
+		ForceAttemptHTTP2:   false,
+		TLSClientConfig:     &tls.Config{MinVersion: tls.VersionTLS12},
+	}
+}
