@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5/pgxpool"
+	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/maas-platform/maas/control/internal/backend"
 	"github.com/maas-platform/maas/control/internal/model"
@@ -118,7 +119,7 @@ func (o *Options) validate(serve bool) error {
 }
 
 func (o Options) logger() *slog.Logger {
-	return obs.NewLogger(obs.LogOptions{Component: "control", Debug: o.Debug, JSON: o.Environment == config.Production})
+	return obs.NewLogger(obs.LogOptions{Component: "control", Debug: o.Debug, JSON: o.Environment == config.Production, Out: o.LogOut})
 }
 
 func withPool(ctx context.Context, o Options, f func(*pgxpool.Pool) error) error {
@@ -139,6 +140,7 @@ func newUserService(pool *pgxpool.Pool, o Options, log *slog.Logger) (*user.Serv
 		}
 	}
 	return user.New(pool, user.Options{
+		Hash:          o.HashParams,
 		Tokens:        user.NewTokens(key, o.AccessTokenExpire),
 		InternalToken: o.InternalToken,
 		Logger:        log,
@@ -212,32 +214,10 @@ func Run(ctx context.Context, o Options, out io.Writer, ready func(addr string))
 	}
 
 	reg := obs.NewRegistry("control")
-	users, err := newUserService(pool, o, log)
+	srv, backends, err := newServer(pool, o, log, reg)
 	if err != nil {
 		return err
 	}
-	models := model.New(pool, log)
-	backends, err := backend.New(pool, backend.Options{
-		Logger: log, Registerer: reg, RemoveAfter: o.BackendRemoveAfter, ReapInterval: time.Second,
-	})
-	if err != nil {
-		return err
-	}
-
-	sopts := server.DefaultOptions()
-	sopts.Addr = o.Addr
-	sopts.InternalToken = o.InternalToken
-	sopts.Logger = log
-	sopts.Registry = reg
-	sopts.Auth = users
-	sopts.Ready = func(ctx context.Context) error { return pool.Ping(ctx) }
-	srv, err := server.New(sopts)
-	if err != nil {
-		return err
-	}
-	users.Routes(srv)
-	models.Routes(srv)
-	backends.Routes(srv)
 
 	reapCtx, stopReaper := context.WithCancel(context.Background())
 	reaperDone := make(chan struct{})
@@ -258,6 +238,40 @@ func Run(ctx context.Context, o Options, out io.Writer, ready func(addr string))
 	})
 	log.Info("control stopped")
 	return err
+}
+
+// newServer builds the HTTP server with every domain's routes.
+func newServer(pool *pgxpool.Pool, o Options, log *slog.Logger, reg *prometheus.Registry) (*server.Server, *backend.Service, error) {
+	users, err := newUserService(pool, o, log)
+	if err != nil {
+		return nil, nil, err
+	}
+	models := model.New(pool, log)
+	reap := o.ReapInterval
+	if reap <= 0 {
+		reap = time.Second
+	}
+	backends, err := backend.New(pool, backend.Options{
+		Logger: log, Registerer: reg, RemoveAfter: o.BackendRemoveAfter, ReapInterval: reap,
+	})
+	if err != nil {
+		return nil, nil, err
+	}
+	sopts := server.DefaultOptions()
+	sopts.Addr = o.Addr
+	sopts.InternalToken = o.InternalToken
+	sopts.Logger = log
+	sopts.Registry = reg
+	sopts.Auth = users
+	sopts.Ready = func(ctx context.Context) error { return pool.Ping(ctx) }
+	srv, err := server.New(sopts)
+	if err != nil {
+		return nil, nil, err
+	}
+	users.Routes(srv)
+	models.Routes(srv)
+	backends.Routes(srv)
+	return srv, backends, nil
 }
 
 func checkSchema(ctx context.Context, pool *pgxpool.Pool, log *slog.Logger) error {

@@ -3,9 +3,11 @@ package app
 import (
 	"errors"
 	"flag"
+	"io"
 	"strings"
 	"time"
 
+	"github.com/maas-platform/maas/control/internal/user"
 	"github.com/maas-platform/maas/pkg/config"
 )
 
@@ -25,6 +27,14 @@ type Options struct {
 	BackendRemoveAfter time.Duration
 	// ShutdownGrace bounds graceful shutdown (MAAS_SHUTDOWN_GRACE).
 	ShutdownGrace time.Duration
+
+	// ReapInterval is how often silent backends are looked for (1s when zero; tests only).
+	ReapInterval time.Duration
+	// HashParams overrides the argon2id cost (zero: the defaults; tests only).
+	HashParams user.HashParams
+
+	// LogOut receives the logs (stderr when nil).
+	LogOut io.Writer
 
 	// Command-specific flags.
 	Dir      string // migrate create: target folder

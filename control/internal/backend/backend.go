@@ -9,6 +9,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"slices"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -127,15 +128,36 @@ func (s *Service) Register(ctx context.Context, r registry.RegisterRequest) (*re
 
 // Heartbeat records load and state of backend id. A draining backend stays draining
 // until an operator undrains it or it deregisters.
+//
+// Load figures change on every heartbeat and must not wake every gateway, so they are
+// written by a statement that touches no column the NOTIFY trigger watches; state and
+// models are written by a second statement only when they change.
 func (s *Service) Heartbeat(ctx context.Context, id string, h registry.HeartbeatRequest) (*registry.Backend, error) {
 	b, err := scan(s.db.QueryRow(ctx, `UPDATE backends SET
 			running_requests = $2, waiting_requests = $3, kv_cache_usage = $4, in_flight = $5,
-			state = CASE WHEN state = 'draining' THEN 'draining' ELSE $6 END,
-			models = COALESCE($7, models),
 			last_heartbeat_at = now()
-		WHERE id = $1 RETURNING `+columns, id, h.Running, h.Waiting, h.KVCacheUsage, h.InFlight, h.State, h.Models))
+		WHERE id = $1 RETURNING `+columns, id, h.Running, h.Waiting, h.KVCacheUsage, h.InFlight))
 	if err != nil {
 		return nil, fmt.Errorf("heartbeat backend %s: %w", id, err)
+	}
+	state := h.State
+	if b.State == registry.StateDraining {
+		state = registry.StateDraining
+	}
+	models := b.Models
+	if h.Models != nil {
+		models = h.Models
+	}
+	if state == b.State && slices.Equal(models, b.Models) {
+		return b, nil
+	}
+	previous := b.State
+	b, err = scan(s.db.QueryRow(ctx, `UPDATE backends SET state = $2, models = $3 WHERE id = $1 RETURNING `+columns, id, state, models))
+	if err != nil {
+		return nil, fmt.Errorf("heartbeat backend %s: %w", id, err)
+	}
+	if previous != b.State {
+		s.log.Info("backend state changed by heartbeat", "backend", id, "from", previous, "to", b.State)
 	}
 	return b, nil
 }

@@ -1,0 +1,295 @@
+package app
+
+import (
+	"fmt"
+	"sort"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/golang-jwt/jwt/v5"
+
+	"github.com/maas-platform/maas/pkg/obs"
+)
+
+// Identities of the RBAC matrix.
+const (
+	anon     = "no token"
+	badTok   = "bad token"
+	expired  = "expired token"
+	asUser   = "user"
+	asDev    = "developer"
+	asAdmin  = "admin"
+	internal = "internal token"
+)
+
+var identities = []string{anon, badTok, expired, asUser, asDev, asAdmin, internal}
+
+// expect builds the expected status per identity: the API's usual shape is 401 for the
+// first three (and for the internal token, which is no user credential), then the given
+// statuses for user, developer and admin.
+func expect(user, dev, admin int) map[string]int {
+	return map[string]int{anon: 401, badTok: 401, expired: 401, internal: 401, asUser: user, asDev: dev, asAdmin: admin}
+}
+
+func all(status int) map[string]int {
+	m := map[string]int{}
+	for _, id := range identities {
+		m[id] = status
+	}
+	return m
+}
+
+// internalOnly: only the internal token passes.
+func internalOnly(status int) map[string]int {
+	m := all(401)
+	m[internal] = status
+	return m
+}
+
+type rbacFixture struct {
+	tc                *testControl
+	tokens            map[string]string
+	users             map[string]testUser
+	admin             testUser
+	victimSeq         int
+	publicModel       string
+	backendID         string
+	passwordOf        map[string]string
+	adminTokForSetups string
+}
+
+// matrixCase is one endpoint: route is the router's pattern; req returns the concrete path
+// and body for a caller.
+type matrixCase struct {
+	method, route string
+	req           func(f *rbacFixture, who string) (path string, body any)
+	want          map[string]int
+}
+
+func fixed(path string, body any) func(*rbacFixture, string) (string, any) {
+	return func(*rbacFixture, string) (string, any) { return path, body }
+}
+
+func (f *rbacFixture) victim() testUser {
+	return f.tc.createUser(f.adminTokForSetups, "user")
+}
+
+func (f *rbacFixture) freshModel() string {
+	f.victimSeq++
+	name := fmt.Sprintf("victim-model-%d", f.victimSeq)
+	f.tc.call("POST", "/api/v1/models", f.adminTokForSetups, map[string]any{"name": name, "type": "chat"}, 201)
+	return name
+}
+
+// ownKey creates a key owned by who (by the user for anonymous callers, who cannot own one).
+func (f *rbacFixture) ownKey(who string) int64 {
+	owner := who
+	if _, ok := f.users[who]; !ok {
+		owner = asUser
+	}
+	id, _ := f.tc.createKey(f.users[owner].Token, nil)
+	return id
+}
+
+func matrix() []matrixCase {
+	return []matrixCase{
+		{"GET", "/health", fixed("/health", nil), all(200)},
+		{"GET", "/ready", fixed("/ready", nil), all(200)},
+		{"GET", "/metrics", fixed("/metrics", nil), all(200)},
+
+		{"POST", "/api/v1/auth/login", func(f *rbacFixture, who string) (string, any) {
+			return "/api/v1/auth/login", map[string]string{"username": f.users[asUser].Username, "password": f.users[asUser].Password}
+		}, all(200)},
+		{"GET", "/api/v1/users/me", fixed("/api/v1/users/me", nil), expect(200, 200, 200)},
+		{"POST", "/api/v1/users/me/password", func(f *rbacFixture, who string) (string, any) {
+			pw := "whatever-password"
+			if u, ok := f.users[who]; ok {
+				pw = u.Password
+			}
+			return "/api/v1/users/me/password", map[string]string{"current_password": pw, "new_password": pw}
+		}, expect(204, 204, 204)},
+
+		{"POST", "/api/v1/users", func(f *rbacFixture, who string) (string, any) {
+			f.victimSeq++
+			return "/api/v1/users", map[string]any{"username": fmt.Sprintf("new_%d", f.victimSeq), "password": "Password-123"}
+		}, expect(403, 403, 201)},
+		{"GET", "/api/v1/users", fixed("/api/v1/users", nil), expect(403, 403, 200)},
+		{"GET", "/api/v1/users/{id}", func(f *rbacFixture, who string) (string, any) {
+			return fmt.Sprintf("/api/v1/users/%d", f.users[asUser].ID), nil
+		}, expect(403, 403, 200)},
+		{"PATCH", "/api/v1/users/{id}", func(f *rbacFixture, who string) (string, any) {
+			return fmt.Sprintf("/api/v1/users/%d", f.users[asUser].ID), map[string]any{"full_name": "Changed " + who}
+		}, expect(403, 403, 200)},
+		{"DELETE", "/api/v1/users/{id}", func(f *rbacFixture, who string) (string, any) {
+			return fmt.Sprintf("/api/v1/users/%d", f.victim().ID), nil
+		}, expect(403, 403, 204)},
+		{"PUT", "/api/v1/users/{id}/roles", func(f *rbacFixture, who string) (string, any) {
+			return fmt.Sprintf("/api/v1/users/%d/roles", f.victim().ID), map[string]any{"roles": []string{"user", "developer"}}
+		}, expect(403, 403, 200)},
+		{"GET", "/api/v1/users/{id}/quota", func(f *rbacFixture, who string) (string, any) {
+			return fmt.Sprintf("/api/v1/users/%d/quota", f.users[asUser].ID), nil
+		}, expect(403, 403, 200)},
+		{"PUT", "/api/v1/users/{id}/quota", func(f *rbacFixture, who string) (string, any) {
+			return fmt.Sprintf("/api/v1/users/%d/quota", f.users[asUser].ID), map[string]any{"requests_per_minute": 60}
+		}, expect(403, 403, 200)},
+
+		{"POST", "/api/v1/api-keys", fixed("/api/v1/api-keys", map[string]any{"name": "matrix"}), expect(201, 201, 201)},
+		{"GET", "/api/v1/api-keys", fixed("/api/v1/api-keys", nil), expect(200, 200, 200)},
+		{"GET", "/api/v1/api-keys/{id}", func(f *rbacFixture, who string) (string, any) {
+			return fmt.Sprintf("/api/v1/api-keys/%d", f.ownKey(who)), nil
+		}, expect(200, 200, 200)},
+		{"DELETE", "/api/v1/api-keys/{id}", func(f *rbacFixture, who string) (string, any) {
+			return fmt.Sprintf("/api/v1/api-keys/%d", f.ownKey(who)), nil
+		}, expect(204, 204, 204)},
+
+		{"POST", "/api/v1/models", func(f *rbacFixture, who string) (string, any) {
+			f.victimSeq++
+			return "/api/v1/models", map[string]any{"name": fmt.Sprintf("matrix-model-%d", f.victimSeq), "type": "embedding"}
+		}, expect(403, 403, 201)},
+		{"GET", "/api/v1/models", fixed("/api/v1/models", nil), expect(200, 200, 200)},
+		{"GET", "/api/v1/models/{name:*}", func(f *rbacFixture, who string) (string, any) {
+			return "/api/v1/models/" + f.publicModel, nil
+		}, expect(200, 200, 200)},
+		{"PATCH", "/api/v1/models/{name:*}", func(f *rbacFixture, who string) (string, any) {
+			return "/api/v1/models/" + f.publicModel, map[string]any{"description": "by " + who}
+		}, expect(403, 403, 200)},
+		{"DELETE", "/api/v1/models/{name:*}", func(f *rbacFixture, who string) (string, any) {
+			return "/api/v1/models/" + f.freshModel(), nil
+		}, expect(403, 403, 204)},
+
+		{"GET", "/api/v1/backends", fixed("/api/v1/backends", nil), expect(403, 403, 200)},
+		{"GET", "/api/v1/backends/{id}", func(f *rbacFixture, who string) (string, any) {
+			return "/api/v1/backends/" + f.backendID, nil
+		}, expect(403, 403, 200)},
+		{"PATCH", "/api/v1/backends/{id}", func(f *rbacFixture, who string) (string, any) {
+			return "/api/v1/backends/" + f.backendID, map[string]any{"weight": 50}
+		}, expect(403, 403, 200)},
+
+		{"POST", "/internal/v1/backends/register", func(f *rbacFixture, who string) (string, any) {
+			return "/internal/v1/backends/register", registerBody(f.backendID, 2000)
+		}, internalOnly(200)},
+		{"POST", "/internal/v1/backends/{id}/heartbeat", func(f *rbacFixture, who string) (string, any) {
+			return "/internal/v1/backends/" + f.backendID + "/heartbeat", map[string]any{"state": "healthy", "running_requests": 1}
+		}, internalOnly(200)},
+		{"POST", "/internal/v1/backends/{id}/deregister", func(f *rbacFixture, who string) (string, any) {
+			f.victimSeq++
+			id := fmt.Sprintf("gone-%d", f.victimSeq)
+			f.tc.call("POST", "/internal/v1/backends/register", testInternalToken, registerBody(id, 2000), 200)
+			return "/internal/v1/backends/" + id + "/deregister", nil
+		}, internalOnly(204)},
+	}
+}
+
+func registerBody(id string, intervalMS int) map[string]any {
+	return map[string]any{"id": id, "url": "http://127.0.0.1:9", "engine_kind": "sim",
+		"models": []string{"sim-chat", "sim-embedding"}, "capacity": 8, "heartbeat_interval_ms": intervalMS}
+}
+
+// expiredToken is a correctly signed session token that expired an hour ago.
+func expiredToken(t *testing.T, userID int64) string {
+	t.Helper()
+	past := time.Now().Add(-2 * time.Hour)
+	tok, err := jwt.NewWithClaims(jwt.SigningMethodHS256, jwt.RegisteredClaims{
+		Issuer: "maas-control", Subject: fmt.Sprint(userID),
+		IssuedAt: jwt.NewNumericDate(past), ExpiresAt: jwt.NewNumericDate(past.Add(time.Hour)),
+	}).SignedString([]byte(testSecret))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return tok
+}
+
+// TestRBACMatrix calls every registered endpoint as every identity and checks the status.
+// A route registered on the router but missing from the matrix fails the test.
+func TestRBACMatrix(t *testing.T) {
+	tc := startControl(t, nil)
+	adminTok := tc.adminToken()
+	f := &rbacFixture{tc: tc, adminTokForSetups: adminTok, users: map[string]testUser{}}
+	f.users[asUser] = tc.createUser(adminTok, "user")
+	f.users[asDev] = tc.createUser(adminTok, "developer")
+	var me struct {
+		ID int64 `json:"id"`
+	}
+	tc.call("GET", "/api/v1/users/me", adminTok, nil, 200).decode(t, &me)
+	f.users[asAdmin] = testUser{ID: me.ID, Username: "admin", Password: testAdminPassword, Token: adminTok}
+	f.publicModel = "org/public-model"
+	tc.call("POST", "/api/v1/models", adminTok, map[string]any{"name": f.publicModel, "type": "chat"}, 201)
+	f.backendID = "matrix-backend"
+	tc.call("POST", "/internal/v1/backends/register", testInternalToken, registerBody(f.backendID, 60000), 200)
+
+	f.tokens = map[string]string{
+		anon:     "",
+		badTok:   "not-a-valid-token",
+		expired:  expiredToken(t, f.users[asUser].ID),
+		asUser:   f.users[asUser].Token,
+		asDev:    f.users[asDev].Token,
+		asAdmin:  adminTok,
+		internal: testInternalToken,
+	}
+
+	// Every registered route must be in the matrix, and every matrix route registered.
+	srv, _, err := newServer(tc.Pool, tc.Opts, obs.NewLogger(obs.LogOptions{Out: discard{}}), obs.NewRegistry("control"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	registered := map[string]bool{}
+	for method, paths := range srv.RouterList() {
+		for _, p := range paths {
+			registered[method+" "+p] = true
+		}
+	}
+	cases := matrix()
+	inMatrix := map[string]bool{}
+	for _, c := range cases {
+		inMatrix[c.method+" "+c.route] = true
+	}
+	var missing, stale []string
+	for r := range registered {
+		if !inMatrix[r] {
+			missing = append(missing, r)
+		}
+	}
+	for r := range inMatrix {
+		if !registered[r] {
+			stale = append(stale, r)
+		}
+	}
+	sort.Strings(missing)
+	sort.Strings(stale)
+	if len(missing) > 0 {
+		t.Errorf("routes registered but missing from the RBAC matrix: %s", strings.Join(missing, ", "))
+	}
+	if len(stale) > 0 {
+		t.Errorf("matrix routes that are not registered: %s", strings.Join(stale, ", "))
+	}
+	if len(registered) < 25 {
+		t.Fatalf("router lists only %d routes; the walk is broken", len(registered))
+	}
+
+	for _, c := range cases {
+		for _, who := range identities {
+			want, ok := c.want[who]
+			if !ok {
+				t.Fatalf("%s %s: no expectation for %s", c.method, c.route, who)
+			}
+			t.Run(c.method+" "+c.route+" as "+who, func(t *testing.T) {
+				path, body := c.req(f, who)
+				r := tc.do(c.method, path, body, bearer(f.tokens[who]))
+				if r.Status != want {
+					t.Fatalf("%s %s as %s: status %d, want %d: %s", c.method, path, who, r.Status, want, r.Body)
+				}
+				if r.Status >= 400 {
+					e := r.apiErr(t)
+					if who == expired && r.Status == 401 && strings.HasPrefix(c.route, "/api/v1/") && !strings.Contains(e.Error.Message, "expired") {
+						t.Errorf("expired token answered %q, want a message about expiry", e.Error.Message)
+					}
+				}
+			})
+		}
+	}
+}
+
+type discard struct{}
+
+func (discard) Write(p []byte) (int, error) { return len(p), nil }
