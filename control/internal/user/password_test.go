@@ -6,7 +6,9 @@ import (
 	"testing"
 )
 
-func fastParams() HashParams { return HashParams{MemoryKiB: 64, Time: 1, Threads: 1, SaltLen: 16, KeyLen: 32} }
+func fastParams() HashParams {
+	return HashParams{MemoryKiB: 64, Time: 1, Threads: 1, SaltLen: 16, KeyLen: 32}
+}
 
 func TestHashPassword(t *testing.T) {
 	h1, err := HashPassword("correct horse battery", DefaultHashParams())
