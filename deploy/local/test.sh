@@ -15,6 +15,8 @@ cleanup() {
 trap cleanup EXIT
 
 pg_start "$tmp/pg"
+# promtool (Debian's prometheus package) checks deploy/prometheus; deploy/deploytest needs it.
+command -v promtool >/dev/null 2>&1 || apt_install prometheus || say "promtool is missing (Debian: 'sudo apt-get install prometheus')"
 redis_start "$tmp/redis" || {
 	if [ -n "${CI:-}" ]; then
 		say "Redis is required under CI"
