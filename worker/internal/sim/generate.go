@@ -275,15 +275,17 @@ func (s *Sim) respond(ctx *fasthttp.RequestCtx, g *gen) {
 			s.hijack(ctx, func(c net.Conn) {
 				defer s.release(tokens)
 				bw := bufio.NewWriter(c)
-				if _, err := bw.WriteString(rawStreamHeader); err != nil {
+				if _, err := bw.WriteString(rawStreamHeader); err != nil || bw.Flush() != nil {
 					return
 				}
 				g.streamEvents(&eventWriter{w: bw, chunked: true, dropAfter: drop}, f.Malformed)
-			})
+				_ = bw.Flush() // the events before the drop point, then the server closes the connection
+			}, false)
 			return
 		}
 		ctx.Response.Header.SetContentType("text/event-stream")
 		ctx.Response.Header.Set("Cache-Control", "no-cache")
+		ctx.Response.ImmediateHeaderFlush = true // headers now, the first token after TTFT
 		ctx.SetBodyStreamWriter(func(w *bufio.Writer) {
 			defer s.release(tokens)
 			g.streamEvents(&eventWriter{w: w, dropAfter: -1}, f.Malformed)
@@ -328,7 +330,7 @@ func writeDropped(s *Sim, ctx *fasthttp.RequestCtx, body []byte, n int) {
 	raw = strconv.AppendInt(raw, int64(len(body)), 10)
 	raw = append(raw, "\r\n\r\n"...)
 	raw = append(raw, body[:min(n, len(body))]...)
-	s.hijack(ctx, func(c net.Conn) { _, _ = c.Write(raw) })
+	s.hijack(ctx, func(c net.Conn) { _, _ = c.Write(raw) }, false)
 }
 
 const rawStreamHeader = "HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nCache-Control: no-cache\r\nTransfer-Encoding: chunked\r\n\r\n"
@@ -545,10 +547,8 @@ func (g *gen) streamEvents(ew *eventWriter, malformed bool) {
 			timer.Stop()
 		}
 	}()
-	if s.o.TTFT > 0 {
-		if ew.w.Flush() != nil || !s.sleep(&timer, s.o.TTFT) {
-			return
-		}
+	if !s.sleep(&timer, s.o.TTFT) {
+		return
 	}
 	ttft := time.Since(g.start)
 	bp := bufPool.Get().(*[]byte)

@@ -42,7 +42,7 @@ type Sim struct {
 	stopping chan struct{}
 	stopOnce sync.Once
 	hijackMu sync.Mutex
-	hijacked map[net.Conn]struct{}
+	hijacked map[net.Conn]bool // hijacked connections; true for hung requests
 
 	lnMu sync.Mutex
 	ln   net.Listener
@@ -80,7 +80,7 @@ func New(o Options) (*Sim, error) {
 		o:        o,
 		log:      o.Logger.With("engine", "simulator"),
 		stopping: make(chan struct{}),
-		hijacked: map[net.Conn]struct{}{},
+		hijacked: map[net.Conn]bool{},
 		idPrefix: hex.EncodeToString(idb[:]),
 		created:  time.Now().Unix(),
 	}
@@ -179,17 +179,25 @@ func (s *Sim) Serve() error {
 // Stop stops accepting, lets running requests finish until ctx ends, then aborts the rest
 // (hung requests included). It is idempotent.
 func (s *Sim) Stop(ctx context.Context) error {
+	s.closeHijacked(true) // hung requests would only hold the shutdown up
 	err := s.srv.ShutdownWithContext(ctx)
 	s.stopOnce.Do(func() { close(s.stopping) })
-	s.hijackMu.Lock()
-	for c := range s.hijacked {
-		_ = c.Close()
-	}
-	s.hijackMu.Unlock()
+	s.closeHijacked(false)
 	if err != nil && !errors.Is(err, context.DeadlineExceeded) && !errors.Is(err, context.Canceled) {
 		return fmt.Errorf("simulator stop: %w", err)
 	}
 	return nil
+}
+
+// closeHijacked closes the hijacked connections (only the hung ones when hungOnly).
+func (s *Sim) closeHijacked(hungOnly bool) {
+	s.hijackMu.Lock()
+	defer s.hijackMu.Unlock()
+	for c, hung := range s.hijacked {
+		if hung || !hungOnly {
+			_ = c.Close()
+		}
+	}
 }
 
 // Run serves until ctx ends, then stops with grace for running requests.
@@ -385,9 +393,15 @@ func (s *Sim) handle(ctx *fasthttp.RequestCtx) {
 
 // hijack takes over the connection after the handler returns, without a response; fn
 // owns the connection until it returns (the server then closes it).
-func (s *Sim) hijack(ctx *fasthttp.RequestCtx, fn func(c net.Conn)) {
+func (s *Sim) hijack(ctx *fasthttp.RequestCtx, fn func(c net.Conn), hung bool) {
 	ctx.HijackSetNoResponse(true)
 	ctx.Hijack(func(c net.Conn) {
+		// fasthttp's wrapper ignores Close (it closes the connection itself after fn);
+		// Stop needs the real connection to cut hung requests.
+		raw := c
+		if u, ok := c.(interface{ UnsafeConn() net.Conn }); ok {
+			raw = u.UnsafeConn()
+		}
 		s.hijackMu.Lock()
 		select {
 		case <-s.stopping:
@@ -395,11 +409,11 @@ func (s *Sim) hijack(ctx *fasthttp.RequestCtx, fn func(c net.Conn)) {
 			return
 		default:
 		}
-		s.hijacked[c] = struct{}{}
+		s.hijacked[raw] = hung
 		s.hijackMu.Unlock()
 		defer func() {
 			s.hijackMu.Lock()
-			delete(s.hijacked, c)
+			delete(s.hijacked, raw)
 			s.hijackMu.Unlock()
 		}()
 		fn(c)
@@ -416,7 +430,7 @@ func (s *Sim) hang(ctx *fasthttp.RequestCtx) {
 				return
 			}
 		}
-	})
+	}, true)
 }
 
 func (s *Sim) nextID(dst []byte, prefix string) []byte {

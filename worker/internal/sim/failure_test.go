@@ -1,0 +1,273 @@
+package sim
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"errors"
+	"io"
+	"net/http"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/maas-platform/maas/pkg/openai"
+)
+
+func TestParseFailure(t *testing.T) {
+	tests := []struct {
+		in   string
+		want Failure
+		err  bool
+	}{
+		{"", Failure{}, false},
+		{"status=503", Failure{Status: 503}, false},
+		{"hang", Failure{Hang: true}, false},
+		{"drop-after=0", Failure{Drop: true}, false},
+		{"drop-after=3", Failure{Drop: true, DropAfter: 3}, false},
+		{"malformed", Failure{Malformed: true}, false},
+		{"slow-first-byte=500ms", Failure{SlowFirstByte: 500 * time.Millisecond}, false},
+		{"slow-first-byte=200ms, drop-after=2", Failure{SlowFirstByte: 200 * time.Millisecond, Drop: true, DropAfter: 2}, false},
+		{"status=200", Failure{}, true},
+		{"drop-after=x", Failure{}, true},
+		{"explode", Failure{}, true},
+		{"slow-first-byte", Failure{}, true},
+	}
+	for _, tt := range tests {
+		got, err := ParseFailure(tt.in)
+		if (err != nil) != tt.err || got != tt.want {
+			t.Errorf("ParseFailure(%q) = %+v, %v", tt.in, got, err)
+		}
+		if err == nil {
+			back, err := ParseFailure(got.String())
+			if err != nil || back != got {
+				t.Errorf("round trip of %q: %+v, %v", tt.in, back, err)
+			}
+		}
+	}
+}
+
+const chatBody = `{"model":"sim-chat","messages":[{"role":"user","content":"x"}],"max_tokens":5}`
+const streamBody = `{"model":"sim-chat","messages":[{"role":"user","content":"x"}],"max_tokens":5,"stream":true}`
+
+func TestFailureStatus(t *testing.T) {
+	s := start(t, nil)
+	for _, path := range []string{"/v1/chat/completions", "/v1/embeddings"} {
+		body := chatBody
+		if path == "/v1/embeddings" {
+			body = `{"model":"sim-embedding","input":"x"}`
+		}
+		for _, status := range []int{429, 500, 503} {
+			resp, b := post(t, s, path, body, FailHeader, "status="+itoa(status))
+			if resp.StatusCode != status {
+				t.Fatalf("%s: status %d, want %d", path, resp.StatusCode, status)
+			}
+			var e openai.ErrorResponse
+			strict(t, b, &e)
+			if string(e.Error.Code) != `"simulated_failure"` || e.Error.Type == "" {
+				t.Errorf("envelope %s", b)
+			}
+			if (status != 500) != (resp.Header.Get("Retry-After") == "1") {
+				t.Errorf("status %d: Retry-After %q", status, resp.Header.Get("Retry-After"))
+			}
+		}
+	}
+	if resp, b := post(t, s, "/v1/chat/completions", chatBody, FailHeader, "explode"); resp.StatusCode != 400 {
+		t.Errorf("bad header: %d %s", resp.StatusCode, b)
+	}
+}
+
+func itoa(n int) string { return strconv.Itoa(n) }
+
+func TestFailureHang(t *testing.T) {
+	s := start(t, nil)
+	c := &http.Client{Timeout: 300 * time.Millisecond}
+	req, _ := http.NewRequest("POST", s.URL()+"/v1/chat/completions", strings.NewReader(chatBody))
+	req.Header.Set(FailHeader, "hang")
+	began := time.Now()
+	resp, err := c.Do(req)
+	if err == nil {
+		resp.Body.Close()
+		t.Fatalf("a hung request answered %d", resp.StatusCode)
+	}
+	var ne interface{ Timeout() bool }
+	if !errors.As(err, &ne) || !ne.Timeout() || time.Since(began) < 300*time.Millisecond {
+		t.Errorf("want a client timeout, got %v after %v", err, time.Since(began))
+	}
+	// Hung requests do not count as load, and Stop does not wait for them.
+	if l := s.Load(); l.Running != 0 {
+		t.Errorf("load %+v", l)
+	}
+}
+
+func TestFailureHangReleasedByStop(t *testing.T) {
+	s := start(t, nil)
+	errc := make(chan error, 1)
+	go func() {
+		req, _ := http.NewRequest("POST", s.URL()+"/v1/chat/completions", strings.NewReader(chatBody))
+		req.Header.Set(FailHeader, "hang")
+		resp, err := (&http.Client{}).Do(req)
+		if err == nil {
+			resp.Body.Close()
+		}
+		errc <- err
+	}()
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		s.hijackMu.Lock()
+		n := len(s.hijacked)
+		s.hijackMu.Unlock()
+		if n == 1 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("request never hung")
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	defer cancel()
+	if err := s.Stop(ctx); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case err := <-errc:
+		if err == nil {
+			t.Error("the hung request got an answer")
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("Stop did not release the hung request")
+	}
+}
+
+func TestFailureDropStream(t *testing.T) {
+	s := start(t, nil)
+	for _, n := range []int{0, 1, 3} {
+		req, _ := http.NewRequest("POST", s.URL()+"/v1/chat/completions", strings.NewReader(streamBody))
+		req.Header.Set(FailHeader, "drop-after="+string(rune('0'+n)))
+		resp, err := client.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if resp.StatusCode != 200 || resp.Header.Get("Content-Type") != "text/event-stream" {
+			t.Fatalf("status %d %q", resp.StatusCode, resp.Header.Get("Content-Type"))
+		}
+		r := openai.NewReader(resp.Body)
+		got := 0
+		var last error
+		for {
+			ev, err := r.Next()
+			if err != nil {
+				last = err
+				break
+			}
+			if openai.IsDone(ev.Data) {
+				t.Fatal("a dropped stream reached [DONE]")
+			}
+			var c openai.ChatCompletionChunk
+			strict(t, ev.Data, &c)
+			got++
+		}
+		resp.Body.Close()
+		if got != n || !errors.Is(last, io.ErrUnexpectedEOF) {
+			t.Errorf("drop-after=%d: %d events, end %v (want unexpected EOF)", n, got, last)
+		}
+	}
+}
+
+func TestFailureDropBody(t *testing.T) {
+	s := start(t, nil)
+	req, _ := http.NewRequest("POST", s.URL()+"/v1/chat/completions", strings.NewReader(chatBody))
+	req.Header.Set(FailHeader, "drop-after=10")
+	resp, err := client.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	if resp.StatusCode != 200 || len(b) != 10 || !errors.Is(err, io.ErrUnexpectedEOF) {
+		t.Errorf("status %d, %d bytes, err %v", resp.StatusCode, len(b), err)
+	}
+}
+
+func TestFailureMalformed(t *testing.T) {
+	s := start(t, nil)
+	resp, b := post(t, s, "/v1/chat/completions", chatBody, FailHeader, "malformed")
+	if resp.StatusCode != 200 || json.Valid(b) || len(b) == 0 {
+		t.Errorf("non-streamed: status %d valid %v: %s", resp.StatusCode, json.Valid(b), b)
+	}
+	resp, b = post(t, s, "/v1/chat/completions", streamBody, FailHeader, "malformed")
+	if resp.StatusCode != 200 {
+		t.Fatalf("status %d", resp.StatusCode)
+	}
+	events := readStream(t, b)
+	bad := 0
+	for i, data := range events {
+		if !json.Valid(data) {
+			bad++
+			if i != 1 {
+				t.Errorf("malformed event at %d, want 1", i)
+			}
+		}
+	}
+	if bad != 1 || len(events) != 1+1+5+1 {
+		t.Errorf("%d malformed of %d events", bad, len(events))
+	}
+}
+
+func TestFailureSlowFirstByte(t *testing.T) {
+	s := start(t, nil)
+	for _, body := range []string{chatBody, streamBody} {
+		req, _ := http.NewRequest("POST", s.URL()+"/v1/chat/completions", strings.NewReader(body))
+		req.Header.Set(FailHeader, "slow-first-byte=200ms")
+		began := time.Now()
+		resp, err := client.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		headers := time.Since(began)
+		_, _ = io.Copy(io.Discard, resp.Body)
+		resp.Body.Close()
+		if resp.StatusCode != 200 || headers < 200*time.Millisecond {
+			t.Errorf("status %d, headers after %v (want >= 200ms)", resp.StatusCode, headers)
+		}
+	}
+}
+
+func TestFailureFromConfig(t *testing.T) {
+	s := start(t, func(o *Options) { o.Fail = Failure{Status: 502}; o.FailRate = 1 })
+	if resp, _ := post(t, s, "/v1/chat/completions", chatBody); resp.StatusCode != 502 {
+		t.Errorf("configured failure: %d", resp.StatusCode)
+	}
+	// The header wins over the configuration.
+	if resp, _ := post(t, s, "/v1/chat/completions", chatBody, FailHeader, "status=418"); resp.StatusCode != 418 {
+		t.Errorf("header failure: %d", resp.StatusCode)
+	}
+	s0 := start(t, func(o *Options) { o.Fail = Failure{Status: 502}; o.FailRate = 0 })
+	if resp, _ := post(t, s0, "/v1/chat/completions", chatBody); resp.StatusCode != 200 {
+		t.Errorf("rate 0: %d", resp.StatusCode)
+	}
+}
+
+func TestStreamTiming(t *testing.T) {
+	s := start(t, func(o *Options) { o.TTFT = 100 * time.Millisecond; o.ITL = 20 * time.Millisecond })
+	req, _ := http.NewRequest("POST", s.URL()+"/v1/chat/completions", strings.NewReader(streamBody))
+	began := time.Now()
+	resp, err := client.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	headers := time.Since(began)
+	br := bufio.NewReader(resp.Body)
+	if _, err := br.ReadString('\n'); err != nil {
+		t.Fatal(err)
+	}
+	first := time.Since(began)
+	_, _ = io.Copy(io.Discard, br)
+	total := time.Since(began)
+	if headers >= 100*time.Millisecond || first < 100*time.Millisecond || total < 100*time.Millisecond+4*20*time.Millisecond {
+		t.Errorf("headers %v, first event %v, total %v", headers, first, total)
+	}
+}
