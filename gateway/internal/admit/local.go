@@ -44,6 +44,9 @@ type subjectState struct {
 
 	lastUsed  atomic.Int64 // unix nanoseconds of the last Admit
 	seedRetry atomic.Int64 // unix nanoseconds before which a failed budget seed is not retried
+
+	seedMu      sync.Mutex   // serialises seeding the Redis budget counter
+	redisSeeded atomic.Int32 // month index this gateway seeded in Redis
 }
 
 // perMinute converts a per-minute count into a rate.Limit (events per second).

@@ -295,21 +295,26 @@ func (r *redisTier) admit(ctx context.Context, t *Ticket, now time.Time) (decide
 			return false, nil
 		}
 		r.l.m.redisSeconds.Observe(time.Since(begin).Seconds())
-		if len(res) == 0 || res[0] != 3 || attempt == 2 {
+		if len(res) == 0 || res[0] != 3 || attempt == 3 {
 			break
 		}
 		for _, i := range res[1:] {
-			c := &cs[i-1]
-			seed := int64(0)
-			if f := r.l.o.BudgetUsed; f != nil {
-				used, err := f(ctx, scopeNames[c.st.key.scope], c.st.key.id, start)
-				if err != nil {
-					r.l.log.Warn("quota budget seed failed; admitting without budget check", "scope", scopeNames[c.st.key.scope], "subject_id", c.st.key.id, "err", err)
-					used = -2
-				}
-				seed = used
+			if i < 1 || int(i) > len(cs) {
+				break
 			}
-			args[4+(i-1)*7+5] = seed
+			if attempt == 2 { // the counter keeps vanishing: admit without the budget
+				args[4+(i-1)*7+5] = -2
+				continue
+			}
+			c := &cs[i-1]
+			if err := r.seed(ctx, c.st, keys[(i-1)*3+2], cur, start, budgetTTL, attempt > 0); err != nil {
+				if errors.Is(err, errRedisSeed) {
+					r.markDown(err)
+					return false, nil
+				}
+				r.l.log.Warn("quota budget seed failed; admitting without budget check", "scope", scopeNames[c.st.key.scope], "subject_id", c.st.key.id, "err", err)
+				args[4+(i-1)*7+5] = -2
+			}
 		}
 	}
 	switch {
@@ -350,6 +355,33 @@ func (r *redisTier) admit(ctx context.Context, t *Ticket, now time.Time) (decide
 	}
 	r.markDown(fmt.Errorf("admit: unexpected script reply %v", res))
 	return false, nil
+}
+
+var errRedisSeed = errors.New("redis")
+
+// seed creates a subject's budget counter for month cur from BudgetUsed, once per gateway
+// (seedMu makes concurrent requests of the subject wait for the first one). Every gateway may
+// seed once; SET NX keeps the first value. force seeds again (the counter vanished).
+func (r *redisTier) seed(ctx context.Context, st *subjectState, key string, cur int32, start time.Time, ttl int64, force bool) error {
+	st.seedMu.Lock()
+	defer st.seedMu.Unlock()
+	if !force && st.redisSeeded.Load() == cur {
+		return nil
+	}
+	var used int64
+	if f := r.l.o.BudgetUsed; f != nil {
+		var err error
+		if used, err = f(ctx, scopeNames[st.key.scope], st.key.id, start); err != nil {
+			return fmt.Errorf("admit: budget used: %w", err)
+		}
+	}
+	rctx, cancel := context.WithTimeout(ctx, r.timeout)
+	defer cancel()
+	if err := r.client.SetNX(rctx, key, used, time.Duration(ttl)*time.Second).Err(); err != nil {
+		return fmt.Errorf("admit: seed budget: %w: %w", errRedisSeed, err)
+	}
+	st.redisSeeded.Store(cur)
+	return nil
 }
 
 // settle queues t's settlement for the settler.
