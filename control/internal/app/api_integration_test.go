@@ -143,8 +143,8 @@ func TestDisabledUserAndForwardedIdentity(t *testing.T) {
 		t.Errorf("signed identity claiming admin reached an admin route: %d", r.Status)
 	}
 	for name, h := range map[string]map[string]string{
-		"wrong token": signed(u.ID, keyID, "another-internal-token-000", time.Now()),
-		"stale":       signed(u.ID, keyID, testInternalToken, time.Now().Add(-5*time.Minute)),
+		"wrong token":         signed(u.ID, keyID, "another-internal-token-000", time.Now()),
+		"stale":               signed(u.ID, keyID, testInternalToken, time.Now().Add(-5*time.Minute)),
 		"key of another user": signed(1, keyID, testInternalToken, time.Now()),
 	} {
 		if r := tc.do("GET", "/api/v1/users/me", nil, h); r.Status != 401 {
