@@ -130,11 +130,11 @@ type usageJSON struct {
 
 // record is a usage_records row.
 type record struct {
-	Status               int
-	Prompt, Completion   int64
-	Estimated, Streamed  bool
-	Model, Backend       string
-	HasTTFT              bool
+	Status              int
+	Prompt, Completion  int64
+	Estimated, Streamed bool
+	Model, Backend      string
+	HasTTFT             bool
 }
 
 // waitRecord polls the ledger for request id.
