@@ -285,6 +285,18 @@ func (s *Sim) respond(ctx *fasthttp.RequestCtx, g *gen) {
 		}
 		ctx.Response.Header.SetContentType("text/event-stream")
 		ctx.Response.Header.Set("Cache-Control", "no-cache")
+		if s.o.TTFT == 0 && s.o.ITL == 0 && s.o.ITLJitter == 0 {
+			// Nothing to wait for: the whole stream is written at once, as one body,
+			// which spares a goroutine and a pipe per request.
+			bp := bufPool.Get().(*[]byte)
+			bb := &bodyBuf{b: (*bp)[:0]}
+			g.streamEvents(&eventWriter{w: bb, dropAfter: -1}, f.Malformed)
+			s.release(tokens)
+			ctx.SetBody(bb.b)
+			*bp = bb.b
+			bufPool.Put(bp)
+			return
+		}
 		ctx.Response.ImmediateHeaderFlush = true // headers now, the first token after TTFT
 		ctx.SetBodyStreamWriter(func(w *bufio.Writer) {
 			defer s.release(tokens)
@@ -492,10 +504,24 @@ const (
 
 var errDropped = errors.New("sim: connection dropped on purpose")
 
+// flushWriter is a *bufio.Writer, or a bodyBuf when the whole stream is built at once.
+type flushWriter interface {
+	Write(p []byte) (int, error)
+	WriteString(s string) (int, error)
+	Flush() error
+}
+
+// bodyBuf collects a whole stream in memory.
+type bodyBuf struct{ b []byte }
+
+func (w *bodyBuf) Write(p []byte) (int, error)       { w.b = append(w.b, p...); return len(p), nil }
+func (w *bodyBuf) WriteString(s string) (int, error) { w.b = append(w.b, s...); return len(s), nil }
+func (w *bodyBuf) Flush() error                      { return nil }
+
 // eventWriter writes SSE events, optionally in HTTP chunked framing (on a hijacked
 // connection), and stops after dropAfter events when dropAfter >= 0.
 type eventWriter struct {
-	w         *bufio.Writer
+	w         flushWriter
 	chunked   bool
 	dropAfter int
 	events    int
