@@ -120,6 +120,7 @@ type Limiter struct {
 	wg      sync.WaitGroup
 	closing atomic.Bool
 	closeMu sync.Once
+	month   atomic.Pointer[monthInfo]
 }
 
 // New returns a Limiter. It does not contact Redis: the first Admit does.
@@ -325,6 +326,22 @@ func makeKey(scope string, id int64) (subjectKey, error) {
 		return subjectKey{scope: scopeUser, id: id}, nil
 	}
 	return subjectKey{}, apierr.Wrap(errScope, "admit: scope %q", scope)
+}
+
+type monthInfo struct {
+	idx         int32
+	start, next time.Time
+}
+
+// monthOf is month(now), cached until the month changes.
+func (l *Limiter) monthOf(now time.Time) *monthInfo {
+	if m := l.month.Load(); m != nil && !now.Before(m.start) && now.Before(m.next) {
+		return m
+	}
+	m := &monthInfo{}
+	m.idx, m.start, m.next = month(now)
+	l.month.Store(m)
+	return m
 }
 
 // month returns the index (year*12 + month-1) of t's calendar month in UTC, its first instant

@@ -45,6 +45,7 @@ type subjectState struct {
 	lastUsed  atomic.Int64 // unix nanoseconds of the last Admit
 	seedRetry atomic.Int64 // unix nanoseconds before which a failed budget seed is not retried
 
+	seeded      atomic.Int32 // month, set with it: lets Admit skip seedLocal without locking
 	seedMu      sync.Mutex   // serialises seeding the Redis budget counter
 	redisSeeded atomic.Int32 // month index this gateway seeded in Redis
 }
@@ -211,13 +212,16 @@ func unlockAll(cs []charge) {
 	}
 }
 
-// admitLocal decides t on the local tier and charges it.
+// admitLocal decides t on the local tier and charges it. With every subject locked it takes
+// tokens as it checks (one bucket operation each on success) and puts them back if a later
+// limit refuses, so a refused request charges nothing.
 func (l *Limiter) admitLocal(ctx context.Context, t *Ticket, now time.Time) error {
-	cur, start, next := month(now)
+	mi := l.monthOf(now)
+	cur := mi.idx
 	cs := t.charges()
 	for i := range cs {
-		if cs[i].limits.MonthlyTokenBudget > 0 {
-			l.seedLocal(ctx, cs[i].st, cur, start, now)
+		if cs[i].limits.MonthlyTokenBudget > 0 && cs[i].st.seeded.Load() != cur {
+			l.seedLocal(ctx, cs[i].st, cur, mi.start, now)
 		}
 	}
 	l.lockAll(cs)
@@ -227,35 +231,43 @@ func (l *Limiter) admitLocal(ctx context.Context, t *Ticket, now time.Time) erro
 		s := c.st
 		s.apply(now, c.limits)
 		lim := c.limits
-		if lim.MaxConcurrent > 0 && s.inflight >= lim.MaxConcurrent {
-			unlockAll(cs)
-			l.m.rejected(s.key.scope, reasonConcurrency)
-			return reject(s.key.scope, reasonConcurrency, lim, n, 0, time.Second)
-		}
-		if lim.RequestsPerMinute > 0 {
-			if d := wait(s.rpm, now, 1, lim.RequestsPerMinute); d > 0 {
-				unlockAll(cs)
-				l.m.rejected(s.key.scope, reasonRPM)
-				return reject(s.key.scope, reasonRPM, lim, n, 0, d)
-			}
-		}
-		if lim.TokensPerMinute > 0 {
+		why := reason(255)
+		var retry time.Duration
+		var used int64
+		switch {
+		case lim.MaxConcurrent > 0 && s.inflight >= lim.MaxConcurrent:
+			why, retry = reasonConcurrency, time.Second
+		case lim.MonthlyTokenBudget > 0 && s.month == cur &&
+			(s.budgetUsed+n > lim.MonthlyTokenBudget || s.budgetUsed >= lim.MonthlyTokenBudget):
+			why, retry, used = reasonBudget, mi.next.Sub(now), s.budgetUsed
+		case lim.RequestsPerMinute > 0 && !s.rpm.AllowN(now, 1):
+			why, retry = reasonRPM, wait(s.rpm, now, 1, lim.RequestsPerMinute)
+		case lim.TokensPerMinute > 0:
 			// A reservation above the limit needs a full bucket; the rest is charged at
 			// Settle as debt.
-			need := min(n, int64(lim.TokensPerMinute))
-			if d := wait(s.tpm, now, float64(need), lim.TokensPerMinute); d > 0 {
-				unlockAll(cs)
-				l.m.rejected(s.key.scope, reasonTPM)
-				return reject(s.key.scope, reasonTPM, lim, n, 0, d)
+			c.tpm = min(n, int64(lim.TokensPerMinute))
+			if !s.tpm.AllowN(now, int(c.tpm)) {
+				why, retry = reasonTPM, wait(s.tpm, now, float64(c.tpm), lim.TokensPerMinute)
+				c.tpm = -1
+				if lim.RequestsPerMinute > 0 {
+					s.rpm.AllowN(now, -1)
+				}
 			}
 		}
-		if lim.MonthlyTokenBudget > 0 && s.month == cur {
-			if s.budgetUsed+n > lim.MonthlyTokenBudget || s.budgetUsed >= lim.MonthlyTokenBudget {
-				used := s.budgetUsed
-				unlockAll(cs)
-				l.m.rejected(s.key.scope, reasonBudget)
-				return reject(s.key.scope, reasonBudget, lim, n, used, next.Sub(now))
+		if why != 255 {
+			for j := range i { // put back what the subjects before took
+				p := &cs[j]
+				if p.limits.RequestsPerMinute > 0 {
+					p.st.rpm.AllowN(now, -1)
+				}
+				if p.tpm > 0 {
+					p.st.tpm.AllowN(now, -int(p.tpm))
+				}
+				p.tpm = -1
 			}
+			unlockAll(cs)
+			l.m.rejected(s.key.scope, why)
+			return reject(s.key.scope, why, lim, n, used, retry)
 		}
 	}
 	ns := now.UnixNano()
@@ -264,13 +276,6 @@ func (l *Limiter) admitLocal(ctx context.Context, t *Ticket, now time.Time) erro
 		s := c.st
 		s.inflight++
 		s.lastUsed.Store(ns)
-		if c.limits.RequestsPerMinute > 0 {
-			s.rpm.AllowN(now, 1)
-		}
-		if c.limits.TokensPerMinute > 0 {
-			c.tpm = min(n, int64(c.limits.TokensPerMinute))
-			s.tpm.AllowN(now, int(c.tpm))
-		}
 		if c.limits.MonthlyTokenBudget > 0 && s.month == cur {
 			s.budgetUsed += n
 			c.budget = true
@@ -284,10 +289,7 @@ func (l *Limiter) admitLocal(ctx context.Context, t *Ticket, now time.Time) erro
 // seedLocal loads a subject's budget counter for month cur from BudgetUsed once. On failure
 // the request is admitted without a budget check and the seed is retried after 5 s.
 func (l *Limiter) seedLocal(ctx context.Context, s *subjectState, cur int32, start, now time.Time) {
-	s.mu.Lock()
-	seeded := s.month == cur
-	s.mu.Unlock()
-	if seeded || now.UnixNano() < s.seedRetry.Load() {
+	if now.UnixNano() < s.seedRetry.Load() {
 		return
 	}
 	var used int64
@@ -304,6 +306,7 @@ func (l *Limiter) seedLocal(ctx context.Context, s *subjectState, cur int32, sta
 	if s.month != cur {
 		s.month = cur
 		s.budgetUsed = used
+		s.seeded.Store(cur)
 	}
 	s.mu.Unlock()
 }

@@ -261,7 +261,8 @@ func (r *redisTier) markDown(err error) {
 // admit decides t in Redis. decided is false when Redis failed and the local tier must decide.
 func (r *redisTier) admit(ctx context.Context, t *Ticket, now time.Time) (decided bool, err error) {
 	cs := t.charges()
-	cur, start, next := month(now)
+	mi := r.l.monthOf(now)
+	cur, start, next := mi.idx, mi.start, mi.next
 	keys := r.keys(cs, cur)
 	lease := false
 	for i := range cs {
