@@ -1,0 +1,14 @@
+// Package openai is the engine adapter for any other OpenAI-compatible server: health is
+// /v1/models answering 200, and no load figures are scraped.
+package openai
+
+import (
+	"github.com/maas-platform/maas/pkg/registry"
+	"github.com/maas-platform/maas/worker/internal/engine"
+)
+
+// Adapter is the generic OpenAI-compatible engine.
+var Adapter = engine.Adapter{
+	Kind:       registry.KindOpenAI,
+	HealthPath: "/v1/models",
+}
