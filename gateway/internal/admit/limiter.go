@@ -149,11 +149,30 @@ func New(o Options) (*Limiter, error) {
 			return nil, err
 		}
 		l.redis = rt
+		if o.Registerer != nil {
+			up := prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+				Name: "maas_gateway_quota_redis_up",
+				Help: "1 while the global quota tier (Redis) decides admissions, 0 during an outage (local tier).",
+			}, func() float64 {
+				if l.RedisUp() {
+					return 1
+				}
+				return 0
+			})
+			if err := o.Registerer.Register(up); err != nil {
+				l.Close()
+				return nil, fmt.Errorf("admit: register metrics: %w", err)
+			}
+		}
 	}
 	l.wg.Add(1)
 	go l.janitor()
 	return l, nil
 }
+
+// RedisUp reports whether the global tier decides admissions: Redis is configured and was
+// reachable at its last use.
+func (l *Limiter) RedisUp() bool { return l.redis != nil && l.redis.healthy.Load() }
 
 // Close stops the background loops, sends the pending Redis settlements and closes the Redis
 // client. Concurrency slots of tickets still open are left to expire. Idempotent.

@@ -44,7 +44,8 @@ local function clock(arg)
 end
 `
 
-// admitScript checks every limit of every subject, then charges them all, atomically.
+// admitScript checks every limit of every subject (in the local tier's order: concurrency,
+// budget, requests, tokens), then charges them all, atomically.
 //
 // KEYS: 3 per subject (bucket, leases, budget).
 // ARGV: now ms (0 = Redis server time), reserved tokens, lease ms, ticket id; then 7 per
@@ -63,19 +64,6 @@ for i = 1, ns do
   local a = 4 + (i - 1) * 7
   local rpm, tpm, cc, bud = tonumber(ARGV[a+1]), tonumber(ARGV[a+2]), tonumber(ARGV[a+3]), tonumber(ARGV[a+4])
   local charge = tonumber(ARGV[a+5])
-  if rpm > 0 or tpm > 0 then
-    local h = redis.call('HMGET', KEYS[i*3-2], 'r', 'rt', 't', 'tt')
-    if rpm > 0 then
-      local tok = refill(tonumber(h[1]), tonumber(h[2]), rpm, now)
-      if tok < 1 then return {1, i, 0, math.ceil((1 - tok) * 60000 / rpm), 0} end
-      rtok[i] = tok
-    end
-    if tpm > 0 then
-      local tok = refill(tonumber(h[3]), tonumber(h[4]), tpm, now)
-      if tok < charge then return {1, i, 1, math.ceil((charge - tok) * 60000 / tpm), 0} end
-      ttok[i] = tok
-    end
-  end
   if cc > 0 then
     redis.call('ZREMRANGEBYSCORE', KEYS[i*3-1], '-inf', now)
     if redis.call('ZCARD', KEYS[i*3-1]) >= cc then return {1, i, 2, 1000, 0} end
@@ -95,6 +83,19 @@ for i = 1, ns do
       u = tonumber(u)
       if u >= bud or u + n > bud then return {1, i, 3, 0, u} end
       used[i] = u
+    end
+  end
+  if rpm > 0 or tpm > 0 then
+    local h = redis.call('HMGET', KEYS[i*3-2], 'r', 'rt', 't', 'tt')
+    if rpm > 0 then
+      local tok = refill(tonumber(h[1]), tonumber(h[2]), rpm, now)
+      if tok < 1 then return {1, i, 0, math.ceil((1 - tok) * 60000 / rpm), 0} end
+      rtok[i] = tok
+    end
+    if tpm > 0 then
+      local tok = refill(tonumber(h[3]), tonumber(h[4]), tpm, now)
+      if tok < charge then return {1, i, 1, math.ceil((charge - tok) * 60000 / tpm), 0} end
+      ttok[i] = tok
     end
   end
 end

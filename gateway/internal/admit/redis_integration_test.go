@@ -13,6 +13,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/google/go-cmp/cmp"
 	"github.com/redis/go-redis/v9"
 
 	"github.com/maas-platform/maas/pkg/apierr"
@@ -446,5 +447,93 @@ func (p *proxy) setDown(down bool) {
 			c.Close()
 		}
 		clear(p.conns)
+	}
+}
+
+func TestRedisCancelledRequest(t *testing.T) {
+	env := newRedisEnv(t)
+	f := env.limiter(t, newClock(), nil)
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	_, err := f.l.Admit(ctx, reqOf(0, keySubject(1, Limits{RequestsPerMinute: 5})))
+	if e := asAPI(t, err); e.Kind != apierr.ClientClosed {
+		t.Errorf("got %v, want ClientClosed", err)
+	}
+	if !f.l.RedisUp() || f.fallbacks() != 0 {
+		t.Error("a cancelled request must not count as a Redis outage")
+	}
+}
+
+func TestRedisMetricsRegistered(t *testing.T) {
+	env := newRedisEnv(t)
+	f := env.limiter(t, newClock(), nil)
+	f.l.Admit(context.Background(), reqOf(0, keySubject(1, Limits{RequestsPerMinute: 1})))
+	f.l.Admit(context.Background(), reqOf(0, keySubject(1, Limits{RequestsPerMinute: 1})))
+	mfs, err := f.reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var names []string
+	for _, mf := range mfs {
+		names = append(names, mf.GetName())
+	}
+	want := []string{
+		"maas_gateway_quota_redis_duration_seconds",
+		"maas_gateway_quota_redis_fallback_total",
+		"maas_gateway_quota_redis_settle_dropped_total",
+		"maas_gateway_quota_redis_up",
+		"maas_gateway_ratelimit_rejections_total",
+	}
+	if diff := cmp.Diff(want, names); diff != "" {
+		t.Errorf("metric names (-want +got):\n%s", diff)
+	}
+	if got := f.rejections("key", "rpm"); got != 1 {
+		t.Errorf("rejections{key,rpm} = %d", got)
+	}
+}
+
+// TestRedisSlowFallsBack: a Redis that accepts connections but never answers costs one
+// RedisTimeout, then the local tier decides without waiting on it.
+func TestRedisSlowFallsBack(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var held sync.WaitGroup
+	t.Cleanup(func() { ln.Close(); held.Wait() })
+	held.Go(func() {
+		var conns []net.Conn
+		defer func() {
+			for _, c := range conns {
+				c.Close()
+			}
+		}()
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			conns = append(conns, c) // read nothing, answer nothing
+		}
+	})
+	f := newLimiter(t, newClock(), func(o *Options) { o.RedisURL = "redis://" + ln.Addr().String() + "/0" })
+	r := reqOf(0, keySubject(1, Limits{RequestsPerMinute: 10}))
+	begin := time.Now()
+	tk, err := f.l.Admit(context.Background(), r)
+	if err != nil || tk.redis {
+		t.Fatalf("admit: %v", err)
+	}
+	if d := time.Since(begin); d > 500*time.Millisecond {
+		t.Errorf("first admission took %s with a 50ms Redis timeout", d)
+	}
+	begin = time.Now()
+	for range 20 {
+		f.l.Admit(context.Background(), r)
+	}
+	if d := time.Since(begin); d > 50*time.Millisecond {
+		t.Errorf("20 admissions during the outage took %s: they must not wait on Redis", d)
+	}
+	if f.fallbacks() != 21 || f.l.RedisUp() {
+		t.Errorf("fallbacks %d, redis up %v", f.fallbacks(), f.l.RedisUp())
 	}
 }
