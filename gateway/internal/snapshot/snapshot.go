@@ -69,13 +69,13 @@ func (k *Key) Expired(now time.Time) bool {
 }
 
 // AllowsModel reports whether k's model list permits m (asked for by the name requested,
-// which may be an alias).
+// which may be an alias). A list naming any of a model's names permits the model.
 func (k *Key) AllowsModel(m *Model, requested string) bool {
 	if k.Models == nil {
 		return true
 	}
 	for _, n := range k.Models {
-		if n == m.Name || n == requested {
+		if n == m.Name || n == requested || slices.Contains(m.Aliases, n) {
 			return true
 		}
 	}
