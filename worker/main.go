@@ -16,10 +16,10 @@ import (
 	"os"
 	"os/signal"
 	"syscall"
-	"time"
 
 	"github.com/maas-platform/maas/pkg/config"
 	"github.com/maas-platform/maas/pkg/obs"
+	"github.com/maas-platform/maas/worker/internal/sidecar"
 	"github.com/maas-platform/maas/worker/internal/sim"
 )
 
@@ -67,7 +67,7 @@ func runSim(args []string) int {
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
-	if err := s.Run(ctx, 30*time.Second); err != nil {
+	if err := s.Run(ctx, sidecar.DefaultOptions().DrainGrace); err != nil {
 		log.Error("simulator failed", "err", err)
 		return 1
 	}
@@ -76,6 +76,29 @@ func runSim(args []string) int {
 }
 
 func runWorker(args []string) int {
-	fmt.Fprintln(os.Stderr, "worker: only \"worker sim\" is available in this build")
-	return config.ExitCode
+	l, err := config.NewLoader("worker", "")
+	if err != nil {
+		config.Fatal("worker", err)
+	}
+	var f sidecar.Flags
+	f.Bind(l)
+	if err := l.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return 0
+		}
+		config.Fatal("worker", err)
+	}
+	o, err := f.Options()
+	if err != nil {
+		config.Fatal("worker", err)
+	}
+	o.Logger.Info("starting worker", l.Redacted()...)
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
+	defer stop()
+	if err := sidecar.Run(ctx, o); err != nil {
+		o.Logger.Error("worker failed", "err", err)
+		fmt.Fprintln(os.Stderr, "worker:", err)
+		return 1
+	}
+	return 0
 }

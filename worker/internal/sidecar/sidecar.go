@@ -1,0 +1,332 @@
+// Package sidecar is the worker's core: it makes an engine known to control and keeps it
+// known. It waits for the engine to be ready, registers its models, heartbeats its load
+// every interval (re-registering when control forgot it), marks it unhealthy while the
+// engine is down, and on shutdown drains (state draining, wait for in-flight requests to
+// finish or the grace period to end), deregisters and stops the engine it owns.
+package sidecar
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"slices"
+	"time"
+
+	"github.com/valyala/fasthttp"
+
+	"github.com/maas-platform/maas/pkg/obs"
+	"github.com/maas-platform/maas/pkg/registry"
+	"github.com/maas-platform/maas/worker/internal/engine"
+	"github.com/maas-platform/maas/worker/internal/engine/llamacpp"
+	"github.com/maas-platform/maas/worker/internal/engine/ollama"
+	"github.com/maas-platform/maas/worker/internal/engine/openai"
+	"github.com/maas-platform/maas/worker/internal/engine/sglang"
+	"github.com/maas-platform/maas/worker/internal/engine/tgi"
+	"github.com/maas-platform/maas/worker/internal/engine/vllm"
+	"github.com/maas-platform/maas/worker/internal/sim"
+	"github.com/maas-platform/maas/worker/internal/supervise"
+)
+
+// Engine is what the sidecar needs from an engine.
+type Engine interface {
+	Ready(ctx context.Context) error
+	Models(ctx context.Context) ([]string, error)
+	Load(ctx context.Context) (registry.Load, error)
+}
+
+var adapters = map[string]engine.Adapter{
+	registry.KindVLLM:     vllm.Adapter,
+	registry.KindSGLang:   sglang.Adapter,
+	registry.KindTGI:      tgi.Adapter,
+	registry.KindLlamaCPP: llamacpp.Adapter,
+	registry.KindOllama:   ollama.Adapter,
+	registry.KindOpenAI:   openai.Adapter,
+}
+
+// simEngine is the in-process simulator: its load is read directly.
+type simEngine struct{ s *sim.Sim }
+
+func (e simEngine) Ready(context.Context) error { return nil }
+func (e simEngine) Models(context.Context) ([]string, error) {
+	return e.s.Models(), nil
+}
+func (e simEngine) Load(context.Context) (registry.Load, error) {
+	l := e.s.Load()
+	return registry.Load{Running: l.Running, Waiting: l.Waiting, KVCacheUsage: l.KVCacheUsage, InFlight: l.Running + l.Waiting}, nil
+}
+
+// Run runs the worker until ctx ends, then drains and returns.
+func Run(ctx context.Context, o Options) error {
+	log := o.Logger
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	reg := obs.NewRegistry("worker")
+	m := newMetrics(reg)
+
+	// The worker's own HTTP server: health and metrics.
+	ln, err := net.Listen("tcp", o.Addr)
+	if err != nil {
+		return fmt.Errorf("listen %s: %w", o.Addr, err)
+	}
+	metricsHandler := obs.MetricsHandler(reg)
+	srv := &fasthttp.Server{
+		Handler: func(c *fasthttp.RequestCtx) {
+			switch string(c.Path()) {
+			case "/health":
+				c.SetStatusCode(200)
+				c.SetBodyString("ok")
+			case "/metrics":
+				metricsHandler(c)
+			default:
+				c.SetStatusCode(404)
+			}
+		},
+		Name: "maas-worker", ReadTimeout: 10 * time.Second, IdleTimeout: time.Minute,
+	}
+	srvDone := make(chan error, 1)
+	go func() { srvDone <- srv.Serve(ln) }()
+	defer func() {
+		sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		_ = srv.ShutdownWithContext(sctx)
+		<-srvDone
+	}()
+
+	// The engine.
+	var eng Engine
+	var simSrv *sim.Sim
+	var sup *supervise.Supervisor
+	supDone := make(chan struct{})
+	engineCtx, stopEngine := context.WithCancel(context.Background())
+	defer stopEngine()
+	switch {
+	case o.Sim:
+		so := o.SimOptions
+		so.Logger = log
+		if simSrv, err = sim.New(so); err != nil {
+			return err
+		}
+		if err := simSrv.Listen(); err != nil {
+			return err
+		}
+		simDone := make(chan error, 1)
+		go func() { simDone <- simSrv.Serve() }()
+		defer func() { <-simDone }()
+		defer func() {
+			sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+			defer cancel()
+			_ = simSrv.Stop(sctx)
+		}()
+		eng = simEngine{simSrv}
+		o.fill(simSrv.URL())
+		if o.Capacity == 0 {
+			o.Capacity = simSrv.Capacity()
+		}
+		close(supDone)
+	default:
+		eng = engine.NewClient(adapters[o.EngineKind], o.EngineURL)
+		o.fill(o.EngineURL)
+		if o.EngineCmd != "" {
+			so := supervise.DefaultOptions()
+			so.Command, so.Logger = o.EngineCmd, log.With("engine_kind", o.EngineKind)
+			so.OnRestart = m.engineRestarts.Inc
+			if sup, err = supervise.New(so); err != nil {
+				return err
+			}
+			go func() {
+				defer close(supDone)
+				_ = sup.Run(engineCtx)
+			}()
+		} else {
+			close(supDone)
+		}
+	}
+	defer func() { stopEngine(); <-supDone }()
+	if o.Capacity == 0 {
+		o.Capacity = 256
+	}
+	log.Info("worker started", "backend_id", o.BackendID, "engine_kind", o.EngineKind, "engine_url", o.AdvertiseURL, "addr", ln.Addr().String(), "simulator", o.Sim)
+
+	w := &worker{o: o, log: log, m: m, eng: eng, cc: newControlClient(o.ControlURL, o.InternalToken)}
+	if !w.waitReady(ctx) {
+		return nil // stopped before the engine came up: nothing registered
+	}
+	w.loop(ctx)
+	return w.drain()
+}
+
+// worker holds the registration state; only Run's goroutine uses it.
+type worker struct {
+	o          Options
+	log        *slog.Logger
+	m          *metrics
+	eng        Engine
+	cc         *controlClient
+	models     []string
+	registered bool
+}
+
+// waitReady polls the engine's health, then its models, until both answer.
+func (w *worker) waitReady(ctx context.Context) bool {
+	t := time.NewTicker(250 * time.Millisecond)
+	defer t.Stop()
+	logged := false
+	for {
+		err := w.eng.Ready(ctx)
+		if err == nil {
+			var models []string
+			if models, err = w.eng.Models(ctx); err == nil && len(models) > 0 {
+				w.models = models
+				w.m.engineUp.Set(1)
+				w.log.Info("engine ready", "models", models)
+				return true
+			}
+			if err == nil {
+				err = errors.New("engine lists no model")
+			}
+		}
+		if !logged {
+			w.log.Info("waiting for the engine", "err", err)
+			logged = true
+		}
+		select {
+		case <-ctx.Done():
+			return false
+		case <-t.C:
+		}
+	}
+}
+
+func (w *worker) register(ctx context.Context) error {
+	req := registry.RegisterRequest{
+		ID: w.o.BackendID, URL: w.o.AdvertiseURL, EngineKind: w.o.EngineKind, Models: w.models,
+		Capacity: w.o.Capacity, HeartbeatIntervalMS: int(w.o.HeartbeatInterval / time.Millisecond), WorkerVersion: obs.Version,
+	}
+	if _, err := w.cc.register(ctx, req); err != nil {
+		w.registered = false
+		w.m.registered.Set(0)
+		return err
+	}
+	w.registered = true
+	w.m.registered.Set(1)
+	w.log.Info("registered with control", "backend_id", w.o.BackendID, "models", w.models)
+	return nil
+}
+
+// loop registers and heartbeats until ctx ends.
+func (w *worker) loop(ctx context.Context) {
+	t := time.NewTicker(w.o.HeartbeatInterval)
+	defer t.Stop()
+	for {
+		w.beat(ctx, registry.StateHealthy)
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+	}
+}
+
+// beat sends one heartbeat (registering first when needed). wanted is healthy or
+// draining; an engine that does not answer makes it unhealthy.
+func (w *worker) beat(ctx context.Context, wanted string) {
+	state := wanted
+	load, err := w.probe(ctx)
+	if err != nil {
+		if wanted == registry.StateHealthy {
+			state = registry.StateUnhealthy
+		}
+		w.log.Warn("engine not healthy", "err", err)
+	}
+	if !w.registered {
+		if err := w.register(ctx); err != nil {
+			w.m.heartbeatFailures.Inc()
+			w.log.Warn("register failed", "err", err)
+			return
+		}
+	}
+	hb := registry.HeartbeatRequest{Load: load, State: state}
+	if models, err := w.eng.Models(ctx); err == nil && len(models) > 0 && !slices.Equal(models, w.models) {
+		w.log.Info("served models changed", "models", models)
+		w.models, hb.Models = models, models
+	}
+	_, err = w.cc.heartbeat(ctx, w.o.BackendID, hb)
+	switch {
+	case errors.Is(err, errBackendNotFound):
+		w.log.Warn("control forgot this backend; registering again", "backend_id", w.o.BackendID)
+		w.registered = false
+		w.m.registered.Set(0)
+		if err := w.register(ctx); err == nil {
+			if _, err := w.cc.heartbeat(ctx, w.o.BackendID, hb); err != nil {
+				w.m.heartbeatFailures.Inc()
+			}
+		} else {
+			w.m.heartbeatFailures.Inc()
+		}
+	case err != nil:
+		w.m.heartbeatFailures.Inc()
+		if ctx.Err() == nil {
+			w.log.Warn("heartbeat failed", "err", err)
+		}
+	}
+}
+
+// probe checks the engine and reads its load, updating the metrics.
+func (w *worker) probe(ctx context.Context) (registry.Load, error) {
+	if err := w.eng.Ready(ctx); err != nil {
+		w.m.engineUp.Set(0)
+		return registry.Load{}, err
+	}
+	w.m.engineUp.Set(1)
+	l, err := w.eng.Load(ctx)
+	if err != nil {
+		w.m.scrapeFailures.Inc()
+		w.log.Warn("engine metrics scrape failed", "err", err)
+		return registry.Load{}, nil // the engine answers: still healthy, load unknown
+	}
+	w.m.running.Set(float64(l.Running))
+	w.m.waiting.Set(float64(l.Waiting))
+	w.m.kvCache.Set(l.KVCacheUsage)
+	return l, nil
+}
+
+// drain marks the backend draining, waits for in-flight requests to reach zero or the
+// grace period to end, and deregisters.
+func (w *worker) drain() error {
+	ctx, cancel := context.WithTimeout(context.Background(), w.o.DrainGrace+10*time.Second)
+	defer cancel()
+	if !w.registered {
+		return nil
+	}
+	w.m.draining.Set(1)
+	w.log.Info("draining", "grace", w.o.DrainGrace)
+	w.beat(ctx, registry.StateDraining)
+	deadline := time.Now().Add(w.o.DrainGrace)
+	poll := min(100*time.Millisecond, w.o.HeartbeatInterval)
+	lastBeat := time.Now()
+	for {
+		l, err := w.eng.Load(ctx)
+		if err != nil || l.InFlight == 0 && l.Running+l.Waiting == 0 {
+			break
+		}
+		if time.Now().After(deadline) {
+			w.log.Warn("drain grace ended with requests in flight", "in_flight", l.Running+l.Waiting)
+			break
+		}
+		if time.Since(lastBeat) >= w.o.HeartbeatInterval {
+			w.beat(ctx, registry.StateDraining) // stay known while draining
+			lastBeat = time.Now()
+		}
+		time.Sleep(poll)
+	}
+	if err := w.cc.deregister(ctx, w.o.BackendID); err != nil {
+		w.log.Warn("deregister failed", "err", err)
+		return nil // control expires the backend by TTL
+	}
+	w.m.registered.Set(0)
+	w.log.Info("deregistered", "backend_id", w.o.BackendID)
+	return nil
+}
