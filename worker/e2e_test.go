@@ -186,3 +186,27 @@ func TestE2ESuperviseRestartsEngine(t *testing.T) {
 		return err != nil
 	})
 }
+
+func TestE2EInvalidConfigExits2(t *testing.T) {
+	bin := testenv.Build(t).Worker
+	tests := []struct {
+		name string
+		args []string
+		env  []string
+		want string
+	}{
+		{"no internal token", []string{"--engine", "sim"}, nil, "MAAS_INTERNAL_TOKEN"},
+		{"no engine", nil, []string{"MAAS_INTERNAL_TOKEN=tok-0123456789abcdef"}, "MAAS_ENGINE_URL"},
+		{"bad kind", []string{"--engine-url", "http://127.0.0.1:1", "--engine-kind", "gpt"}, []string{"MAAS_INTERNAL_TOKEN=tok-0123456789abcdef"}, "MAAS_ENGINE_KIND"},
+		{"sim bad output tokens", []string{"sim"}, []string{"MAAS_SIM_OUTPUT_TOKENS=9-3"}, "MAAS_SIM_OUTPUT_TOKENS"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			p := testenv.Start(t, "worker", bin, tt.args, tt.env...)
+			code, ok := p.Wait(10 * time.Second)
+			if !ok || code != 2 || !strings.Contains(p.Output(), tt.want) {
+				t.Errorf("exit %d (exited %v), output:\n%s", code, ok, p.Output())
+			}
+		})
+	}
+}

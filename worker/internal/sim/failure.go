@@ -22,8 +22,9 @@ const FailHeader = "X-Sim-Fail"
 //	hang                 accept the request and never answer; the connection stays open
 //	                     until the client closes it or the simulator stops
 //	drop-after=N         close the TCP connection abruptly: a stream after N events
-//	                     (the first event carries the role and the first token), a
-//	                     non-streamed answer after N bytes of its body (headers sent)
+//	                     (events as sent: a chat stream's first is the role chunk, then
+//	                     one per token), a non-streamed answer after N bytes of its body
+//	                     (headers sent, Content-Length announcing the full body)
 //	malformed            a streamed answer gets one event that is not valid JSON after its
 //	                     first event (then goes on normally); a non-streamed answer is
 //	                     cut in half (status 200, invalid JSON)
