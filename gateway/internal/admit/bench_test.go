@@ -9,7 +9,7 @@ import (
 // benchRequest is a typical request: an API key and its user, every limit set high enough
 // that nothing is refused.
 func benchRequest(id int64) Request {
-	lim := Limits{RequestsPerMinute: 1 << 30, TokensPerMinute: 1 << 30, MaxConcurrent: 1 << 20, MonthlyTokenBudget: 1 << 60}
+	lim := Limits{RequestsPerMinute: 1 << 40, TokensPerMinute: 1 << 50, MaxConcurrent: 1 << 20, MonthlyTokenBudget: 1 << 60}
 	return reqOf(600, keySubject(id, lim), userSubject(id, lim))
 }
 

@@ -458,8 +458,14 @@ func (r *redisTier) flushAll(ops []settleOp) []settleOp {
 	for len(ops) > 0 {
 		k := min(len(ops), settleBatch)
 		if err := r.flush(ops[:k]); err != nil {
-			r.markDown(err)
-			return r.bound(ops)
+			var reply redis.Error
+			if !errors.As(err, &reply) {
+				r.markDown(err)
+				return r.bound(ops)
+			}
+			// Redis answered with an error: sending the batch again would fail again.
+			r.l.m.settleDropped.Add(float64(k))
+			r.l.log.Error("quota redis refused settlements", "count", k, "err", err)
 		}
 		ops = ops[k:]
 	}

@@ -200,19 +200,11 @@ func New(o Options, d Deps) *fasthttp.Server {
 	panics := prometheus.NewCounter(prometheus.CounterOpts{Name: "maas_gateway_panics_total",
 		Help: "Request handlers that panicked (recovered; the process keeps serving)."})
 	d.Registry.MustRegister(panics)
-	handler := r.Handler
 	log := o.Logger
-	recovered := func(ctx *fasthttp.RequestCtx) {
-		defer func() {
-			if v := recover(); v != nil {
-				panics.Inc()
-				log.Error("handler panicked", "request_id", ph.RequestID(ctx), "panic", fmt.Sprint(v), "stack", string(debug.Stack()))
-				ctx.Response.Reset()
-				apierr.WriteFast(ctx, apierr.New(apierr.Internal, "internal error"))
-			}
-		}()
-		handler(ctx)
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
 	}
+	recovered := recoverer(r.Handler, panics, log, ph.RequestID)
 
 	return &fasthttp.Server{
 		Handler:                       recovered,
@@ -246,6 +238,23 @@ func New(o Options, d Deps) *fasthttp.Server {
 				apierr.WriteFast(ctx, apierr.New(apierr.InvalidRequest, "malformed HTTP request"))
 			}
 		},
+	}
+}
+
+// recoverer turns a panic in next into a 500 in the OpenAI shape (never a stack trace to
+// the client), logs it with its stack and counts it.
+func recoverer(next fasthttp.RequestHandler, panics prometheus.Counter, log *slog.Logger, reqID func(*fasthttp.RequestCtx) string) fasthttp.RequestHandler {
+	return func(ctx *fasthttp.RequestCtx) {
+		defer func() {
+			if v := recover(); v != nil {
+				panics.Inc()
+				log.Error("handler panicked", "request_id", reqID(ctx), "panic", fmt.Sprint(v), "stack", string(debug.Stack()))
+				ctx.Response.Reset()
+				reqID(ctx)
+				apierr.WriteFast(ctx, apierr.New(apierr.Internal, "internal error"))
+			}
+		}()
+		next(ctx)
 	}
 }
 

@@ -26,7 +26,7 @@ type Reader struct {
 
 // NewReader returns a Reader over r whose events may be up to limit bytes.
 func NewReader(r io.Reader, limit int) *Reader {
-	return &Reader{br: bufio.NewReaderSize(r, 16<<10), limit: limit}
+	return &Reader{br: bufio.NewReaderSize(r, 4<<10), limit: limit}
 }
 
 // Reset makes the reader read from r, keeping its buffers.

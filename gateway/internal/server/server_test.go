@@ -1,0 +1,99 @@
+package server
+
+import (
+	"errors"
+	"log/slog"
+	"strings"
+	"testing"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/testutil"
+	"github.com/valyala/fasthttp"
+
+	"github.com/maas-platform/maas/pkg/config"
+)
+
+func TestRecovererKeepsServing(t *testing.T) {
+	panics := prometheus.NewCounter(prometheus.CounterOpts{Name: "p"})
+	h := recoverer(func(ctx *fasthttp.RequestCtx) {
+		if string(ctx.Path()) == "/boom" {
+			panic("secret internal detail")
+		}
+		ctx.SetBodyString("ok")
+	}, panics, slog.New(slog.DiscardHandler), func(ctx *fasthttp.RequestCtx) string {
+		ctx.Response.Header.Set("X-Request-Id", "r1")
+		return "r1"
+	})
+	var ctx fasthttp.RequestCtx
+	ctx.Request.SetRequestURI("/boom")
+	h(&ctx)
+	body := string(ctx.Response.Body())
+	if ctx.Response.StatusCode() != 500 || strings.Contains(body, "secret") || strings.Contains(body, "goroutine") ||
+		!strings.Contains(body, `"type":"api_error"`) || string(ctx.Response.Header.Peek("X-Request-Id")) != "r1" {
+		t.Errorf("status %d body %s", ctx.Response.StatusCode(), body)
+	}
+	if testutil.ToFloat64(panics) != 1 {
+		t.Error("panic not counted")
+	}
+	var ok fasthttp.RequestCtx
+	ok.Request.SetRequestURI("/fine")
+	h(&ok)
+	if string(ok.Response.Body()) != "ok" {
+		t.Error("next request not served")
+	}
+}
+
+func TestOptionsValidate(t *testing.T) {
+	// The common settings need Bind's defaults; go through a Loader as main does.
+	load := func(t *testing.T, env map[string]string) (Options, error) {
+		for k, v := range env {
+			t.Setenv(k, v)
+		}
+		l, err := config.NewLoader("gateway", t.TempDir())
+		if err != nil {
+			t.Fatal(err)
+		}
+		o := DefaultOptions()
+		o.Bind(l)
+		if err := l.Parse(nil); err != nil {
+			return o, err
+		}
+		return o, o.Validate()
+	}
+	good := map[string]string{"MAAS_DATABASE_URL": "postgresql://u@127.0.0.1:5432/db", "MAAS_INTERNAL_TOKEN": "0123456789abcdef"}
+	tests := []struct {
+		name    string
+		set     map[string]string
+		wantVar string
+	}{
+		{"valid", nil, ""},
+		{"no internal token", map[string]string{"MAAS_INTERNAL_TOKEN": ""}, "MAAS_INTERNAL_TOKEN"},
+		{"no database", map[string]string{"MAAS_DATABASE_URL": ""}, "MAAS_DATABASE_URL"},
+		{"bad duration", map[string]string{"MAAS_SHUTDOWN_GRACE": "soon"}, "MAAS_SHUTDOWN_GRACE"},
+		{"zero attempts", map[string]string{"MAAS_MAX_ATTEMPTS": "0"}, "MAAS_MAX_ATTEMPTS"},
+		{"tiny headers", map[string]string{"MAAS_MAX_HEADER_BYTES": "100"}, "MAAS_MAX_HEADER_BYTES"},
+		{"body not a number", map[string]string{"MAAS_MAX_BODY_BYTES": "lots"}, "MAAS_MAX_BODY_BYTES"},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			env := map[string]string{}
+			for k, v := range good {
+				env[k] = v
+			}
+			for k, v := range tc.set {
+				env[k] = v
+			}
+			_, err := load(t, env)
+			if tc.wantVar == "" {
+				if err != nil {
+					t.Fatalf("unexpected error %v", err)
+				}
+				return
+			}
+			var ce *config.Error
+			if !errors.As(err, &ce) || ce.Name != tc.wantVar {
+				t.Fatalf("err = %v, want a config.Error naming %s", err, tc.wantVar)
+			}
+		})
+	}
+}
