@@ -16,23 +16,22 @@ import (
 
 // Redis layout, per subject (scope s, id i), under Options.KeyPrefix:
 //
-//	b:s:i        hash: r, rt (RPM tokens, their time in ms), t, tt (TPM tokens, time); expires
-//	             once the buckets would be full again
-//	c:s:i        sorted set of concurrency leases: ticket id scored by lease expiry (ms)
-//	m:s:i:YYYYMM budget counter: tokens charged in that calendar month (UTC)
+//	s:s:i  hash: r, rt (RPM tokens, their time in ms), t, tt (TPM tokens, time), m, u (month
+//	       YYYYMM and the tokens charged to its budget), x (expiry set until, ms)
+//	c:s:i  sorted set of concurrency leases: ticket id scored by lease expiry (ms)
 //
-// Buckets have the local tier's semantics: burst = the per-minute limit, continuous refill
-// at limit/60000 per ms.
-const luaRefill = `
+// One hash per subject keeps a script at two Redis calls per subject (HMGET, HSET): on this
+// machine kind every call inside a script costs about 2 µs. The hash lives for a day after
+// its last use (x saves a PEXPIRE per request; it is refreshed when less than 12 h remain).
+// A budget counter that expires with it is seeded again from the ledger, which is complete
+// by then. Buckets have the local tier's semantics: burst = the per-minute limit, continuous
+// refill at limit/60000 per ms.
+const luaCommon = `
 local function refill(tok, ts, limit, now)
   if tok == nil then return limit end
   if ts ~= nil and now > ts then tok = tok + (now - ts) * limit / 60000 end
   if tok > limit then tok = limit end
   return tok
-end
-local function fullin(tok, limit)
-  if tok >= limit then return 1000 end
-  return math.ceil((limit - tok) * 60000 / limit) + 1000
 end
 local function clock(arg)
   local now = tonumber(arg)
@@ -42,62 +41,56 @@ local function clock(arg)
   end
   return now
 end
+local day, halfday = 86400000, 43200000
 `
 
 // admitScript checks every limit of every subject (in the local tier's order: concurrency,
 // budget, requests, tokens), then charges them all, atomically.
 //
-// KEYS: 3 per subject (bucket, leases, budget).
-// ARGV: now ms (0 = Redis server time), reserved tokens, lease ms, ticket id; then 7 per
-// subject: rpm, tpm, max concurrent, budget, tpm charge, budget seed (-1 = report missing,
-// -2 = skip the budget when missing), budget key ttl s.
+// KEYS: 2 per subject (hash, leases).
+// ARGV: now ms (0 = Redis server time), reserved tokens, lease ms, ticket id, month YYYYMM;
+// then 6 per subject: rpm, tpm, max concurrent, budget, tpm charge, budget seed (-1 = report
+// a missing counter, -2 = skip the budget when missing).
 // Returns {0, budget mask} admitted; {1, subject, reason, retry ms, used} refused;
-// {3, subject...} budget counters missing: call again with seeds.
-var admitScript = redis.NewScript(luaRefill + `
+// {3, subject...} budget counters missing: seed them and call again.
+const admitLua = `
 local now = clock(ARGV[1])
 local n = tonumber(ARGV[2])
 local lease = tonumber(ARGV[3])
 local tid = ARGV[4]
-local ns = #KEYS / 3
-local rtok, ttok, used, missing = {}, {}, {}, {}
+local mon = ARGV[5]
+local ns = #KEYS / 2
+local st, missing = {}, {}
 for i = 1, ns do
-  local a = 4 + (i - 1) * 7
+  local a = 5 + (i - 1) * 6
   local rpm, tpm, cc, bud = tonumber(ARGV[a+1]), tonumber(ARGV[a+2]), tonumber(ARGV[a+3]), tonumber(ARGV[a+4])
   local charge = tonumber(ARGV[a+5])
+  local h = redis.call('HMGET', KEYS[i*2-1], 'r', 'rt', 't', 'tt', 'm', 'u', 'x')
+  local s = {x = tonumber(h[7])}
   if cc > 0 then
-    redis.call('ZREMRANGEBYSCORE', KEYS[i*3-1], '-inf', now)
-    if redis.call('ZCARD', KEYS[i*3-1]) >= cc then return {1, i, 2, 1000, 0} end
+    redis.call('ZREMRANGEBYSCORE', KEYS[i*2], '-inf', now)
+    if redis.call('ZCARD', KEYS[i*2]) >= cc then return {1, i, 2, 1000, 0} end
   end
   if bud > 0 then
-    local u = redis.call('GET', KEYS[i*3])
-    if not u then
-      local seed = tonumber(ARGV[a+6])
-      if seed >= 0 then
-        redis.call('SET', KEYS[i*3], seed, 'EX', ARGV[a+7])
-        u = seed
-      elseif seed == -1 then
-        missing[#missing + 1] = i
-      end
-    end
-    if u then
-      u = tonumber(u)
+    if h[5] == mon then
+      local u = tonumber(h[6])
       if u >= bud or u + n > bud then return {1, i, 3, 0, u} end
-      used[i] = u
+      s.u = u
+    elseif tonumber(ARGV[a+6]) == -1 then
+      missing[#missing + 1] = i
     end
   end
-  if rpm > 0 or tpm > 0 then
-    local h = redis.call('HMGET', KEYS[i*3-2], 'r', 'rt', 't', 'tt')
-    if rpm > 0 then
-      local tok = refill(tonumber(h[1]), tonumber(h[2]), rpm, now)
-      if tok < 1 then return {1, i, 0, math.ceil((1 - tok) * 60000 / rpm), 0} end
-      rtok[i] = tok
-    end
-    if tpm > 0 then
-      local tok = refill(tonumber(h[3]), tonumber(h[4]), tpm, now)
-      if tok < charge then return {1, i, 1, math.ceil((charge - tok) * 60000 / tpm), 0} end
-      ttok[i] = tok
-    end
+  if rpm > 0 then
+    local tok = refill(tonumber(h[1]), tonumber(h[2]), rpm, now)
+    if tok < 1 then return {1, i, 0, math.ceil((1 - tok) * 60000 / rpm), 0} end
+    s.r = tok
   end
+  if tpm > 0 then
+    local tok = refill(tonumber(h[3]), tonumber(h[4]), tpm, now)
+    if tok < charge then return {1, i, 1, math.ceil((charge - tok) * 60000 / tpm), 0} end
+    s.t = tok - charge
+  end
+  st[i] = s
 end
 if #missing > 0 then
   table.insert(missing, 1, 3)
@@ -105,58 +98,75 @@ if #missing > 0 then
 end
 local mask = 0
 for i = 1, ns do
-  local a = 4 + (i - 1) * 7
-  local rpm, tpm, cc = tonumber(ARGV[a+1]), tonumber(ARGV[a+2]), tonumber(ARGV[a+3])
-  local bk = KEYS[i*3-2]
-  local ttl = 0
-  if rtok[i] then
-    redis.call('HSET', bk, 'r', rtok[i] - 1, 'rt', now)
-    ttl = math.max(ttl, fullin(rtok[i] - 1, rpm))
-  end
-  if ttok[i] then
-    local left = ttok[i] - tonumber(ARGV[a+5])
-    redis.call('HSET', bk, 't', left, 'tt', now)
-    ttl = math.max(ttl, fullin(left, tpm))
-  end
-  if ttl > 0 then redis.call('PEXPIRE', bk, ttl) end
-  if cc > 0 then
-    redis.call('ZADD', KEYS[i*3-1], now + lease, tid)
-    redis.call('PEXPIRE', KEYS[i*3-1], lease * 2)
-  end
-  if used[i] then
-    redis.call('INCRBY', KEYS[i*3], n)
+  local s = st[i]
+  local f = {}
+  if s.r then f[#f+1] = 'r'; f[#f+1] = s.r - 1; f[#f+1] = 'rt'; f[#f+1] = now end
+  if s.t then f[#f+1] = 't'; f[#f+1] = s.t; f[#f+1] = 'tt'; f[#f+1] = now end
+  if s.u then
+    f[#f+1] = 'u'; f[#f+1] = s.u + n
     mask = mask + 2 ^ (i - 1)
+  end
+  local renew = #f > 0 and (s.x == nil or s.x - now < halfday)
+  if renew then f[#f+1] = 'x'; f[#f+1] = now + day end
+  if #f > 0 then redis.call('HSET', KEYS[i*2-1], unpack(f)) end
+  if renew then redis.call('PEXPIRE', KEYS[i*2-1], day) end
+  if tonumber(ARGV[5 + (i - 1) * 6 + 3]) > 0 then
+    redis.call('ZADD', KEYS[i*2], now + lease, tid)
+    redis.call('PEXPIRE', KEYS[i*2], lease * 2)
   end
 end
 return {0, mask}
-`)
+`
+
+var admitScript = redis.NewScript(luaCommon + admitLua)
+
+// seedScript starts a subject's budget counter for a month unless it already counts it.
+// KEYS: hash. ARGV: now ms (0 = server time), month YYYYMM, tokens used.
+const seedLua = `
+local now = clock(ARGV[1])
+if redis.call('HGET', KEYS[1], 'm') ~= ARGV[2] then
+  redis.call('HSET', KEYS[1], 'm', ARGV[2], 'u', ARGV[3], 'x', now + day)
+  redis.call('PEXPIRE', KEYS[1], day)
+end
+return 0
+`
+
+var seedScript = redis.NewScript(luaCommon + seedLua)
 
 // settleScript ends one ticket.
 //
-// KEYS: 3 per subject, as admitScript. ARGV: now ms, ticket id, actual tokens; then 4 per
-// subject: tpm limit, tpm charged (-1 = none), budget reserved (-1 = none), lease held (0/1).
-var settleScript = redis.NewScript(luaRefill + `
+// KEYS: 2 per subject, as admitScript. ARGV: now ms, ticket id, actual tokens, month YYYYMM of
+// the admission; then 4 per subject: tpm limit, tpm charged (-1 = none), budget reserved
+// (-1 = none), lease held (0/1).
+const settleLua = `
 local now = clock(ARGV[1])
 local tid = ARGV[2]
 local actual = tonumber(ARGV[3])
-for i = 1, #KEYS / 3 do
-  local a = 3 + (i - 1) * 4
+local mon = ARGV[4]
+for i = 1, #KEYS / 2 do
+  local a = 4 + (i - 1) * 4
   local tpm, charged, res, cc = tonumber(ARGV[a+1]), tonumber(ARGV[a+2]), tonumber(ARGV[a+3]), tonumber(ARGV[a+4])
-  if cc == 1 then redis.call('ZREM', KEYS[i*3-1], tid) end
-  if tpm > 0 and charged >= 0 and charged ~= actual then
-    local bk = KEYS[i*3-2]
-    local h = redis.call('HMGET', bk, 't', 'tt')
-    local tok = refill(tonumber(h[1]), tonumber(h[2]), tpm, now) + charged - actual
-    if tok > tpm then tok = tpm end
-    redis.call('HSET', bk, 't', tok, 'tt', now)
-    redis.call('PEXPIRE', bk, math.max(redis.call('PTTL', bk), fullin(tok, tpm)))
-  end
-  if res >= 0 and res ~= actual and redis.call('EXISTS', KEYS[i*3]) == 1 then
-    if redis.call('INCRBY', KEYS[i*3], actual - res) < 0 then redis.call('SET', KEYS[i*3], 0, 'KEEPTTL') end
+  if cc == 1 then redis.call('ZREM', KEYS[i*2], tid) end
+  local dt = tpm > 0 and charged >= 0 and charged ~= actual
+  local db = res >= 0 and res ~= actual
+  if dt or db then
+    local h = redis.call('HMGET', KEYS[i*2-1], 't', 'tt', 'm', 'u')
+    local f = {}
+    if dt and h[2] then
+      local tok = refill(tonumber(h[1]), tonumber(h[2]), tpm, now) + charged - actual
+      if tok > tpm then tok = tpm end
+      f[#f+1] = 't'; f[#f+1] = tok; f[#f+1] = 'tt'; f[#f+1] = now
+    end
+    if db and h[3] == mon then
+      f[#f+1] = 'u'; f[#f+1] = math.max(0, tonumber(h[4]) + actual - res)
+    end
+    if #f > 0 then redis.call('HSET', KEYS[i*2-1], unpack(f)) end
   end
 end
 return 0
-`)
+`
+
+var settleScript = redis.NewScript(luaCommon + settleLua)
 
 const (
 	settleQueue   = 4096
@@ -237,16 +247,18 @@ func (r *redisTier) nowArg(now time.Time) int64 {
 	return now.UnixMilli()
 }
 
-func (r *redisTier) keys(cs []charge, cur int32) []string {
-	keys := make([]string, 0, 3*len(cs))
-	ym := strconv.Itoa(int(cur/12)*100 + int(cur%12) + 1)
+func (r *redisTier) keys(cs []charge) []string {
+	keys := make([]string, 0, 2*len(cs))
 	for i := range cs {
 		k := cs[i].st.key
 		sub := scopeNames[k.scope] + ":" + strconv.FormatInt(k.id, 10)
-		keys = append(keys, r.prefix+"b:"+sub, r.prefix+"c:"+sub, r.prefix+"m:"+sub+":"+ym)
+		keys = append(keys, r.prefix+"s:"+sub, r.prefix+"c:"+sub)
 	}
 	return keys
 }
+
+// yyyymm names month index m in Redis.
+func yyyymm(m int32) string { return strconv.Itoa(int(m/12)*100 + int(m%12) + 1) }
 
 // markDown switches to the local tier: logs once per outage and wakes the prober.
 func (r *redisTier) markDown(err error) {
@@ -264,7 +276,8 @@ func (r *redisTier) admit(ctx context.Context, t *Ticket, now time.Time) (decide
 	cs := t.charges()
 	mi := r.l.monthOf(now)
 	cur, start, next := mi.idx, mi.start, mi.next
-	keys := r.keys(cs, cur)
+	keys := r.keys(cs)
+	mon := yyyymm(cur)
 	lease := false
 	for i := range cs {
 		lease = lease || cs[i].limits.MaxConcurrent > 0
@@ -273,16 +286,15 @@ func (r *redisTier) admit(ctx context.Context, t *Ticket, now time.Time) (decide
 		t.id = r.instance + strconv.FormatUint(r.seq.Add(1), 10)
 	}
 	n := t.reserved
-	budgetTTL := int64((next.Sub(now) + 7*24*time.Hour) / time.Second)
-	args := make([]any, 0, 4+7*len(cs))
-	args = append(args, r.nowArg(now), n, r.lease.Milliseconds(), t.id)
+	args := make([]any, 0, 5+6*len(cs))
+	args = append(args, r.nowArg(now), n, r.lease.Milliseconds(), t.id, mon)
 	for i := range cs {
 		lim := cs[i].limits
 		charge := int64(0)
 		if lim.TokensPerMinute > 0 {
 			charge = min(n, int64(lim.TokensPerMinute))
 		}
-		args = append(args, lim.RequestsPerMinute, lim.TokensPerMinute, lim.MaxConcurrent, lim.MonthlyTokenBudget, charge, -1, budgetTTL)
+		args = append(args, lim.RequestsPerMinute, lim.TokensPerMinute, lim.MaxConcurrent, lim.MonthlyTokenBudget, charge, -1)
 	}
 	var res []int64
 	for attempt := 0; ; attempt++ {
@@ -305,17 +317,17 @@ func (r *redisTier) admit(ctx context.Context, t *Ticket, now time.Time) (decide
 				break
 			}
 			if attempt == 2 { // the counter keeps vanishing: admit without the budget
-				args[4+(i-1)*7+5] = -2
+				args[5+(i-1)*6+5] = -2
 				continue
 			}
 			c := &cs[i-1]
-			if err := r.seed(ctx, c.st, keys[(i-1)*3+2], cur, start, budgetTTL, attempt > 0); err != nil {
+			if err := r.seed(ctx, c.st, keys[(i-1)*2], now, cur, start, attempt > 0); err != nil {
 				if errors.Is(err, errRedisSeed) {
 					r.markDown(err)
 					return false, nil
 				}
 				r.l.log.Warn("quota budget seed failed; admitting without budget check", "scope", scopeNames[c.st.key.scope], "subject_id", c.st.key.id, "err", err)
-				args[4+(i-1)*7+5] = -2
+				args[5+(i-1)*6+5] = -2
 			}
 		}
 	}
@@ -363,8 +375,8 @@ var errRedisSeed = errors.New("redis")
 
 // seed creates a subject's budget counter for month cur from BudgetUsed, once per gateway
 // (seedMu makes concurrent requests of the subject wait for the first one). Every gateway may
-// seed once; SET NX keeps the first value. force seeds again (the counter vanished).
-func (r *redisTier) seed(ctx context.Context, st *subjectState, key string, cur int32, start time.Time, ttl int64, force bool) error {
+// seed once; the first seed of the month wins. force seeds again (the counter vanished).
+func (r *redisTier) seed(ctx context.Context, st *subjectState, key string, now time.Time, cur int32, start time.Time, force bool) error {
 	st.seedMu.Lock()
 	defer st.seedMu.Unlock()
 	if !force && st.redisSeeded.Load() == cur {
@@ -379,7 +391,7 @@ func (r *redisTier) seed(ctx context.Context, st *subjectState, key string, cur 
 	}
 	rctx, cancel := context.WithTimeout(ctx, r.timeout)
 	defer cancel()
-	if err := r.client.SetNX(rctx, key, used, time.Duration(ttl)*time.Second).Err(); err != nil {
+	if err := seedScript.Run(rctx, r.client, []string{key}, r.nowArg(now), yyyymm(cur), used).Err(); err != nil {
 		return fmt.Errorf("admit: seed budget: %w: %w", errRedisSeed, err)
 	}
 	st.redisSeeded.Store(cur)
@@ -500,8 +512,8 @@ func (r *redisTier) pipeSettle(ctx context.Context, ops []settleOp) error {
 	for _, op := range ops {
 		t := op.t
 		cs := t.charges()
-		args := make([]any, 0, 3+4*len(cs))
-		args = append(args, r.nowArg(r.l.now()), t.id, op.actual)
+		args := make([]any, 0, 4+4*len(cs))
+		args = append(args, r.nowArg(r.l.now()), t.id, op.actual, yyyymm(t.month))
 		for i := range cs {
 			c := &cs[i]
 			res, cc := int64(-1), 0
@@ -513,7 +525,7 @@ func (r *redisTier) pipeSettle(ctx context.Context, ops []settleOp) error {
 			}
 			args = append(args, c.limits.TokensPerMinute, c.tpm, res, cc)
 		}
-		settleScript.EvalSha(ctx, pipe, r.keys(cs, t.month), args...)
+		settleScript.EvalSha(ctx, pipe, r.keys(cs), args...)
 	}
 	cmds, err := pipe.Exec(ctx)
 	if err != nil {
@@ -570,11 +582,11 @@ func (r *redisTier) renew(ts []*Ticket) error {
 	pipe := r.client.Pipeline()
 	for _, t := range ts {
 		cs := t.charges()
-		keys := r.keys(cs, t.month)
+		keys := r.keys(cs)
 		for i := range cs {
 			if cs[i].limits.MaxConcurrent > 0 {
-				pipe.ZAddXX(ctx, keys[i*3+1], redis.Z{Score: float64(exp), Member: t.id})
-				pipe.PExpire(ctx, keys[i*3+1], 2*r.lease)
+				pipe.ZAddXX(ctx, keys[i*2+1], redis.Z{Score: float64(exp), Member: t.id})
+				pipe.PExpire(ctx, keys[i*2+1], 2*r.lease)
 			}
 		}
 	}

@@ -65,7 +65,7 @@ func (e redisEnv) limiter(t testing.TB, clk *clock, edit func(*Options)) fixture
 // hget reads a float field of a subject's bucket.
 func (e redisEnv) hget(t testing.TB, sub, field string) float64 {
 	t.Helper()
-	v, err := e.c.HGet(context.Background(), e.prefix+"b:"+sub, field).Float64()
+	v, err := e.c.HGet(context.Background(), e.prefix+"s:"+sub, field).Float64()
 	if err != nil {
 		t.Fatalf("hget %s %s: %v", sub, field, err)
 	}
@@ -265,19 +265,18 @@ func TestRedisBudgetSeededOnce(t *testing.T) {
 	if n := calls.Load(); n < 1 || n > 2 {
 		t.Errorf("BudgetUsed called %d times, want once (twice at most when both race on the missing key)", n)
 	}
-	used, _ := env.c.Get(context.Background(), env.prefix+"m:user:5:202603").Int64()
-	if used != 10000 {
-		t.Errorf("budget counter %d, want 10000", used)
+	if m := env.hget(t, "user:5", "m"); m != 202603 {
+		t.Errorf("budget month %v, want 202603", m)
 	}
-	ttl := env.c.TTL(context.Background(), env.prefix+"m:user:5:202603").Val()
-	if ttl < 24*time.Hour || ttl > 30*24*time.Hour {
-		t.Errorf("budget counter ttl %s", ttl)
+	if used := env.hget(t, "user:5", "u"); used != 10000 {
+		t.Errorf("budget counter %v, want 10000", used)
+	}
+	ttl := env.c.TTL(context.Background(), env.prefix+"s:user:5").Val()
+	if ttl < 23*time.Hour || ttl > 24*time.Hour {
+		t.Errorf("subject hash ttl %s, want a day", ttl)
 	}
 	settleAll(ts, 40) // 60 unused × 10
-	poll(t, "budget settlement", func() bool {
-		v, _ := env.c.Get(context.Background(), env.prefix+"m:user:5:202603").Int64()
-		return v == 9400
-	})
+	poll(t, "budget settlement", func() bool { return env.hget(t, "user:5", "u") == 9400 })
 	_, err := a.l.Admit(context.Background(), reqOf(700, sub))
 	if e := asAPI(t, err); e.Kind != apierr.QuotaExceeded || e.Code != "insufficient_quota" || !strings.Contains(e.Message, "used 9400") {
 		t.Errorf("got %v", err)
@@ -380,7 +379,7 @@ func TestRedisServerClock(t *testing.T) {
 	if len(ts) != 5 || redisTickets(ts) != 5 {
 		t.Errorf("admitted %d (%d by Redis), want 5", len(ts), redisTickets(ts))
 	}
-	rt, _ := env.c.HGet(context.Background(), env.prefix+"b:key:1", "rt").Int64()
+	rt, _ := env.c.HGet(context.Background(), env.prefix+"s:key:1", "rt").Int64()
 	if d := time.Since(time.UnixMilli(rt)); d < -time.Minute || d > time.Minute {
 		t.Errorf("bucket time %d is not Redis's clock", rt)
 	}
@@ -535,5 +534,41 @@ func TestRedisSlowFallsBack(t *testing.T) {
 	}
 	if f.fallbacks() != 21 || f.l.RedisUp() {
 		t.Errorf("fallbacks %d, redis up %v", f.fallbacks(), f.l.RedisUp())
+	}
+}
+
+// TestRedisBudgetNewMonth: a month starts a new counter, seeded again; a ticket admitted in
+// the old month settles against the old month only.
+func TestRedisBudgetNewMonth(t *testing.T) {
+	env := newRedisEnv(t)
+	clk := &clock{t: time.Date(2026, 3, 31, 23, 59, 59, 0, time.UTC)}
+	var starts []time.Time
+	var mu sync.Mutex
+	f := env.limiter(t, clk, func(o *Options) {
+		o.BudgetUsed = func(_ context.Context, _ string, _ int64, start time.Time) (int64, error) {
+			mu.Lock()
+			starts = append(starts, start)
+			mu.Unlock()
+			return 0, nil
+		}
+	})
+	sub := userSubject(6, Limits{MonthlyTokenBudget: 1000})
+	march, err := f.l.Admit(context.Background(), reqOf(600, sub))
+	if err != nil {
+		t.Fatal(err)
+	}
+	clk.Advance(2 * time.Second)
+	april, err := f.l.Admit(context.Background(), reqOf(600, sub))
+	if err != nil {
+		t.Fatalf("new month: %v", err)
+	}
+	march.Settle(0)
+	april.Settle(100)
+	poll(t, "april settlement", func() bool { return env.hget(t, "user:6", "u") == 100 })
+	want := []time.Time{time.Date(2026, 3, 1, 0, 0, 0, 0, time.UTC), time.Date(2026, 4, 1, 0, 0, 0, 0, time.UTC)}
+	mu.Lock()
+	defer mu.Unlock()
+	if diff := cmp.Diff(want, starts); diff != "" {
+		t.Errorf("BudgetUsed month starts (-want +got):\n%s", diff)
 	}
 }

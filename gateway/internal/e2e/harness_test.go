@@ -38,21 +38,27 @@ func newEnv(t *testing.T, redis bool) *env {
 	return &env{t: t, p: p, db: db, admin: p.AdminToken()}
 }
 
-// sim starts a standalone simulator and registers it as backend id (a row in the backend
-// registry with a long heartbeat interval, so control keeps it healthy without a worker).
+// sim starts a worker running the simulator engine in-process, registered with control
+// as backend id, and returns the worker and the simulator's URL once control lists it.
 func (e *env) sim(id string, extraEnv ...string) (*testenv.Proc, string) {
 	e.t.Helper()
 	addr := testenv.FreeAddr(e.t)
-	env := append([]string{"MAAS_SIM_ADDR=" + addr, "MAAS_SIM_TTFT=5ms", "MAAS_SIM_ITL=1ms", "MAAS_SIM_ITL_JITTER=0s"}, extraEnv...)
-	proc := testenv.Start(e.t, "sim-"+id, e.p.Bin.Worker, []string{"sim"}, env...)
-	url := "http://" + addr
-	testenv.WaitHTTP(e.t, proc, url+"/health", 30*time.Second)
-	_, err := e.db.Exec(context.Background(), `INSERT INTO backends (id, url, engine_kind, models, capacity, heartbeat_interval_ms)
-		VALUES ($1, $2, 'sim', '{sim-chat,sim-embedding}', 64, 3600000)`, id, url)
-	if err != nil {
-		e.t.Fatal(err)
+	env := append([]string{"MAAS_SIM_ADDR=" + addr, "MAAS_BACKEND_ID=" + id, "MAAS_HEARTBEAT_INTERVAL=200ms",
+		"MAAS_SIM_TTFT=5ms", "MAAS_SIM_ITL=1ms", "MAAS_SIM_ITL_JITTER=0s"}, extraEnv...)
+	proc, _ := e.p.StartWorker([]string{"--engine", "sim"}, env...)
+	deadline := time.Now().Add(15 * time.Second)
+	for {
+		var state string
+		err := e.db.QueryRow(context.Background(), `SELECT state FROM backends WHERE id = $1`, id).Scan(&state)
+		if err == nil && state == "healthy" {
+			break
+		}
+		if time.Now().After(deadline) {
+			e.t.Fatalf("backend %s not registered: %v %s\n%s", id, err, state, proc.Output())
+		}
+		time.Sleep(20 * time.Millisecond)
 	}
-	return proc, url
+	return proc, "http://" + addr
 }
 
 func (e *env) gateway(extraEnv ...string) (*testenv.Proc, string) {

@@ -21,8 +21,10 @@ func TestRateLimits(t *testing.T) {
 			e := newEnv(t, tc.gateways > 1)
 			e.sim("sim-a", "MAAS_SIM_OUTPUT_TOKENS=40")
 			var urls []string
+			// Subject ids repeat across fresh databases: keep this run's Redis keys apart.
+			prefix := fmt.Sprintf("MAAS_QUOTA_KEY_PREFIX=e2e:%d:", time.Now().UnixNano())
 			for range tc.gateways {
-				_, u := e.gateway()
+				_, u := e.gateway(prefix)
 				urls = append(urls, u)
 			}
 
@@ -105,5 +107,3 @@ func fire(t *testing.T, urls []string, key string, n, workers int, body string) 
 	wg.Wait()
 	return okN, tokens
 }
-
-var _ = fmt.Sprint

@@ -61,6 +61,10 @@ type Options struct {
 	// (MAAS_LEDGER_BUFFER); beyond it records are dropped and counted.
 	LedgerBuffer int
 
+	// QuotaKeyPrefix starts every Redis key of the global quota tier; platforms sharing a
+	// Redis need different prefixes (MAAS_QUOTA_KEY_PREFIX).
+	QuotaKeyPrefix string
+
 	// AccessLog writes one log line per request (MAAS_ACCESS_LOG).
 	AccessLog bool
 	// LogJSON forces JSON logs outside production (MAAS_LOG_JSON).
@@ -92,6 +96,7 @@ func DefaultOptions() Options {
 		LedgerBatch:         1000,
 		LedgerFlushInterval: 200 * time.Millisecond,
 		LedgerBuffer:        200000,
+		QuotaKeyPrefix:      "maas:quota:",
 		AccessLog:           true,
 	}
 }
@@ -118,6 +123,7 @@ func (o *Options) Bind(l *config.Loader) {
 	l.Int(&o.LedgerBatch, "MAAS_LEDGER_BATCH", "ledger-batch", o.LedgerBatch, "usage records per COPY")
 	l.Duration(&o.LedgerFlushInterval, "MAAS_LEDGER_FLUSH_INTERVAL", "ledger-flush-interval", o.LedgerFlushInterval, "longest wait before usage records are written")
 	l.Int(&o.LedgerBuffer, "MAAS_LEDGER_BUFFER", "ledger-buffer", o.LedgerBuffer, "usage records held while PostgreSQL is down")
+	l.String(&o.QuotaKeyPrefix, "MAAS_QUOTA_KEY_PREFIX", "quota-key-prefix", o.QuotaKeyPrefix, "prefix of the quota keys in Redis")
 	l.Bool(&o.AccessLog, "MAAS_ACCESS_LOG", "access-log", o.AccessLog, "one log line per request")
 	l.Bool(&o.LogJSON, "MAAS_LOG_JSON", "log-json", o.LogJSON, "JSON logs")
 }

@@ -48,7 +48,7 @@ func Run(ctx context.Context, o Options) error {
 		ConnectTimeout: o.ConnectTimeout, MaxConnsPerBackend: 4096, MaxResponseBytes: 64 << 20,
 		QueueTimeout: o.QueueTimeout, QueueSize: o.QueueSize,
 		BreakerFailures: 3, BreakerOpenFor: 5 * time.Second, BreakerInterval: 10 * time.Second,
-		AffinityLoadFactor: 1.25, FreshFor: 3*o.LoadRefreshInterval + 2*time.Second,
+		AffinityLoadFactor: 1.25, FreshFor: 3*o.LoadRefreshInterval + 2*time.Second, HeartbeatSlack: 2*o.LoadRefreshInterval + 500*time.Millisecond,
 		Logger: log, Registerer: reg, Now: time.Now,
 	})
 	if err != nil {
@@ -67,6 +67,9 @@ func Run(ctx context.Context, o Options) error {
 
 	ao := admit.DefaultOptions()
 	ao.RedisURL, ao.Logger, ao.Registerer, ao.BudgetUsed = o.Common.RedisURL, log, reg, budgetUsed(pool)
+	if o.QuotaKeyPrefix != "" {
+		ao.KeyPrefix = o.QuotaKeyPrefix
+	}
 	limiter, err := admit.New(ao)
 	if err != nil {
 		return fmt.Errorf("quota limiter: %w", err)

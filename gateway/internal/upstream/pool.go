@@ -45,10 +45,13 @@ type Options struct {
 	AffinityLoadFactor float64
 	// FreshFor: when backends' load figures were last read longer ago than this (the
 	// database is unreachable), heartbeat freshness is not enforced.
-	FreshFor   time.Duration
-	Logger     *slog.Logger
-	Registerer prometheus.Registerer
-	Now        func() time.Time
+	FreshFor time.Duration
+	// HeartbeatSlack is added to the 3 heartbeat intervals after which a backend counts as
+	// stale: the time until the gateway reads the backends' rows again.
+	HeartbeatSlack time.Duration
+	Logger         *slog.Logger
+	Registerer     prometheus.Registerer
+	Now            func() time.Time
 }
 
 // DefaultOptions returns the defaults.
@@ -64,6 +67,7 @@ func DefaultOptions() Options {
 		BreakerInterval:    10 * time.Second,
 		AffinityLoadFactor: 1.25,
 		FreshFor:           5 * time.Second,
+		HeartbeatSlack:     2 * time.Second,
 		Now:                time.Now,
 	}
 }
@@ -190,7 +194,7 @@ func (p *Pool) UpdateLoad(loads []snapshot.Load) {
 	m := p.m.Load()
 	for _, l := range loads {
 		if u := m.byID[l.ID]; u != nil {
-			u.applyLoad(l)
+			u.applyLoad(l, p.o.HeartbeatSlack)
 		}
 	}
 	p.lastLoadNS.Store(p.o.Now().UnixNano())

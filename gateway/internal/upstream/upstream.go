@@ -82,11 +82,13 @@ func (u *Upstream) usable(nowNano int64, checkFresh bool) bool {
 	return u.breaker.State() != gobreaker.StateOpen
 }
 
-func (u *Upstream) applyLoad(l snapshot.Load) {
+// applyLoad takes a backend's row as read at l.ReadAt. The heartbeat is stale once it is
+// older than 3 intervals; slack covers the time until the row is read again.
+func (u *Upstream) applyLoad(l snapshot.Load, slack time.Duration) {
 	u.routable.Store(l.State == registry.StateHealthy && !l.Disabled)
 	u.waiting.Store(int64(l.Waiting))
 	u.kvMilli.Store(int64(l.KVCache * 1000))
-	stale := l.ReadAt.Add(-l.HeartbeatAge).Add(3 * time.Duration(u.hbEvery.Load()))
+	stale := l.ReadAt.Add(-l.HeartbeatAge).Add(3*time.Duration(u.hbEvery.Load()) + slack)
 	u.staleAtNano.Store(stale.UnixNano())
 }
 
@@ -176,7 +178,7 @@ func newUpstream(b snapshot.Backend, o *Options) (*Upstream, error) {
 		},
 	})
 	u.update(b)
-	u.applyLoad(b.Load)
+	u.applyLoad(b.Load, o.HeartbeatSlack)
 	return u, nil
 }
 
