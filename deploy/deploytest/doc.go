@@ -1,0 +1,7 @@
+// Package deploytest holds the tests of the operator-facing files under deploy/: the
+// Kubernetes manifests (decoded strictly into the k8s.io/api types), the Compose file and the
+// Dockerfile (only settings the binaries understand), the Prometheus configuration and alert
+// rules (promtool, and a live Prometheus scraping a live gateway), the Grafana dashboards
+// (every metric they read is exported by a running process) and the official OpenAI Node
+// client run against a live platform. It has no code of its own outside tests.
+package deploytest

@@ -1,0 +1,77 @@
+package deploytest
+
+import (
+	"context"
+	"os"
+	"os/exec"
+	"regexp"
+	"strconv"
+	"testing"
+	"time"
+)
+
+// rateLimitedRPM is the requests-per-minute limit of the key the SDK suites use to provoke
+// a 429: small enough to hit quickly, large enough that Retry-After stays a few seconds.
+const rateLimitedRPM = 30
+
+// testNodeSDK runs the official OpenAI Node client's suite (deploy/sdktest/node) against the
+// running gateway: `npm ci`, then `node --test`.
+func (pl *platform) testNodeSDK(t *testing.T) {
+	node := requireTool(t, "node", "apt-get install -y nodejs npm")
+	npm := requireTool(t, "npm", "apt-get install -y npm")
+	dir := deployPath(t, "sdktest", "node")
+	limited := pl.p.CreateKey(pl.admin, map[string]any{"name": "node-limited", "rpm": rateLimitedRPM})
+	pl.waitKey(limited)
+
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+	ci := exec.CommandContext(ctx, npm, "ci", "--no-audit", "--no-fund", "--loglevel=error")
+	ci.Dir = dir
+	if out, err := ci.CombinedOutput(); err != nil {
+		t.Fatalf("npm ci: %v\n%s", err, out)
+	}
+	run := exec.CommandContext(ctx, node, "--test", "--test-reporter=spec")
+	run.Dir = dir
+	run.Env = append(os.Environ(),
+		"SDKTEST_BASE_URL="+pl.gateway+"/v1",
+		"SDKTEST_API_KEY="+pl.key,
+		"SDKTEST_LIMITED_KEY="+limited,
+		"SDKTEST_CHAT_MODEL="+chatModel,
+		"SDKTEST_EMBEDDING_MODEL="+embeddingModel,
+	)
+	out, err := run.CombinedOutput()
+	if err != nil {
+		t.Fatalf("node --test: %v\n%s", err, out)
+	}
+	pass, fail := nodeCount(out, "pass"), nodeCount(out, "fail")
+	if pass < 9 || fail != 0 {
+		t.Fatalf("node --test ran no test or hid a failure:\n%s", out)
+	}
+	t.Logf("node --test:\n%s", out)
+}
+
+// nodeCount reads a count ("pass", "fail") from node --test's summary; -1 when absent.
+func nodeCount(out []byte, what string) int {
+	m := regexp.MustCompile(`(?m)^\S*\s*` + what + ` (\d+)$`).FindSubmatch(out)
+	if m == nil {
+		return -1
+	}
+	n, _ := strconv.Atoi(string(m[1]))
+	return n
+}
+
+// waitKey waits until the gateway knows a new key (it learns keys through NOTIFY).
+func (pl *platform) waitKey(key string) {
+	pl.t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		status, body := pl.do("GET", "/v1/models", key, "")
+		if status == 200 {
+			return
+		}
+		if time.Now().After(deadline) {
+			pl.t.Fatalf("gateway does not accept the new key: %d %s", status, body)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
