@@ -79,6 +79,16 @@ func BenchmarkAdmitRedis(b *testing.B) {
 		b.StopTimer()
 		f.l.Close() // flush settlements inside the measurement's cleanup, not the loop
 	}
+	b.Run("ping", func(b *testing.B) { // reference: one bare round trip on the same client
+		env := newRedisEnv(b)
+		f := env.limiter(b, nil, nil)
+		b.ReportAllocs()
+		for b.Loop() {
+			if err := f.l.redis.client.Ping(ctx).Err(); err != nil {
+				b.Fatal(err)
+			}
+		}
+	})
 	b.Run("serial", func(b *testing.B) { run(b, false) })
 	b.Run("parallel", func(b *testing.B) { run(b, true) })
 }
