@@ -95,8 +95,8 @@ func setup(ctx context.Context, o options, logger *slog.Logger) (*env, error) {
 	startSim := func(model string, itl time.Duration) (*sim, error) {
 		s := &sim{model: model}
 		addr, _ := stack.FreeAddr()
-		s.proc, err = e.stack.Start(ctx, "sim-"+model, addr, bin("worker"), simArgs(model, itl),
-			[]string{"MAAS_SIM_ADDR=" + addr}, "http://"+addr+"/health")
+		s.proc, err = e.stack.Start(ctx, "sim-"+model, addr, bin("worker"), []string{"sim"},
+			simEnv(addr, model, itl), "http://"+addr+"/health")
 		if err != nil {
 			return nil, err
 		}
@@ -107,8 +107,9 @@ func setup(ctx context.Context, o options, logger *slog.Logger) (*env, error) {
 		}
 		waddr, _ := stack.FreeAddr()
 		_, err = e.stack.Start(ctx, "worker-"+model, waddr, bin("worker"),
-			[]string{"--engine-url", "http://" + addr, "--engine-kind", "vllm", "--capacity", "20000"},
-			[]string{"MAAS_WORKER_ADDR=" + waddr, "MAAS_CONTROL_URL=" + controlURL}, "http://"+waddr+"/health")
+			[]string{"--engine-url", "http://" + addr, "--engine-kind", "vllm"},
+			[]string{"MAAS_WORKER_ADDR=" + waddr, "MAAS_CONTROL_URL=" + controlURL, "MAAS_ENGINE_CAPACITY=20000",
+				"MAAS_BACKEND_ID=bench-" + model}, "http://"+waddr+"/health")
 		return s, err
 	}
 	if e.fast, err = startSim(modelFast, 0); err != nil {
@@ -165,9 +166,11 @@ func setup(ctx context.Context, o options, logger *slog.Logger) (*env, error) {
 	return e, nil
 }
 
-// simArgs are the simulator's arguments for one benchmark model.
-func simArgs(model string, itl time.Duration) []string {
-	return []string{"sim", "--models", model, "--itl", itl.String(), "--ttft", "0s", "--max-concurrency", "20000"}
+// simEnv configures one benchmark simulator: one model, no queue limit, answers as long as
+// max_tokens asks (the output distribution is far above every request's cap).
+func simEnv(addr, model string, itl time.Duration) []string {
+	return []string{"MAAS_SIM_ADDR=" + addr, "MAAS_SIM_MODELS=" + model, "MAAS_SIM_EMBEDDING_MODELS=",
+		"MAAS_SIM_ITL=" + itl.String(), "MAAS_SIM_TTFT=0s", "MAAS_SIM_MAX_CONCURRENCY=0", "MAAS_SIM_OUTPUT_TOKENS=100000"}
 }
 
 func createDatabase(ctx context.Context, server string) (string, error) {
