@@ -19,6 +19,7 @@ import (
 	"github.com/valyala/fasthttp"
 
 	"github.com/maas-platform/maas/gateway/internal/admit"
+	"github.com/maas-platform/maas/gateway/internal/apidocs"
 	"github.com/maas-platform/maas/gateway/internal/ledger"
 	"github.com/maas-platform/maas/gateway/internal/proxy"
 	"github.com/maas-platform/maas/gateway/internal/snapshot"
@@ -161,8 +162,12 @@ type Deps struct {
 	Registry *prometheus.Registry
 }
 
-// New returns the configured fasthttp.Server with the gateway's routes.
-func New(o Options, d Deps) *fasthttp.Server {
+// forwardPaths are forwarded to control as they are.
+var forwardPaths = []string{"/api/v1/{path:*}", "/v1/files", "/v1/files/{path:*}", "/v1/fine_tuning/{path:*}",
+	"/v1/vector_stores", "/v1/vector_stores/{path:*}", "/v1/apps", "/v1/apps/{path:*}"}
+
+// routes builds the gateway's router.
+func routes(d Deps) *router.Router {
 	r := router.New()
 	r.RedirectTrailingSlash = false
 	r.RedirectFixedPath = false
@@ -187,10 +192,10 @@ func New(o Options, d Deps) *fasthttp.Server {
 	r.POST("/v1/completions", ph.Completions)
 	r.POST("/v1/embeddings", ph.Embeddings)
 	r.GET("/v1/models", ph.Models)
-	for _, p := range []string{"/api/v1/{path:*}", "/v1/files", "/v1/files/{path:*}", "/v1/fine_tuning/{path:*}",
-		"/v1/vector_stores", "/v1/vector_stores/{path:*}", "/v1/apps", "/v1/apps/{path:*}"} {
+	for _, p := range forwardPaths {
 		r.ANY(p, ph.Forward)
 	}
+	apidocs.Register(r)
 	r.NotFound = func(ctx *fasthttp.RequestCtx) {
 		ph.RequestID(ctx)
 		apierr.WriteFast(ctx, apierr.New(apierr.NotFound, "unknown path %s %s", ctx.Method(), truncate(ctx.Path())))
@@ -199,7 +204,13 @@ func New(o Options, d Deps) *fasthttp.Server {
 		ph.RequestID(ctx)
 		apierr.WriteFast(ctx, apierr.New(apierr.MethodNotAllowed, "method %s is not allowed on %s", ctx.Method(), truncate(ctx.Path())))
 	}
+	return r
+}
 
+// New returns the configured fasthttp.Server with the gateway's routes.
+func New(o Options, d Deps) *fasthttp.Server {
+	r := routes(d)
+	ph := d.Proxy
 	panics := prometheus.NewCounter(prometheus.CounterOpts{Name: "maas_gateway_panics_total",
 		Help: "Request handlers that panicked (recovered; the process keeps serving)."})
 	d.Registry.MustRegister(panics)

@@ -10,6 +10,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/testutil"
 	"github.com/valyala/fasthttp"
 
+	"github.com/maas-platform/maas/gateway/internal/apidocs"
 	"github.com/maas-platform/maas/pkg/config"
 )
 
@@ -95,5 +96,24 @@ func TestOptionsValidate(t *testing.T) {
 				t.Fatalf("err = %v, want a config.Error naming %s", err, tc.wantVar)
 			}
 		})
+	}
+}
+
+func TestRoutesMatchAPIDocument(t *testing.T) {
+	r := routes(Deps{Registry: prometheus.NewRegistry()})
+	forwarded := func(rt apidocs.Route) bool {
+		for _, p := range []string{"/api/v1/", "/v1/files", "/v1/fine_tuning/", "/v1/vector_stores", "/v1/apps"} {
+			if strings.HasPrefix(rt.Path, p) {
+				return true
+			}
+		}
+		return strings.HasPrefix(rt.Path, "/docs") || rt.Path == "/redoc" || rt.Path == "/openapi.json"
+	}
+	undocumented, missing, err := apidocs.Compare(r.List(), forwarded)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(undocumented) > 0 || len(missing) > 0 {
+		t.Errorf("routes not in the OpenAPI document: %v; documented but not served: %v", undocumented, missing)
 	}
 }
