@@ -108,7 +108,8 @@ func (o *Options) validate() error {
 	return nil
 }
 
-// Limiter admits requests. It is safe for concurrent use; Close releases it.
+// Limiter admits requests. It is safe for concurrent use; build it with New (the zero value is
+// not usable) and release it with Close. Admit keeps working after Close, on the local tier.
 type Limiter struct {
 	o       Options
 	now     func() time.Time
@@ -272,7 +273,7 @@ func (l *Limiter) Admit(ctx context.Context, r Request) (*Ticket, error) {
 		t.extra = cs
 	}
 	now := l.now()
-	if l.redis != nil && l.redis.healthy.Load() {
+	if l.redis != nil && l.redis.healthy.Load() && !l.closing.Load() {
 		decided, err := l.redis.admit(ctx, t, now)
 		if decided {
 			if err != nil {
