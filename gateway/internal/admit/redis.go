@@ -405,6 +405,13 @@ func (r *redisTier) settle(t *Ticket, actual int64) {
 		delete(r.live, t)
 		r.liveMu.Unlock()
 	}
+	work := t.hasLease
+	for _, c := range t.charges() {
+		work = work || (c.tpm >= 0 && c.tpm != actual) || (c.budget && t.reserved != actual)
+	}
+	if !work { // nothing to release or correct: skip the round trip
+		return
+	}
 	if r.l.closing.Load() {
 		r.l.m.settleDropped.Inc()
 		return
