@@ -14,5 +14,9 @@
 // a limit the way counting after the fact does.
 //
 // Buckets hold at most one minute's worth (burst = the per-minute limit) and refill
-// continuously at limit/60 per second.
+// continuously at limit/60 per second, so in any window of W seconds a subject is admitted at
+// most limit × (1 + W/60): a full minute's burst, then the steady rate. With Redis this holds
+// across all gateways to ±1 request (every admission is one atomic script, clocked by Redis);
+// during a Redis outage each gateway enforces it alone. The README lists the bound of each
+// limit.
 package admit
