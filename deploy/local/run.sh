@@ -21,6 +21,7 @@ stopping=
 stop_all() {
 	[ -n "$stopping" ] && return
 	stopping=1
+	trap '' INT TERM # a second Ctrl-C (or a group-wide signal) must not cut the clean-up short
 	say "stopping…"
 	local i
 	for ((i = ${#pids[@]} - 1; i >= 0; i--)); do # reverse start order: gateway, worker, control

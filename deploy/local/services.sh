@@ -24,11 +24,14 @@ apt_install() {
 	DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "$@" >/dev/null
 }
 
-# free_port prints a TCP port on 127.0.0.1 that nothing listens on.
+# free_port prints a TCP port on 127.0.0.1 that nothing listens on, below the kernel's
+# ephemeral range (outgoing connections take ports there, which a server then cannot bind).
 free_port() {
-	local p
+	local p lo=32768
+	read -r lo _ </proc/sys/net/ipv4/ip_local_port_range 2>/dev/null || true
+	[ "$lo" -gt 12000 ] || lo=32768
 	for _ in $(seq 1 200); do
-		p=$((20000 + RANDOM % 30000))
+		p=$((10000 + RANDOM % (lo - 10000)))
 		if ! (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null; then
 			echo "$p"
 			return 0
@@ -97,13 +100,21 @@ pg_start() {
 		PG_PORT=$(sed -n 4p "$dir/data/postmaster.pid")
 		say "PostgreSQL already running in $dir on port $PG_PORT"
 	else
-		PG_PORT=$(free_port)
-		local opts="-c listen_addresses=127.0.0.1 -p $PG_PORT -k $dir -c max_connections=300"
-		[ -z "$durable" ] && opts="$opts -c fsync=off -c synchronous_commit=off -c full_page_writes=off"
-		as_pg "$bin/pg_ctl" -D "$dir/data" -l "$dir/server.log" -w -t 60 start -o "$opts" >/dev/null || {
+		local attempt started=
+		for attempt in 1 2 3; do
+			PG_PORT=$(free_port)
+			local opts="-c listen_addresses=127.0.0.1 -p $PG_PORT -k $dir -c max_connections=300"
+			[ -z "$durable" ] && opts="$opts -c fsync=off -c synchronous_commit=off -c full_page_writes=off"
+			if as_pg "$bin/pg_ctl" -D "$dir/data" -l "$dir/server.log" -w -t 60 start -o "$opts" >/dev/null; then
+				started=1
+				break
+			fi
+			say "PostgreSQL did not start on port $PG_PORT (attempt $attempt)"
+		done
+		if [ -z "$started" ]; then
 			tail -n 20 "$dir/server.log" >&2
 			return 1
-		}
+		fi
 		say "PostgreSQL listening on 127.0.0.1:$PG_PORT (data in $dir/data)"
 	fi
 	PG_URL="postgresql://postgres@127.0.0.1:$PG_PORT/postgres?sslmode=disable"
