@@ -755,12 +755,12 @@ func (c *call) finish() {
 			Streamed: c.stream, TTFT: c.ttft, Duration: dur, ErrorType: c.errType,
 		})
 	}
-	if h.o.AccessLog && h.o.Logger.Enabled(context.Background(), slog.LevelInfo) {
+	if h.o.AccessLog && h.o.AccessLogger.Enabled(context.Background(), slog.LevelInfo) {
 		var uid, kid int64
 		if c.key != nil {
 			uid, kid = c.key.UserID, c.key.ID
 		}
-		h.o.Logger.LogAttrs(context.Background(), slog.LevelInfo, "request",
+		h.o.AccessLogger.LogAttrs(context.Background(), slog.LevelInfo, "request",
 			slog.String("request_id", c.reqID), slog.String("endpoint", c.path()),
 			slog.String("model", label), slog.String("backend", c.backend), slog.Int("status", c.status),
 			slog.Float64("duration_ms", float64(dur.Microseconds())/1000), slog.Bool("stream", c.stream),

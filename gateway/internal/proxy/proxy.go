@@ -71,9 +71,11 @@ type Options struct {
 	// BaseContext ends when streams must stop (shutdown grace over).
 	BaseContext context.Context
 	AccessLog   bool
-	Logger      *slog.Logger
-	Registerer  prometheus.Registerer
-	Now         func() time.Time
+	// AccessLogger receives the access log lines; nil uses Logger.
+	AccessLogger *slog.Logger
+	Logger       *slog.Logger
+	Registerer   prometheus.Registerer
+	Now          func() time.Time
 }
 
 // DefaultOptions returns the defaults.
@@ -109,6 +111,9 @@ func New(o Options) (*Handler, error) {
 	}
 	if o.Now == nil {
 		o.Now = time.Now
+	}
+	if o.AccessLogger == nil {
+		o.AccessLogger = o.Logger
 	}
 	if o.BaseContext == nil {
 		o.BaseContext = context.Background()

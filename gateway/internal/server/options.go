@@ -65,6 +65,10 @@ type Options struct {
 	// Redis need different prefixes (MAAS_QUOTA_KEY_PREFIX).
 	QuotaKeyPrefix string
 
+	// PprofAddr, when set, serves Go's /debug/pprof on this address (MAAS_PPROF_ADDR); keep
+	// it on loopback.
+	PprofAddr string
+
 	// AccessLog writes one log line per request (MAAS_ACCESS_LOG).
 	AccessLog bool
 	// LogJSON forces JSON logs outside production (MAAS_LOG_JSON).
@@ -124,6 +128,7 @@ func (o *Options) Bind(l *config.Loader) {
 	l.Duration(&o.LedgerFlushInterval, "MAAS_LEDGER_FLUSH_INTERVAL", "ledger-flush-interval", o.LedgerFlushInterval, "longest wait before usage records are written")
 	l.Int(&o.LedgerBuffer, "MAAS_LEDGER_BUFFER", "ledger-buffer", o.LedgerBuffer, "usage records held while PostgreSQL is down")
 	l.String(&o.QuotaKeyPrefix, "MAAS_QUOTA_KEY_PREFIX", "quota-key-prefix", o.QuotaKeyPrefix, "prefix of the quota keys in Redis")
+	l.String(&o.PprofAddr, "MAAS_PPROF_ADDR", "pprof-addr", o.PprofAddr, "address of the /debug/pprof server (empty: off)")
 	l.Bool(&o.AccessLog, "MAAS_ACCESS_LOG", "access-log", o.AccessLog, "one log line per request")
 	l.Bool(&o.LogJSON, "MAAS_LOG_JSON", "log-json", o.LogJSON, "JSON logs")
 }

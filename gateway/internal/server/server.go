@@ -10,6 +10,8 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/http/pprof"
+	"os"
 	"runtime/debug"
 	"sync"
 	"time"
@@ -25,6 +27,7 @@ import (
 	"github.com/maas-platform/maas/gateway/internal/snapshot"
 	"github.com/maas-platform/maas/gateway/internal/upstream"
 	"github.com/maas-platform/maas/pkg/apierr"
+	"github.com/maas-platform/maas/pkg/config"
 	"github.com/maas-platform/maas/pkg/obs"
 	"github.com/maas-platform/maas/pkg/pgdb"
 )
@@ -96,6 +99,13 @@ func Run(ctx context.Context, o Options) error {
 	po.ControlURL, po.InternalToken = o.Common.ControlURL, o.Common.InternalToken
 	po.MaxAttempts, po.FirstByteTimeout, po.StreamIdleTimeout, po.RequestTimeout = o.MaxAttempts, o.FirstByteTimeout, o.StreamIdleTimeout, o.RequestTimeout
 	po.BaseContext, po.AccessLog, po.Logger, po.Registerer = streamCtx, o.AccessLog, log, reg
+	if o.AccessLog {
+		// Access-log lines are buffered (flushed every 100 ms and at exit); other logs are not.
+		out := newBufferedOut(os.Stderr, 100*time.Millisecond)
+		defer out.Close()
+		po.AccessLogger = obs.NewLogger(obs.LogOptions{Component: "gateway", Debug: o.Common.Debug,
+			JSON: o.Common.Environment == config.Production || o.LogJSON, Out: out})
+	}
 	ph, err := proxy.New(po)
 	if err != nil {
 		limiter.Close()
@@ -109,6 +119,18 @@ func Run(ctx context.Context, o Options) error {
 	var wg sync.WaitGroup
 	wg.Add(1)
 	go func() { defer wg.Done(); store.Run(loops) }()
+
+	if o.PprofAddr != "" {
+		stopPprof, err := servePprof(o.PprofAddr, log)
+		if err != nil {
+			stopLoops()
+			wg.Wait()
+			limiter.Close()
+			_ = lw.Stop(context.Background())
+			return err
+		}
+		defer stopPprof()
+	}
 
 	ln, err := net.Listen("tcp", o.Addr)
 	if err != nil {
@@ -253,6 +275,24 @@ func New(o Options, d Deps) *fasthttp.Server {
 			}
 		},
 	}
+}
+
+// servePprof serves the Go profiler on addr until the returned function is called.
+func servePprof(addr string, log *slog.Logger) (func(), error) {
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		return nil, fmt.Errorf("listen for pprof on %s: %w", addr, err)
+	}
+	mux := http.NewServeMux()
+	mux.HandleFunc("/debug/pprof/", pprof.Index)
+	mux.HandleFunc("/debug/pprof/cmdline", pprof.Cmdline)
+	mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
+	mux.HandleFunc("/debug/pprof/symbol", pprof.Symbol)
+	mux.HandleFunc("/debug/pprof/trace", pprof.Trace)
+	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
+	go func() { _ = srv.Serve(ln) }()
+	log.Info("pprof listening", "addr", ln.Addr().String())
+	return func() { _ = srv.Close() }, nil
 }
 
 // recoverer turns a panic in next into a 500 in the OpenAI shape (never a stack trace to
