@@ -83,7 +83,7 @@ func DefaultOptions() Options {
 	return Options{
 		Addr:                "127.0.0.1:8000",
 		MaxBodyBytes:        10 << 20,
-		MaxHeaderBytes:      16 << 10,
+		MaxHeaderBytes:      8 << 10,
 		ReadTimeout:         60 * time.Second,
 		WriteTimeout:        60 * time.Second,
 		IdleTimeout:         120 * time.Second,

@@ -200,7 +200,11 @@ func NewStreamTransport(connect time.Duration, maxIdlePerHost int) *http.Transpo
 		MaxIdleConnsPerHost: maxIdlePerHost,
 		IdleConnTimeout:     90 * time.Second,
 		DisableCompression:  true,
-		ForceAttemptHTTP2:   false,
-		TLSClientConfig:     &tls.Config{MinVersion: tls.VersionTLS12},
+		// Requests are small JSON bodies; a long-lived stream keeps these buffers, so they
+		// are kept small (10,000 open streams hold 10,000 of each).
+		WriteBufferSize:   1 << 10,
+		ReadBufferSize:    4 << 10,
+		ForceAttemptHTTP2: false,
+		TLSClientConfig:   &tls.Config{MinVersion: tls.VersionTLS12},
 	}
 }
