@@ -261,3 +261,5 @@ func migrator(t *testing.T, dbURL string) (*pgdb.Migrator, *pgxpool.Pool) {
 	t.Cleanup(func() { m.Close() })
 	return m, pool
 }
+
+func itoa(n int64) string { return fmt.Sprint(n) }

@@ -229,37 +229,50 @@ func (s *Service) Update(ctx context.Context, id string, c Change) (*registry.Ba
 
 // Reap marks backends silent for MissedHeartbeats intervals unhealthy and removes those
 // unhealthy and silent for RemoveAfter. It returns how many it changed of each.
+//
+// The NOTIFY triggers fire per statement, even for statements that change no row, so the
+// reaper looks first and writes only when there is something to change: an idle registry
+// must not wake every gateway each second.
 func (s *Service) Reap(ctx context.Context) (unhealthy, removed int, err error) {
-	rows, err := s.db.Query(ctx, `UPDATE backends SET state = 'unhealthy'
-		WHERE state <> 'unhealthy'
-		  AND last_heartbeat_at < now() - make_interval(secs => ($1 * heartbeat_interval_ms / 1000.0)::float8)
-		RETURNING id`, MissedHeartbeats)
-	if err != nil {
+	const silent = `state <> 'unhealthy'
+		  AND last_heartbeat_at < now() - make_interval(secs => ($1 * heartbeat_interval_ms / 1000.0)::float8)`
+	const expired = `state = 'unhealthy' AND last_heartbeat_at < now() - make_interval(secs => $1::float8)`
+	var due, gone bool
+	if err := s.db.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM backends WHERE `+silent+`)`, MissedHeartbeats).Scan(&due); err != nil {
 		return 0, 0, fmt.Errorf("reap backends: %w", err)
 	}
-	ids, err := pgx.CollectRows(rows, pgx.RowTo[string])
-	if err != nil {
-		return 0, 0, fmt.Errorf("reap backends: %w", err)
+	var ids []string
+	if due {
+		rows, err := s.db.Query(ctx, `UPDATE backends SET state = 'unhealthy' WHERE `+silent+` RETURNING id`, MissedHeartbeats)
+		if err != nil {
+			return 0, 0, fmt.Errorf("reap backends: %w", err)
+		}
+		if ids, err = pgx.CollectRows(rows, pgx.RowTo[string]); err != nil {
+			return 0, 0, fmt.Errorf("reap backends: %w", err)
+		}
+		for _, id := range ids {
+			s.log.Warn("backend missed heartbeats; marked unhealthy", "backend", id, "missed", MissedHeartbeats)
+		}
+		s.reaped.WithLabelValues("unhealthy").Add(float64(len(ids)))
 	}
-	for _, id := range ids {
-		s.log.Warn("backend missed heartbeats; marked unhealthy", "backend", id, "missed", MissedHeartbeats)
-	}
-	rows, err = s.db.Query(ctx, `DELETE FROM backends
-		WHERE state = 'unhealthy' AND last_heartbeat_at < now() - make_interval(secs => $1::float8)
-		RETURNING id`, s.removeAfter.Seconds())
-	if err != nil {
+	if err := s.db.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM backends WHERE `+expired+`)`, s.removeAfter.Seconds()).Scan(&gone); err != nil {
 		return len(ids), 0, fmt.Errorf("remove backends: %w", err)
 	}
-	gone, err := pgx.CollectRows(rows, pgx.RowTo[string])
-	if err != nil {
-		return len(ids), 0, fmt.Errorf("remove backends: %w", err)
+	var removedIDs []string
+	if gone {
+		rows, err := s.db.Query(ctx, `DELETE FROM backends WHERE `+expired+` RETURNING id`, s.removeAfter.Seconds())
+		if err != nil {
+			return len(ids), 0, fmt.Errorf("remove backends: %w", err)
+		}
+		if removedIDs, err = pgx.CollectRows(rows, pgx.RowTo[string]); err != nil {
+			return len(ids), 0, fmt.Errorf("remove backends: %w", err)
+		}
+		for _, id := range removedIDs {
+			s.log.Warn("backend silent too long; removed", "backend", id, "remove_after", s.removeAfter.String())
+		}
+		s.reaped.WithLabelValues("removed").Add(float64(len(removedIDs)))
 	}
-	for _, id := range gone {
-		s.log.Warn("backend silent too long; removed", "backend", id, "remove_after", s.removeAfter.String())
-	}
-	s.reaped.WithLabelValues("unhealthy").Add(float64(len(ids)))
-	s.reaped.WithLabelValues("removed").Add(float64(len(gone)))
-	return len(ids), len(gone), nil
+	return len(ids), len(removedIDs), nil
 }
 
 // countStates refreshes the maas_control_backends gauge.
