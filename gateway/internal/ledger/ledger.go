@@ -87,7 +87,7 @@ func New(o Options) (*Writer, error) {
 	}
 	w := &Writer{
 		o:    o,
-		ch:   make(chan Record, min(o.Buffer, 1<<16)),
+		ch:   make(chan Record, min(o.Buffer, 4096)),
 		stop: make(chan context.Context),
 		done: make(chan struct{}),
 		dropped: prometheus.NewCounter(prometheus.CounterOpts{Name: "maas_usage_records_dropped_total",

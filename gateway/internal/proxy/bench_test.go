@@ -1,10 +1,8 @@
 package proxy
 
 import (
-	"context"
 	"io"
 	"net"
-	"net/http"
 	"testing"
 	"time"
 
@@ -52,10 +50,9 @@ func benchHandler(b *testing.B) *Handler {
 	pool, _ := upstream.New(upstream.DefaultOptions())
 	pool.Sync(snap)
 	pool.Get("b0").Client.Dial = func(string) (net.Conn, error) { return ln.Dial() }
-	tr := upstream.NewStreamTransport(time.Second, 64)
-	tr.DialContext = func(context.Context, string, string) (net.Conn, error) { return ln.Dial() }
+	pool.Get("b0").Stream.Dial = func(string) (net.Conn, error) { return ln.Dial() }
 	o := DefaultOptions()
-	o.Snapshots, o.Pool, o.Ledger, o.Stream = fakeSnapshots{snap}, pool, discard{}, &http.Client{Transport: tr}
+	o.Snapshots, o.Pool, o.Ledger = fakeSnapshots{snap}, pool, discard{}
 	o.AccessLog = false
 	h, err := New(o)
 	if err != nil {

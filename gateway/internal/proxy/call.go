@@ -9,7 +9,6 @@ import (
 	"io"
 	"log/slog"
 	"net"
-	"net/http"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -430,18 +429,46 @@ func (c *call) setHeaders(hd *fasthttp.RequestHeader) {
 
 type streamState struct {
 	c        *call
-	ctx      context.Context
-	cancel   context.CancelFunc
-	resp     *http.Response
+	l        *upstream.Lease
+	resp     *fasthttp.Response
+	body     io.Reader // the response body stream
 	rd       *sse.Reader
-	timer    *time.Timer
+	timer    *time.Timer // first-byte, then idle-between-events timeout
+	stopBase func() bool // unregisters the close on end of the request context
+	closeMu  sync.Once   // closes the body stream exactly once
 	timedOut atomic.Bool
-	first    []byte // data of the first event (copied)
+	aborted  atomic.Bool // closed by timeout, shutdown or request deadline
+	first    []byte      // data of the first event (copied)
 	firstRaw []byte
 	out      []byte
 }
 
 var readerPool = sync.Pool{New: func() any { return sse.NewReader(nil, 4<<20) }}
+
+// closeStream ends the backend response; a read in flight returns at once (the
+// connection is closed, which also tells the backend to stop generating).
+func (st *streamState) closeStream() {
+	st.closeMu.Do(func() {
+		if st.resp != nil {
+			_ = st.resp.CloseBodyStream()
+		}
+	})
+}
+
+// release returns the stream's resources; call once, after the last read.
+func (st *streamState) release() {
+	st.timer.Stop()
+	if st.stopBase != nil {
+		st.stopBase()
+	}
+	st.closeStream()
+	if st.rd != nil {
+		readerPool.Put(st.rd)
+		st.rd = nil
+	}
+	fasthttp.ReleaseResponse(st.resp)
+	st.resp = nil
+}
 
 // dispatchStream opens the stream on a backend and reads its first event before anything
 // is sent to the client, so that failures up to then fail over to another backend.
@@ -459,10 +486,11 @@ func (c *call) dispatchStream(ctx *fasthttp.RequestCtx) error {
 			}
 			return err
 		}
-		st := &streamState{c: c}
-		st.ctx, st.cancel = context.WithCancel(base)
-		st.timer = time.AfterFunc(h.o.FirstByteTimeout, func() { st.timedOut.Store(true); st.cancel() })
-		e, retry := st.open(l)
+		st := &streamState{c: c, l: l, resp: fasthttp.AcquireResponse()}
+		st.resp.StreamBody = true
+		st.timer = time.AfterFunc(h.o.FirstByteTimeout, func() { st.timedOut.Store(true); st.aborted.Store(true); st.closeStream() })
+		st.stopBase = context.AfterFunc(base, func() { st.aborted.Store(true); st.closeStream() })
+		e, retry := st.open()
 		if e == nil {
 			// Committed: from here on the client receives bytes.
 			ctx.SetStatusCode(200)
@@ -477,8 +505,7 @@ func (c *call) dispatchStream(ctx *fasthttp.RequestCtx) error {
 			})
 			return nil
 		}
-		st.timer.Stop()
-		st.cancel()
+		st.release()
 		if !retry {
 			cancelBase()
 			return e
@@ -497,19 +524,18 @@ func (c *call) dispatchStream(ctx *fasthttp.RequestCtx) error {
 
 // open sends the request and reads the first event. On error it reports whether another
 // backend may be tried; a non-retryable backend answer is relayed as an error.
-func (st *streamState) open(l *upstream.Lease) (error, bool) {
-	c := st.c
-	req, err := http.NewRequestWithContext(st.ctx, http.MethodPost, l.U.URL(c.path()), bytes.NewReader(c.body.B))
-	if err != nil {
-		return apierr.Wrap(err, "build backend request"), false
-	}
-	req.Header.Set("Content-Type", "application/json")
+func (st *streamState) open() (error, bool) {
+	c, l := st.c, st.l
+	req := fasthttp.AcquireRequest()
+	req.Header.SetMethod(fasthttp.MethodPost)
+	uri := append(c.body.B[len(c.body.B):], l.U.Base...) // scratch space after the body
+	uri = append(uri, c.path()...)
+	req.SetRequestURIBytes(uri)
+	c.setHeaders(&req.Header)
 	req.Header.Set("Accept", "text/event-stream")
-	req.Header.Set("X-Request-Id", c.reqID)
-	for _, kv := range c.forward {
-		req.Header.Set(string(kv[0]), string(kv[1]))
-	}
-	resp, err := c.h.o.Stream.Do(req)
+	req.SetBodyRaw(c.body.B)
+	err := l.U.Stream.Do(req, st.resp)
+	fasthttp.ReleaseRequest(req)
 	if err != nil {
 		if c.h.o.BaseContext.Err() != nil {
 			return &apierr.Error{Kind: apierr.Unavailable, Message: "the gateway is shutting down", Err: err}, false
@@ -518,12 +544,15 @@ func (st *streamState) open(l *upstream.Lease) (error, bool) {
 		c.retryNote(l, kindOf(e))
 		return e, true
 	}
-	if resp.StatusCode != 200 {
-		raw, _ := io.ReadAll(io.LimitReader(resp.Body, 1<<20))
-		resp.Body.Close()
-		if retryableStatus(resp.StatusCode) {
+	st.body = st.resp.BodyStream()
+	if st.body == nil { // a body fasthttp read whole (e.g. empty)
+		st.body = bytes.NewReader(st.resp.Body())
+	}
+	if status := st.resp.StatusCode(); status != 200 {
+		raw, _ := io.ReadAll(io.LimitReader(st.body, 1<<20))
+		if retryableStatus(status) {
 			c.retryNote(l, "status")
-			return &apierr.Error{Kind: statusKind(resp.StatusCode), Message: "the backend failed (status " + itoa(resp.StatusCode) + ")"}, true
+			return &apierr.Error{Kind: statusKind(status), Message: "the backend failed (status " + itoa(status) + ")"}, true
 		}
 		// The backend refused the request (e.g. 400): relay its OpenAI error message.
 		var env struct {
@@ -534,36 +563,32 @@ func (st *streamState) open(l *upstream.Lease) (error, bool) {
 		_ = json.Unmarshal(raw, &env)
 		msg := env.Error.Message
 		if msg == "" {
-			msg = "the backend refused the request (status " + itoa(resp.StatusCode) + ")"
+			msg = "the backend refused the request (status " + itoa(status) + ")"
 		}
 		kind := apierr.InvalidRequest
 		switch {
-		case resp.StatusCode == 404:
+		case status == 404:
 			kind = apierr.NotFound
-		case resp.StatusCode == 413:
+		case status == 413:
 			kind = apierr.TooLarge
-		case resp.StatusCode == 422:
+		case status == 422:
 			kind = apierr.Unprocessable
-		case resp.StatusCode >= 500:
+		case status >= 500:
 			kind = apierr.BadGateway
 			c.retryNote(l, "status")
 		}
 		outcome := upstream.Success
-		if resp.StatusCode >= 500 {
+		if status >= 500 {
 			outcome = upstream.Failure
 		}
 		l.Release(outcome)
 		c.lease = nil
 		return &apierr.Error{Kind: kind, Message: msg}, false
 	}
-	st.resp = resp
 	st.rd = readerPool.Get().(*sse.Reader)
-	st.rd.Reset(resp.Body)
+	st.rd.Reset(st.body)
 	raw, data, err := st.rd.Next()
 	if err != nil {
-		resp.Body.Close()
-		readerPool.Put(st.rd)
-		st.rd = nil
 		e := classify(err, st.timedOut.Load())
 		c.retryNote(l, kindOf(e))
 		return e, true
@@ -580,10 +605,7 @@ func (st *streamState) open(l *upstream.Lease) (error, bool) {
 func (st *streamState) pump(w *bufio.Writer) {
 	c, h := st.c, st.c.h
 	defer func() {
-		st.timer.Stop()
-		st.cancel()
-		st.resp.Body.Close()
-		readerPool.Put(st.rd)
+		st.release()
 		h.m.streams.Dec()
 		c.finish()
 	}()
@@ -693,7 +715,7 @@ func (st *streamState) event(data []byte, mm *modelMetrics) bool {
 }
 
 func (st *streamState) clientGone() {
-	st.cancel() // aborts the backend request now
+	st.closeStream() // aborts the backend request now
 	c := st.c
 	c.status, c.errType = 499, "client_closed_request"
 	c.partialUsage()

@@ -10,7 +10,6 @@ import (
 	"encoding/json"
 	"errors"
 	"log/slog"
-	"net/http"
 	"strconv"
 	"sync"
 	"sync/atomic"
@@ -53,10 +52,8 @@ type Recorder interface {
 type Options struct {
 	Snapshots Snapshots
 	Pool      *upstream.Pool
-	// Stream sends streamed requests (cancellable through their context).
-	Stream *http.Client
-	Quota  Quota    // nil: no quotas
-	Ledger Recorder // nil: no usage records
+	Quota     Quota    // nil: no quotas
+	Ledger    Recorder // nil: no usage records
 	// ControlURL and InternalToken: where and how control-plane paths are forwarded.
 	ControlURL    string
 	InternalToken string
@@ -103,8 +100,8 @@ type Handler struct {
 
 // New returns a Handler.
 func New(o Options) (*Handler, error) {
-	if o.Snapshots == nil || o.Pool == nil || o.Stream == nil {
-		return nil, errors.New("proxy: Snapshots, Pool and Stream are required")
+	if o.Snapshots == nil || o.Pool == nil {
+		return nil, errors.New("proxy: Snapshots and Pool are required")
 	}
 	if o.Logger == nil {
 		o.Logger = slog.New(slog.DiscardHandler)

@@ -139,7 +139,6 @@ func newRig(t *testing.T, backends ...http.Handler) *rig {
 	rec := &recorder{}
 	o := DefaultOptions()
 	o.Snapshots, o.Pool, o.Ledger = fakeSnapshots{snap}, pool, rec
-	o.Stream = &http.Client{Transport: upstream.NewStreamTransport(time.Second, 16)}
 	o.FirstByteTimeout, o.StreamIdleTimeout = 2*time.Second, 2*time.Second
 	h, err := New(o)
 	if err != nil {

@@ -52,6 +52,7 @@ func Run(ctx context.Context, o Options) error {
 		ConnectTimeout: o.ConnectTimeout, MaxConnsPerBackend: 4096, MaxResponseBytes: 64 << 20,
 		QueueTimeout: o.QueueTimeout, QueueSize: o.QueueSize,
 		BreakerFailures: 3, BreakerOpenFor: 5 * time.Second, BreakerInterval: 10 * time.Second,
+		StreamReadTimeout:  max(o.FirstByteTimeout, o.StreamIdleTimeout) + 5*time.Second,
 		AffinityLoadFactor: 1.25, FreshFor: 3*o.LoadRefreshInterval + 2*time.Second, HeartbeatSlack: 2*o.LoadRefreshInterval + 500*time.Millisecond,
 		Logger: log, Registerer: reg, Now: time.Now,
 	})
@@ -89,12 +90,9 @@ func Run(ctx context.Context, o Options) error {
 	// streamCtx ends when the shutdown grace is over: streams still running are cut then.
 	streamCtx, cutStreams := context.WithCancel(context.Background())
 	defer cutStreams()
-	transport := upstream.NewStreamTransport(o.ConnectTimeout, 1024)
-	transport.ResponseHeaderTimeout = o.FirstByteTimeout
-	defer transport.CloseIdleConnections()
 
 	po := proxy.DefaultOptions()
-	po.Snapshots, po.Pool, po.Stream = store, ups, &http.Client{Transport: transport}
+	po.Snapshots, po.Pool = store, ups
 	po.Quota, po.Ledger = quota{limiter}, lw
 	po.ControlURL, po.InternalToken = o.Common.ControlURL, o.Common.InternalToken
 	po.MaxAttempts, po.FirstByteTimeout, po.StreamIdleTimeout, po.RequestTimeout = o.MaxAttempts, o.FirstByteTimeout, o.StreamIdleTimeout, o.RequestTimeout

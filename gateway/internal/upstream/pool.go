@@ -49,9 +49,12 @@ type Options struct {
 	// HeartbeatSlack is added to the 3 heartbeat intervals after which a backend counts as
 	// stale: the time until the gateway reads the backends' rows again.
 	HeartbeatSlack time.Duration
-	Logger         *slog.Logger
-	Registerer     prometheus.Registerer
-	Now            func() time.Time
+	// StreamReadTimeout bounds the silence between two reads of a streamed response
+	// (waiting for its headers included); 0 disables it.
+	StreamReadTimeout time.Duration
+	Logger            *slog.Logger
+	Registerer        prometheus.Registerer
+	Now               func() time.Time
 }
 
 // DefaultOptions returns the defaults.
@@ -68,6 +71,7 @@ func DefaultOptions() Options {
 		AffinityLoadFactor: 1.25,
 		FreshFor:           5 * time.Second,
 		HeartbeatSlack:     2 * time.Second,
+		StreamReadTimeout:  70 * time.Second,
 		Now:                time.Now,
 	}
 }
@@ -160,6 +164,7 @@ func (p *Pool) Sync(s *snapshot.Snapshot) {
 		if next.byID[id] != u {
 			u.removed.Store(true)
 			u.Client.CloseIdleConnections()
+			u.Stream.CloseIdleConnections()
 		}
 	}
 	for _, m := range s.Models() {

@@ -9,7 +9,6 @@ import (
 	"crypto/tls"
 	"errors"
 	"net"
-	"net/http"
 	"net/url"
 	"strings"
 	"sync/atomic"
@@ -29,6 +28,10 @@ type Upstream struct {
 	Base string // scheme://host[:port][/path], no trailing slash
 	// Client sends non-streamed requests (pooled keep-alive connections).
 	Client *fasthttp.HostClient
+	// Stream sends streamed requests: responses are read as a body stream, and every read
+	// on its connections has a sliding deadline of StreamReadTimeout (a backend that stops
+	// sending fails the read instead of holding the stream forever).
+	Stream *fasthttp.HostClient
 
 	inFlight atomic.Int64
 	capacity atomic.Int64
@@ -165,6 +168,26 @@ func newUpstream(b snapshot.Backend, o *Options) (*Upstream, error) {
 			return fasthttp.DialTimeout(a, connect)
 		},
 	}
+	slide := o.StreamReadTimeout
+	u.Stream = &fasthttp.HostClient{
+		Addr:                     addr,
+		IsTLS:                    isTLS,
+		TLSConfig:                &tls.Config{MinVersion: tls.VersionTLS12},
+		Name:                     "maas-gateway",
+		MaxConns:                 o.MaxConnsPerBackend,
+		MaxIdleConnDuration:      90 * time.Second,
+		NoDefaultUserAgentHeader: true,
+		StreamResponseBody:       true,
+		ReadBufferSize:           4 << 10,
+		WriteBufferSize:          2 << 10,
+		Dial: func(a string) (net.Conn, error) {
+			c, err := fasthttp.DialTimeout(a, connect)
+			if err != nil || slide <= 0 {
+				return c, err
+			}
+			return &slidingConn{Conn: c, slide: slide}, nil
+		},
+	}
 	u.breaker = gobreaker.NewTwoStepCircuitBreaker[struct{}](gobreaker.Settings{
 		Name:        b.ID,
 		MaxRequests: 1,
@@ -190,21 +213,21 @@ func (u *Upstream) update(b snapshot.Backend) {
 	u.models.Store(&models)
 }
 
-// NewStreamTransport returns the HTTP transport used for streamed requests: its requests
-// are cancelled through their context the moment the client goes away.
-func NewStreamTransport(connect time.Duration, maxIdlePerHost int) *http.Transport {
-	return &http.Transport{
-		Proxy:               nil,
-		DialContext:         (&net.Dialer{Timeout: connect, KeepAlive: 30 * time.Second}).DialContext,
-		MaxIdleConns:        0,
-		MaxIdleConnsPerHost: maxIdlePerHost,
-		IdleConnTimeout:     90 * time.Second,
-		DisableCompression:  true,
-		// Requests are small JSON bodies; a long-lived stream keeps these buffers, so they
-		// are kept small (10,000 open streams hold 10,000 of each).
-		WriteBufferSize:   1 << 10,
-		ReadBufferSize:    4 << 10,
-		ForceAttemptHTTP2: false,
-		TLSClientConfig:   &tls.Config{MinVersion: tls.VersionTLS12},
-	}
+// slidingConn gives every Read a fresh deadline, so a deadline bounds the silence between
+// two reads rather than the whole (possibly long) stream. Deadlines set by the HTTP client
+// for a whole response are replaced by this sliding one.
+type slidingConn struct {
+	net.Conn
+	slide time.Duration
 }
+
+func (c *slidingConn) Read(p []byte) (int, error) {
+	if err := c.Conn.SetReadDeadline(time.Now().Add(c.slide)); err != nil {
+		return 0, err
+	}
+	return c.Conn.Read(p)
+}
+
+func (c *slidingConn) SetReadDeadline(time.Time) error { return nil }
+
+func (c *slidingConn) SetDeadline(t time.Time) error { return c.Conn.SetWriteDeadline(t) }
