@@ -435,7 +435,9 @@ type streamState struct {
 	rd       *sse.Reader
 	timer    *time.Timer // first-byte, then idle-between-events timeout
 	stopBase func() bool // unregisters the close on end of the request context
-	closeMu  sync.Once   // closes the body stream exactly once
+	closeMu  sync.Mutex  // guards ready, closed and resp against the timeout callbacks
+	ready    bool        // the backend's headers arrived: the body stream may be closed
+	closed   bool        // closing was asked for
 	timedOut atomic.Bool
 	aborted  atomic.Bool // closed by timeout, shutdown or request deadline
 	first    []byte      // data of the first event (copied)
@@ -447,12 +449,28 @@ var readerPool = sync.Pool{New: func() any { return sse.NewReader(nil, 4<<20) }}
 
 // closeStream ends the backend response; a read in flight returns at once (the
 // connection is closed, which also tells the backend to stop generating).
+// Before the headers arrived the request cannot be interrupted (the connection's sliding
+// read deadline bounds that wait); the close then happens as soon as they arrive.
 func (st *streamState) closeStream() {
-	st.closeMu.Do(func() {
-		if st.resp != nil {
-			_ = st.resp.CloseBodyStream()
-		}
-	})
+	st.closeMu.Lock()
+	defer st.closeMu.Unlock()
+	if st.closed {
+		return
+	}
+	st.closed = true
+	if st.ready {
+		_ = st.resp.CloseBodyStream()
+	}
+}
+
+// headersIn marks the body stream closable, closing it at once if that was asked for.
+func (st *streamState) headersIn() {
+	st.closeMu.Lock()
+	defer st.closeMu.Unlock()
+	st.ready = true
+	if st.closed {
+		_ = st.resp.CloseBodyStream()
+	}
 }
 
 // release returns the stream's resources; call once, after the last read.
@@ -466,8 +484,11 @@ func (st *streamState) release() {
 		readerPool.Put(st.rd)
 		st.rd = nil
 	}
-	fasthttp.ReleaseResponse(st.resp)
+	st.closeMu.Lock()
+	resp := st.resp
 	st.resp = nil
+	st.closeMu.Unlock()
+	fasthttp.ReleaseResponse(resp)
 }
 
 // dispatchStream opens the stream on a backend and reads its first event before anything
@@ -536,6 +557,10 @@ func (st *streamState) open() (error, bool) {
 	req.SetBodyRaw(c.body.B)
 	err := l.U.Stream.Do(req, st.resp)
 	fasthttp.ReleaseRequest(req)
+	if err == nil {
+		st.body = st.resp.BodyStream()
+		st.headersIn()
+	}
 	if err != nil {
 		if c.h.o.BaseContext.Err() != nil {
 			return &apierr.Error{Kind: apierr.Unavailable, Message: "the gateway is shutting down", Err: err}, false
@@ -544,7 +569,6 @@ func (st *streamState) open() (error, bool) {
 		c.retryNote(l, kindOf(e))
 		return e, true
 	}
-	st.body = st.resp.BodyStream()
 	if st.body == nil { // a body fasthttp read whole (e.g. empty)
 		st.body = bytes.NewReader(st.resp.Body())
 	}

@@ -118,6 +118,11 @@ type rig struct {
 
 // newRig serves a Handler on loopback in front of the given backends (ids b0, b1, …).
 func newRig(t *testing.T, backends ...http.Handler) *rig {
+	return newRigWith(t, nil, backends...)
+}
+
+// newRigWith is newRig with options adjusted by tweak.
+func newRigWith(t *testing.T, tweak func(*upstream.Options, *Options), backends ...http.Handler) *rig {
 	t.Helper()
 	now := time.Now()
 	b := snapshot.NewBuilder(now)
@@ -131,15 +136,18 @@ func newRig(t *testing.T, backends ...http.Handler) *rig {
 	}
 	snap := b.Build()
 	po := upstream.DefaultOptions()
+	o := DefaultOptions()
+	o.FirstByteTimeout, o.StreamIdleTimeout = 2*time.Second, 2*time.Second
+	if tweak != nil {
+		tweak(&po, &o)
+	}
 	pool, err := upstream.New(po)
 	if err != nil {
 		t.Fatal(err)
 	}
 	pool.Sync(snap)
 	rec := &recorder{}
-	o := DefaultOptions()
 	o.Snapshots, o.Pool, o.Ledger = fakeSnapshots{snap}, pool, rec
-	o.FirstByteTimeout, o.StreamIdleTimeout = 2*time.Second, 2*time.Second
 	h, err := New(o)
 	if err != nil {
 		t.Fatal(err)
@@ -361,4 +369,59 @@ func TestStreamFramesPassThrough(t *testing.T) {
 	if diff := cmp.Diff(want, lines); diff != "" {
 		t.Errorf("stream (-want +got):\n%s", diff)
 	}
+}
+
+func TestStreamTimeouts(t *testing.T) {
+	fast := func(po *upstream.Options, o *Options) {
+		po.StreamReadTimeout = 300 * time.Millisecond
+		o.FirstByteTimeout, o.StreamIdleTimeout = 200*time.Millisecond, 200*time.Millisecond
+	}
+	t.Run("no headers: fail over", func(t *testing.T) {
+		hang := &fakeBackend{handle: func(w http.ResponseWriter, body []byte) { time.Sleep(time.Second) }}
+		good := &fakeBackend{handle: streamer(2)}
+		r := newRigWith(t, fast, hang, good)
+		for range 4 {
+			start := time.Now()
+			if st, b := r.post(t, `{"model":"m","messages":[],"stream":true}`); st != 200 {
+				t.Fatalf("status %d: %s", st, b)
+			}
+			if d := time.Since(start); d > 1500*time.Millisecond {
+				t.Errorf("took %v", d)
+			}
+		}
+	})
+	t.Run("no first event: fail over", func(t *testing.T) {
+		silent := &fakeBackend{handle: func(w http.ResponseWriter, body []byte) {
+			w.Header().Set("Content-Type", "text/event-stream")
+			w.(http.Flusher).Flush()
+			time.Sleep(time.Second)
+		}}
+		good := &fakeBackend{handle: streamer(2)}
+		r := newRigWith(t, fast, silent, good)
+		for range 4 {
+			if st, b := r.post(t, `{"model":"m","messages":[],"stream":true}`); st != 200 {
+				t.Fatalf("status %d: %s", st, b)
+			}
+		}
+	})
+	t.Run("idle after first event: error event", func(t *testing.T) {
+		stall := &fakeBackend{handle: func(w http.ResponseWriter, body []byte) {
+			w.Header().Set("Content-Type", "text/event-stream")
+			io.WriteString(w, "data: "+chunk("a")+"\n\n")
+			w.(http.Flusher).Flush()
+			time.Sleep(time.Second)
+		}}
+		r := newRigWith(t, fast, stall)
+		start := time.Now()
+		st, body := r.post(t, `{"model":"m","messages":[],"stream":true}`)
+		if st != 200 || !strings.Contains(string(body), `"type":"timeout_error"`) {
+			t.Fatalf("status %d body %s", st, body)
+		}
+		if d := time.Since(start); d > time.Second {
+			t.Errorf("idle timeout took %v", d)
+		}
+		if rec := r.rec.wait(t, 1)[0]; rec.Status != 504 || rec.CompletionTokens != 1 {
+			t.Errorf("record %+v", rec)
+		}
+	})
 }
