@@ -7,7 +7,6 @@ import (
 	"encoding/json"
 	"errors"
 	"io"
-	"log/slog"
 	"net"
 	"sync"
 	"sync/atomic"
@@ -801,17 +800,13 @@ func (c *call) finish() {
 			Streamed: c.stream, TTFT: c.ttft, Duration: dur, ErrorType: c.errType,
 		})
 	}
-	if h.o.AccessLog && h.o.AccessLogger.Enabled(context.Background(), slog.LevelInfo) {
-		var uid, kid int64
+	if h.o.AccessLog {
+		f := accessFields{requestID: c.reqID, endpoint: c.path(), model: label, backend: c.backend, status: c.status,
+			duration: dur, stream: c.stream, prompt: c.use.prompt, completion: c.use.completion, attempts: c.attempts}
 		if c.key != nil {
-			uid, kid = c.key.UserID, c.key.ID
+			f.userID, f.keyID = c.key.UserID, c.key.ID
 		}
-		h.o.AccessLogger.LogAttrs(context.Background(), slog.LevelInfo, "request",
-			slog.String("request_id", c.reqID), slog.String("endpoint", c.path()),
-			slog.String("model", label), slog.String("backend", c.backend), slog.Int("status", c.status),
-			slog.Float64("duration_ms", float64(dur.Microseconds())/1000), slog.Bool("stream", c.stream),
-			slog.Int64("prompt_tokens", c.use.prompt), slog.Int64("completion_tokens", c.use.completion),
-			slog.Int("attempts", c.attempts), slog.Int64("user_id", uid), slog.Int64("key_id", kid))
+		h.access.write(now, &f)
 	}
 	if c.body != nil {
 		bytebufferpool.Put(c.body)

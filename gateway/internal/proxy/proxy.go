@@ -9,7 +9,9 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"errors"
+	"io"
 	"log/slog"
+	"os"
 	"strconv"
 	"sync"
 	"sync/atomic"
@@ -68,11 +70,13 @@ type Options struct {
 	// BaseContext ends when streams must stop (shutdown grace over).
 	BaseContext context.Context
 	AccessLog   bool
-	// AccessLogger receives the access log lines; nil uses Logger.
-	AccessLogger *slog.Logger
-	Logger       *slog.Logger
-	Registerer   prometheus.Registerer
-	Now          func() time.Time
+	// AccessLogOut receives the access log lines (nil: stderr); AccessLogJSON selects JSON
+	// lines instead of logfmt text.
+	AccessLogOut  io.Writer
+	AccessLogJSON bool
+	Logger        *slog.Logger
+	Registerer    prometheus.Registerer
+	Now           func() time.Time
 }
 
 // DefaultOptions returns the defaults.
@@ -96,6 +100,7 @@ type Handler struct {
 	idBase  string
 	idSeq   atomic.Uint64
 	calls   sync.Pool
+	access  *accessLog
 }
 
 // New returns a Handler.
@@ -109,8 +114,8 @@ func New(o Options) (*Handler, error) {
 	if o.Now == nil {
 		o.Now = time.Now
 	}
-	if o.AccessLogger == nil {
-		o.AccessLogger = o.Logger
+	if o.AccessLogOut == nil {
+		o.AccessLogOut = os.Stderr
 	}
 	if o.BaseContext == nil {
 		o.BaseContext = context.Background()
@@ -127,7 +132,7 @@ func New(o Options) (*Handler, error) {
 	}
 	var b [6]byte
 	_, _ = rand.Read(b[:])
-	h := &Handler{o: o, m: m, idBase: "req-" + hex.EncodeToString(b[:]) + "-"}
+	h := &Handler{o: o, m: m, idBase: "req-" + hex.EncodeToString(b[:]) + "-", access: newAccessLog(o.AccessLogOut, o.AccessLogJSON)}
 	h.calls.New = func() any { return &call{} }
 	if o.ControlURL != "" {
 		if h.control, err = newControlClient(o.ControlURL, o.RequestTimeout); err != nil {

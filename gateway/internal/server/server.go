@@ -101,8 +101,8 @@ func Run(ctx context.Context, o Options) error {
 		// Access-log lines are buffered (flushed every 100 ms and at exit); other logs are not.
 		out := newBufferedOut(os.Stderr, 100*time.Millisecond)
 		defer out.Close()
-		po.AccessLogger = obs.NewLogger(obs.LogOptions{Component: "gateway", Debug: o.Common.Debug,
-			JSON: o.Common.Environment == config.Production || o.LogJSON, Out: out})
+		po.AccessLogOut = out
+		po.AccessLogJSON = o.Common.Environment == config.Production || o.LogJSON
 	}
 	ph, err := proxy.New(po)
 	if err != nil {
