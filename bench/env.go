@@ -49,6 +49,10 @@ type env struct {
 	key         string
 	manyKeyList []string
 
+	// startGateway starts one more gateway (fresh process) with extra environment.
+	startGateway func(ctx context.Context, name string, extra ...string) (*stack.Proc, error)
+	self         string // this executable, for pass-through processes
+
 	directCapacity float64
 }
 
@@ -128,25 +132,25 @@ func setup(ctx context.Context, o options, logger *slog.Logger) (*env, error) {
 		return e, err
 	}
 
-	gwEnv := func(addr string) []string {
-		return []string{"MAAS_DATABASE_URL=" + e.dbURL, "MAAS_GATEWAY_ADDR=" + addr, "MAAS_CONTROL_URL=" + controlURL}
+	e.self = self
+	e.startGateway = func(ctx context.Context, name string, extra ...string) (*stack.Proc, error) {
+		addr, _ := stack.FreeAddr()
+		env := append([]string{"MAAS_DATABASE_URL=" + e.dbURL, "MAAS_GATEWAY_ADDR=" + addr, "MAAS_CONTROL_URL=" + controlURL}, extra...)
+		return e.stack.Start(ctx, name, addr, bin("gateway"), nil, env, "http://"+addr+"/health")
 	}
-	gaddr, _ := stack.FreeAddr()
-	genv := gwEnv(gaddr)
+	var extra []string
 	if o.cpuprofile != "" {
 		if err := os.MkdirAll(o.cpuprofile, 0o755); err != nil {
 			return e, err
 		}
 		e.pprofAddr, _ = stack.FreeAddr()
-		genv = append(genv, "MAAS_PPROF_ADDR="+e.pprofAddr)
+		extra = append(extra, "MAAS_PPROF_ADDR="+e.pprofAddr)
 	}
-	if e.gateway, err = e.stack.Start(ctx, "gateway", gaddr, bin("gateway"), nil, genv, "http://"+gaddr+"/health"); err != nil {
+	if e.gateway, err = e.startGateway(ctx, "gateway", extra...); err != nil {
 		return e, err
 	}
 	if o.redisURL != "" {
-		raddr, _ := stack.FreeAddr()
-		if e.gatewayRedis, err = e.stack.Start(ctx, "gateway-redis", raddr, bin("gateway"), nil,
-			append(gwEnv(raddr), "MAAS_REDIS_URL="+o.redisURL), "http://"+raddr+"/health"); err != nil {
+		if e.gatewayRedis, err = e.startGateway(ctx, "gateway-redis", "MAAS_REDIS_URL="+o.redisURL); err != nil {
 			return e, err
 		}
 	}

@@ -32,6 +32,7 @@ func chatBody(model string, maxTokens int, stream bool) []byte {
 // scenario is one named measurement.
 type scenario struct {
 	name     string
+	idle     bool // held streams: reported in their own table
 	settings string
 	run      func(ctx context.Context, e *env, sc *report.Scenario) error
 }
@@ -74,6 +75,7 @@ func scenarios() []scenario {
 	for _, n := range []int{1000, 10000} {
 		list = append(list, scenario{
 			name:     fmt.Sprintf("idle streams %d", n),
+			idle:     true,
 			settings: fmt.Sprintf("%d concurrent long-lived streams held open (one token per 2 s)", n),
 			run: func(ctx context.Context, e *env, sc *report.Scenario) error {
 				return e.idle(ctx, sc, n)
@@ -129,7 +131,7 @@ func run(ctx context.Context, o options, logger *slog.Logger) error {
 			return ctx.Err()
 		}
 		logger.Info("scenario", "name", s.name)
-		sc := &report.Scenario{Name: s.name, Settings: s.settings}
+		sc := &report.Scenario{Name: s.name, Settings: s.settings, HeldStreams: s.idle}
 		if err := s.run(ctx, e, sc); err != nil {
 			return fmt.Errorf("scenario %s: %w", s.name, err)
 		}
@@ -339,10 +341,30 @@ func (e *env) open(ctx context.Context, sc *report.Scenario, frac float64) error
 }
 
 // idle holds n streams through each mode and reports the proxy's RSS and CPU while held.
+// The pass-through and the gateway are fresh processes, so that their memory is what the
+// held streams cost and not what earlier scenarios left behind.
 func (e *env) idle(ctx context.Context, sc *report.Scenario, n int) error {
 	hold := 5 * time.Second
+	gw, err := e.startGateway(ctx, fmt.Sprintf("gateway-idle-%d", n))
+	if err != nil {
+		return err
+	}
+	defer gw.Stop(30 * time.Second)
+	paddr, _ := stack.FreeAddr()
+	pass, err := e.stack.Start(ctx, fmt.Sprintf("passthrough-idle-%d", n), paddr, e.self,
+		[]string{"passthrough", "-listen", paddr, "-upstream", e.idleSim.proc.Addr}, nil, "")
+	if err != nil {
+		return err
+	}
+	defer pass.Stop(10 * time.Second)
+	if err := waitServes(ctx, gw.Addr, e.key, e.idleSim.model); err != nil {
+		return err
+	}
 	body := chatBody(e.idleSim.model, 30, true)
-	for _, t := range e.targets(e.idleSim, body, true) {
+	targets := e.targets(e.idleSim, body, true)
+	targets[1].proxy, targets[1].target.Addr = pass, pass.Addr
+	targets[2].proxy, targets[2].target.Addr = gw, gw.Addr
+	for _, t := range targets {
 		var cpu0, cpu1 time.Duration
 		var rss int64
 		start := time.Now()
@@ -363,8 +385,14 @@ func (e *env) idle(ctx context.Context, sc *report.Scenario, n int) error {
 			f.ProxyCPUSecs = (cpu1 - cpu0).Seconds()
 		}
 		sc.Add(t.mode, f)
-		sc.Notes = append(sc.Notes, fmt.Sprintf("%s: %d/%d streams open in %.1fs; proxy RSS %.0f MiB and CPU %.2fs over %v while held",
-			t.mode, s.Opened, n, opened.Seconds(), f.PeakRSSMiB, f.ProxyCPUSecs, hold))
+		note := fmt.Sprintf("%s: %d/%d streams open in %.1fs", t.mode, s.Opened, n, opened.Seconds())
+		if t.proxy != nil {
+			note += fmt.Sprintf("; proxy RSS %.0f MiB and CPU %.2fs over %v while held", f.PeakRSSMiB, f.ProxyCPUSecs, hold)
+		}
+		if s.FirstEr != "" {
+			note += "; first error: " + s.FirstEr
+		}
+		sc.Notes = append(sc.Notes, note)
 		// Let the proxy and simulator tear the streams down before the next mode.
 		time.Sleep(2 * time.Second)
 	}

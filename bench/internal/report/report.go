@@ -65,6 +65,9 @@ type Scenario struct {
 	Ratios   map[string]float64   `json:"ratios"`
 	Targets  []Target             `json:"targets,omitempty"`
 	Notes    []string             `json:"notes,omitempty"`
+	// HeldStreams marks a scenario that holds streams open instead of completing requests:
+	// its "requests" are streams opened and its rate is streams opened per second.
+	HeldStreams bool `json:"held_streams,omitempty"`
 }
 
 // Add records a trial.
@@ -185,10 +188,14 @@ func (r *Run) Markdown(w io.Writer) {
 	fmt.Fprintf(w, "- date: %s\n- commit: `%s`\n- machine: %s, %d cores\n- Go: %s\n- command: `%s`\n\n", m.Date, m.Commit, m.CPU, m.Cores, m.GoVersion, m.Command)
 	fmt.Fprintf(w, "Every figure is the median of the interleaved trials of one run; the spread column gives min–max requests/s over the trials. CPU per request is the proxy process's own CPU (user+system from /proc) divided by requests served. Load generator, simulator, pass-through and gateway share the same cores.\n\n")
 	r.Headline(w)
+	r.HeldTable(w)
 	fmt.Fprintf(w, "\n## All scenarios\n\n")
 	fmt.Fprintln(w, "| scenario | mode | req/s (spread) | p50 ms | p90 ms | p99 ms | max ms | TTFT p50/p99 ms | proxy CPU µs/req | proxy peak RSS MiB | errors |")
 	fmt.Fprintln(w, "|---|---|---|---|---|---|---|---|---|---|---|")
 	for _, s := range r.Scenarios {
+		if s.HeldStreams {
+			continue
+		}
 		for _, mode := range []string{Direct, Passthrough, Gateway} {
 			f, ok := s.Median[mode]
 			if !ok {
@@ -240,6 +247,9 @@ func (r *Run) Headline(w io.Writer) {
 	fmt.Fprintln(w, "| scenario | direct req/s | pass-through req/s | gateway req/s | gateway/direct | gateway CPU µs/req | pass-through CPU µs/req | gateway/pass-through CPU | added p50 ms | added p99 ms | errors |")
 	fmt.Fprintln(w, "|---|---|---|---|---|---|---|---|---|---|---|")
 	for _, s := range r.Scenarios {
+		if s.HeldStreams {
+			continue
+		}
 		d, okD := s.Median[Direct]
 		p := s.Median[Passthrough]
 		g, okG := s.Median[Gateway]
@@ -250,4 +260,23 @@ func (r *Run) Headline(w io.Writer) {
 			s.Name, d.RPS, p.RPS, g.RPS, s.Ratios["gateway_over_direct_rps"], g.CPUPerReqUS, p.CPUPerReqUS,
 			s.Ratios["gateway_over_passthrough_cpu"], s.Ratios["gateway_added_p50_ms"], s.Ratios["gateway_added_p99_ms"], d.Errors+p.Errors+g.Errors)
 	}
+}
+
+// HeldTable renders the held-streams scenarios: streams opened, errors, and the proxies'
+// resident memory and CPU while the streams are held.
+func (r *Run) HeldTable(w io.Writer) {
+	var rows []string
+	for _, s := range r.Scenarios {
+		if !s.HeldStreams {
+			continue
+		}
+		p, g, d := s.Median[Passthrough], s.Median[Gateway], s.Median[Direct]
+		rows = append(rows, fmt.Sprintf("| %s | %d / %d / %d | %.0f | %.0f | %.2f | %.2f | %d |",
+			s.Name, d.Requests, p.Requests, g.Requests, p.PeakRSSMiB, g.PeakRSSMiB, p.ProxyCPUSecs, g.ProxyCPUSecs, g.Errors))
+	}
+	if len(rows) == 0 {
+		return
+	}
+	fmt.Fprintf(w, "\n| held streams | opened direct / pass-through / gateway | pass-through RSS MiB | gateway RSS MiB | pass-through CPU s while held | gateway CPU s while held | gateway errors |\n|---|---|---|---|---|---|---|\n")
+	fmt.Fprintln(w, strings.Join(rows, "\n"))
 }
