@@ -161,7 +161,8 @@ type Run struct {
 	Scenarios []*Scenario `json:"scenarios"`
 }
 
-// Write stores run as JSON and Markdown in dir: <stamp>.json, <stamp>.md and latest.md.
+// Write stores run as JSON and Markdown in dir: <stamp>.json and <stamp>.md, and the same
+// as latest.json and latest.md (the pair the repository keeps).
 func (r *Run) Write(dir, stamp string) error {
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return err
@@ -170,8 +171,10 @@ func (r *Run) Write(dir, stamp string) error {
 	if err != nil {
 		return err
 	}
-	if err := os.WriteFile(filepath.Join(dir, stamp+".json"), js, 0o644); err != nil {
-		return err
+	for _, name := range []string{stamp + ".json", "latest.json"} {
+		if err := os.WriteFile(filepath.Join(dir, name), js, 0o644); err != nil {
+			return err
+		}
 	}
 	var b strings.Builder
 	r.Markdown(&b)
