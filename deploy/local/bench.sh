@@ -5,20 +5,10 @@ set -euo pipefail
 cd "$(dirname "$0")/../.."
 . deploy/local/services.sh
 
-tmp=$(mktemp -d "${TMPDIR:-/tmp}/maas-bench.XXXXXX")
-chmod 755 "$tmp"
-cleanup() {
-	pg_stop "$tmp/pg"
-	redis_stop "$tmp/redis"
-	rm -rf "$tmp"
-}
-trap cleanup EXIT
-
-pg_start "$tmp/pg"
-redis_start "$tmp/redis" || true
+throwaway_services bench
 export MAAS_BENCH_DATABASE_URL=$PG_URL
 export MAAS_BENCH_REDIS_URL=${REDIS_URL:-}
 # Up to 10,000 idle streams through a proxy: two sockets each, plus the load generator's.
 ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
-go build -o "$tmp/bench" ./bench
-"$tmp/bench" -out bench/results "$@"
+go build -o "$SERVICES_DIR/bench" ./bench
+"$SERVICES_DIR/bench" -out bench/results "$@"

@@ -186,3 +186,14 @@ redis_stop() {
 	done
 	rm -f "$dir/redis.pid"
 }
+
+# throwaway_services NAME: PostgreSQL and Redis in a new temporary directory (SERVICES_DIR),
+# both stopped and the directory removed when the calling script exits, also on failure.
+# Sets PG_URL and REDIS_URL (empty when Redis is unavailable).
+throwaway_services() {
+	SERVICES_DIR=$(mktemp -d "${TMPDIR:-/tmp}/maas-$1.XXXXXX")
+	chmod 755 "$SERVICES_DIR"
+	trap 'pg_stop "$SERVICES_DIR/pg"; redis_stop "$SERVICES_DIR/redis"; rm -rf "$SERVICES_DIR"' EXIT
+	pg_start "$SERVICES_DIR/pg"
+	redis_start "$SERVICES_DIR/redis" || true
+}

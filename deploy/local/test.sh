@@ -5,24 +5,13 @@ set -euo pipefail
 cd "$(dirname "$0")/../.."
 . deploy/local/services.sh
 
-tmp=$(mktemp -d "${TMPDIR:-/tmp}/maas-test.XXXXXX")
-chmod 755 "$tmp"
-cleanup() {
-	pg_stop "$tmp/pg"
-	redis_stop "$tmp/redis"
-	rm -rf "$tmp"
-}
-trap cleanup EXIT
-
-pg_start "$tmp/pg"
+throwaway_services test
 # promtool (Debian's prometheus package) checks deploy/prometheus; deploy/deploytest needs it.
 command -v promtool >/dev/null 2>&1 || apt_install prometheus || say "promtool is missing (Debian: 'sudo apt-get install prometheus')"
-redis_start "$tmp/redis" || {
-	if [ -n "${CI:-}" ]; then
-		say "Redis is required under CI"
-		exit 1
-	fi
-}
+if [ -z "$REDIS_URL" ] && [ -n "${CI:-}" ]; then
+	say "Redis is required under CI"
+	exit 1
+fi
 export MAAS_TEST_DATABASE_URL=$PG_URL
 export MAAS_TEST_REDIS_URL=${REDIS_URL:-}
 
