@@ -8,6 +8,8 @@ cd "$(dirname "$0")/../.."
 throwaway_services test
 # promtool (Debian's prometheus package) checks deploy/prometheus; deploy/deploytest needs it.
 command -v promtool >/dev/null 2>&1 || apt_install prometheus || say "promtool is missing (Debian: 'sudo apt-get install prometheus')"
+# Node.js and npm run the official `openai` npm client against a live gateway (deploy/sdktest/node).
+command -v npm >/dev/null 2>&1 || apt_install nodejs npm || say "npm is missing (Debian: 'sudo apt-get install nodejs npm')"
 if [ -z "$REDIS_URL" ] && [ -n "${CI:-}" ]; then
 	say "Redis is required under CI"
 	exit 1
