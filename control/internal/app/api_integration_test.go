@@ -172,6 +172,9 @@ func TestDisabledUserAndForwardedIdentity(t *testing.T) {
 		if e.Error.Message != "invalid username or password" {
 			t.Errorf("login failure message %q", e.Error.Message)
 		}
+		if e.Error.Code == nil || *e.Error.Code != "invalid_credentials" {
+			t.Errorf("login failure code %v, want invalid_credentials", e.Error.Code)
+		}
 	}
 
 	// Password change: the old one stops working, the new one works.

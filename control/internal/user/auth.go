@@ -102,20 +102,27 @@ func (s *Service) principal(ctx context.Context, userID, keyID int64, method str
 	return &server.Principal{UserID: u.ID, Username: u.Username, Roles: u.Roles, KeyID: keyID, Method: method}, nil
 }
 
+// badCredentials is the answer to any failed login: it never says which part was wrong.
+func badCredentials() *apierr.Error {
+	e := unauthenticated("invalid username or password")
+	e.Code = "invalid_credentials"
+	return e
+}
+
 // Login checks username and password and returns a session token.
 func (s *Service) Login(ctx context.Context, username, password string) (string, error) {
 	id, hash, active, err := s.store.Credentials(ctx, username)
 	if errors.Is(err, ErrNotFound) {
 		// Spend the same time as a real check so that timing does not reveal usernames.
 		_ = VerifyPassword(password, s.dummyHash)
-		return "", unauthenticated("invalid username or password")
+		return "", badCredentials()
 	}
 	if err != nil {
 		return "", apierr.Wrap(err, "login")
 	}
 	if err := VerifyPassword(password, hash); err != nil {
 		if errors.Is(err, ErrMismatch) {
-			return "", unauthenticated("invalid username or password")
+			return "", badCredentials()
 		}
 		return "", apierr.Wrap(err, "login %d", id)
 	}

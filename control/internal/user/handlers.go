@@ -142,7 +142,7 @@ func (s *Service) handleLogin(c *server.Call) error {
 		return apierr.Param("password", "password is required")
 	}
 	if len(req.Password) > MaxPasswordLen {
-		return apierr.New(apierr.Unauthenticated, "invalid username or password")
+		return badCredentials()
 	}
 	tok, err := s.Login(c.Ctx, req.Username, req.Password)
 	if err != nil {
