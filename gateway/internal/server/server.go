@@ -49,7 +49,7 @@ func Run(ctx context.Context, o Options) error {
 	defer pool.Close()
 
 	ups, err := upstream.New(upstream.Options{
-		ConnectTimeout: o.ConnectTimeout, MaxConnsPerBackend: 4096, MaxResponseBytes: 64 << 20,
+		ConnectTimeout: o.ConnectTimeout, MaxResponseBytes: 64 << 20,
 		QueueTimeout: o.QueueTimeout, QueueSize: o.QueueSize,
 		BreakerFailures: 3, BreakerOpenFor: 5 * time.Second, BreakerInterval: 10 * time.Second,
 		StreamReadTimeout:  max(o.FirstByteTimeout, o.StreamIdleTimeout) + 5*time.Second,

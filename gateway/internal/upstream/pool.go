@@ -31,11 +31,10 @@ var (
 
 // Options configures a Pool.
 type Options struct {
-	ConnectTimeout     time.Duration
-	MaxConnsPerBackend int
-	MaxResponseBytes   int
-	QueueTimeout       time.Duration
-	QueueSize          int
+	ConnectTimeout   time.Duration
+	MaxResponseBytes int
+	QueueTimeout     time.Duration
+	QueueSize        int
 	// BreakerFailures consecutive failures open a backend's breaker for BreakerOpenFor.
 	BreakerFailures uint32
 	BreakerOpenFor  time.Duration
@@ -61,7 +60,6 @@ type Options struct {
 func DefaultOptions() Options {
 	return Options{
 		ConnectTimeout:     2 * time.Second,
-		MaxConnsPerBackend: 4096,
 		MaxResponseBytes:   64 << 20,
 		QueueTimeout:       10 * time.Second,
 		QueueSize:          4096,

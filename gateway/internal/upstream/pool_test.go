@@ -333,3 +333,19 @@ func BenchmarkAcquireRelease(b *testing.B) {
 		l.Release(Success)
 	}
 }
+
+func TestConnectionLimitFollowsCapacity(t *testing.T) {
+	p, _ := newTestPool(t, snapshot.PolicyLeastOutstanding, testOptions(), backend("a", 20000, 100))
+	u := p.Get("a")
+	want := 20000 + connHeadroom
+	if u.Client.MaxConns != want || u.Stream.MaxConns != want {
+		t.Fatalf("max conns %d/%d with capacity 20000, want %d", u.Client.MaxConns, u.Stream.MaxConns, want)
+	}
+	b := snapshot.NewBuilder(now)
+	b.AddModel(&snapshot.Model{Name: "m", Enabled: true, MaxOutputTokens: 16})
+	b.AddBackend(backend("a", 10, 100))
+	p.Sync(b.Build())
+	if u2 := p.Get("a"); u2 != u || u.Client.MaxConns != 10+connHeadroom || u.Stream.MaxConns != 10+connHeadroom {
+		t.Fatalf("after capacity 10: max conns %d/%d, want %d", u.Client.MaxConns, u.Stream.MaxConns, 10+connHeadroom)
+	}
+}

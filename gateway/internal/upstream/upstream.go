@@ -137,6 +137,9 @@ func (l *Lease) Release(o Outcome) {
 	l.pool.released()
 }
 
+// connHeadroom is how many connections a client may open above the backend's capacity.
+const connHeadroom = 64
+
 func newUpstream(b snapshot.Backend, o *Options) (*Upstream, error) {
 	base := strings.TrimRight(b.URL, "/")
 	pu, err := url.Parse(base)
@@ -159,7 +162,6 @@ func newUpstream(b snapshot.Backend, o *Options) (*Upstream, error) {
 		IsTLS:                         isTLS,
 		TLSConfig:                     &tls.Config{MinVersion: tls.VersionTLS12},
 		Name:                          "maas-gateway",
-		MaxConns:                      o.MaxConnsPerBackend,
 		MaxIdleConnDuration:           90 * time.Second,
 		DisableHeaderNamesNormalizing: false,
 		NoDefaultUserAgentHeader:      true,
@@ -174,7 +176,6 @@ func newUpstream(b snapshot.Backend, o *Options) (*Upstream, error) {
 		IsTLS:                    isTLS,
 		TLSConfig:                &tls.Config{MinVersion: tls.VersionTLS12},
 		Name:                     "maas-gateway",
-		MaxConns:                 o.MaxConnsPerBackend,
 		MaxIdleConnDuration:      90 * time.Second,
 		NoDefaultUserAgentHeader: true,
 		StreamResponseBody:       true,
@@ -206,7 +207,13 @@ func newUpstream(b snapshot.Backend, o *Options) (*Upstream, error) {
 }
 
 func (u *Upstream) update(b snapshot.Backend) {
-	u.capacity.Store(int64(max(b.Capacity, 1)))
+	capacity := max(b.Capacity, 1)
+	u.capacity.Store(int64(capacity))
+	// The in-flight cap already bounds the connections each client needs; the clients'
+	// own limit follows it, with headroom for connections being handed back as a new
+	// request starts (fasthttp fails a request at once when no connection is free).
+	u.Client.SetMaxConns(capacity + connHeadroom)
+	u.Stream.SetMaxConns(capacity + connHeadroom)
 	u.weight.Store(int64(b.Weight))
 	u.hbEvery.Store(int64(b.HeartbeatInterval))
 	models := b.Models
