@@ -1,7 +1,6 @@
 package proxy
 
 import (
-	"bufio"
 	"bytes"
 	"context"
 	"encoding/json"
@@ -441,7 +440,18 @@ type streamState struct {
 	aborted  atomic.Bool // closed by timeout, shutdown or request deadline
 	first    []byte      // data of the first event (copied)
 	firstRaw []byte
-	out      []byte
+
+	// Used only by the goroutine writing the response.
+	cancelBase func()
+	out        []byte // bytes for the client
+	outPos     int    // sent part of out (Read)
+	outcome    upstream.Outcome
+	mm         *modelMetrics
+	started    bool // the idle timeout runs
+	next       bool // the first event was emitted: read the next one
+	done       bool // [DONE] seen
+	last       bool // the stream is over
+	finished   bool // end ran
 }
 
 var readerPool = sync.Pool{New: func() any { return sse.NewReader(nil, 4<<20) }}
@@ -519,10 +529,8 @@ func (c *call) dispatchStream(ctx *fasthttp.RequestCtx) error {
 			ctx.Response.Header.Set("X-Accel-Buffering", "no")
 			_ = ctx.SetWriteDeadline(c.start.Add(h.o.RequestTimeout))
 			h.m.streams.Inc()
-			ctx.SetBodyStreamWriter(func(w *bufio.Writer) {
-				st.pump(w)
-				cancelBase()
-			})
+			st.cancelBase = cancelBase
+			ctx.Response.SetBodyStream(st, -1)
 			return nil
 		}
 		st.release()
@@ -623,81 +631,162 @@ func (st *streamState) open() (error, bool) {
 	return nil, false
 }
 
-// pump relays events to the client until the stream ends, the backend fails, or the
-// client goes away (a failed write or flush), which cancels the backend request at once.
-func (st *streamState) pump(w *bufio.Writer) {
-	c, h := st.c, st.c.h
-	defer func() {
-		st.release()
-		h.m.streams.Dec()
-		c.finish()
-	}()
-	outcome := upstream.Success
-	defer func() { c.lease.Release(outcome); c.lease = nil }()
-	st.timer.Reset(h.o.StreamIdleTimeout)
-	mm := h.m.model(c.label)
-	raw, data := st.firstRaw, st.first
-	done := false
+// The stream's response body is the streamState itself: fasthttp's connection goroutine
+// calls WriteTo, which relays events straight to the client's connection (every Write is
+// one chunk, flushed). There is no pipe and no second goroutine per stream, so an event
+// costs no goroutine hand-off and a held stream holds one goroutine and its buffers.
+var _ fasthttp.BodyWriterTo = (*streamState)(nil)
+var _ fasthttp.ReadCloserWithError = (*streamState)(nil)
+
+// maxBatch bounds the bytes of events gathered into one write to the client.
+const maxBatch = 32 << 10
+
+// SupportsBodyWriteTo tells fasthttp to call WriteTo rather than Read.
+func (st *streamState) SupportsBodyWriteTo() bool { return true }
+
+// WriteTo relays events to w until the stream ends, the backend fails, or the client goes
+// away (a failed write), which cancels the backend request at once.
+func (st *streamState) WriteTo(w io.Writer) (int64, error) {
+	st.begin()
+	var n int64
 	for {
-		if data == nil {
-			if _, err := w.Write(raw); err != nil || w.Flush() != nil {
+		last := st.produce()
+		if len(st.out) > 0 {
+			k, err := w.Write(st.out)
+			n += int64(k)
+			if err != nil && !last {
 				st.clientGone()
-				outcome = upstream.Neutral
-				return
-			}
-		} else if bytes.Equal(data, sse.Done) {
-			done = true
-			if _, err := w.WriteString("data: [DONE]\n\n"); err != nil || w.Flush() != nil {
-				st.clientGone()
-				outcome = upstream.Neutral
-				return
-			}
-		} else if !st.event(data, mm) {
-			// stripped
-		} else {
-			st.out = sse.AppendData(st.out[:0], data)
-			if _, err := w.Write(st.out); err != nil || w.Flush() != nil {
-				st.clientGone()
-				outcome = upstream.Neutral
-				return
+				st.end()
+				return n, err
 			}
 		}
-		var err error
-		raw, data, err = st.rd.Next()
+		if last {
+			st.end()
+			return n, nil
+		}
+	}
+}
+
+// Read is the io.Reader form of WriteTo, for a server that does not use WriteTo; a client
+// that went away is then seen in CloseWithError.
+func (st *streamState) Read(p []byte) (int, error) {
+	st.begin()
+	for st.outPos >= len(st.out) {
+		if st.last {
+			return 0, io.EOF
+		}
+		st.last = st.produce()
+		st.outPos = 0
+	}
+	n := copy(p, st.out[st.outPos:])
+	st.outPos += n
+	return n, nil
+}
+
+// CloseWithError is called by fasthttp once the response is written (err nil) or failed,
+// and also when the response is dropped unwritten: it finishes the call if WriteTo did not.
+func (st *streamState) CloseWithError(err error) error {
+	if !st.last {
+		st.clientGone()
+	}
+	st.end()
+	return nil
+}
+
+// begin starts the idle timeout between events (once).
+func (st *streamState) begin() {
+	if !st.started {
+		st.started = true
+		st.mm = st.c.h.m.model(st.c.label)
+		st.timer.Reset(st.c.h.o.StreamIdleTimeout)
+	}
+}
+
+// produce sets st.out to the client bytes of the next event, followed by every further
+// event the reader already holds whole (a burst goes out in one write; nothing waits for
+// bytes not yet received). last reports that the stream is over; st.out then ends with
+// an error event if the backend failed.
+func (st *streamState) produce() (last bool) {
+	st.out = st.out[:0]
+	if !st.next {
+		st.next = true
+		st.emit(st.firstRaw, st.first)
+		if len(st.out) > 0 && !st.rd.Ready() {
+			return false
+		}
+	}
+	for {
+		raw, data, err := st.rd.Next()
 		if err != nil {
-			if done && err == io.EOF {
-				c.status = 200
-				break
-			}
-			if !done && err == io.EOF && c.use.ok {
-				c.status = 200 // no [DONE], but complete with usage: accept
-				break
-			}
-			// The backend failed after the first byte: end with an OpenAI error event.
-			var e *apierr.Error
-			switch {
-			case st.timedOut.Load():
-				e = &apierr.Error{Kind: apierr.UpstreamTimeout, Message: "the backend stopped sending events"}
-				c.retryNote(c.lease, "timeout")
-			case h.o.BaseContext.Err() != nil:
-				e = &apierr.Error{Kind: apierr.Unavailable, Message: "the gateway is shutting down"}
-			default:
-				e = &apierr.Error{Kind: apierr.BadGateway, Message: "the backend stream broke off"}
-				c.retryNote(c.lease, "stream")
-			}
-			outcome = upstream.Failure
-			c.status, c.errType = e.Kind.Status(), e.Kind.Type()
-			st.out = sse.AppendData(st.out[:0], e.Envelope())
-			_, _ = w.Write(st.out)
-			_ = w.Flush()
-			c.partialUsage()
-			return
+			return st.ended(err)
 		}
-		st.timer.Reset(h.o.StreamIdleTimeout)
+		st.timer.Reset(st.c.h.o.StreamIdleTimeout)
+		st.emit(raw, data)
+		if len(st.out) > 0 && (len(st.out) >= maxBatch || !st.rd.Ready()) {
+			return false
+		}
 	}
-	if !c.use.ok {
-		c.partialUsage()
+}
+
+// emit appends one event for the client to st.out (nothing for the usage chunk we asked
+// for ourselves).
+func (st *streamState) emit(raw, data []byte) {
+	switch {
+	case data == nil:
+		st.out = append(st.out, raw...)
+	case bytes.Equal(data, sse.Done):
+		st.done = true
+		st.out = append(st.out, "data: [DONE]\n\n"...)
+	case st.event(data, st.mm):
+		st.out = sse.AppendData(st.out, data)
 	}
+}
+
+// ended handles the end of the backend stream (err from the reader) and reports true.
+func (st *streamState) ended(err error) bool {
+	c, h := st.c, st.c.h
+	st.last = true
+	if err == io.EOF && (st.done || c.use.ok) { // complete (without [DONE] but with usage: accepted)
+		c.status = 200
+		if !c.use.ok {
+			c.partialUsage()
+		}
+		return true
+	}
+	// The backend failed after the first byte: end with an OpenAI error event.
+	var e *apierr.Error
+	switch {
+	case st.timedOut.Load():
+		e = &apierr.Error{Kind: apierr.UpstreamTimeout, Message: "the backend stopped sending events"}
+		c.retryNote(c.lease, "timeout")
+	case h.o.BaseContext.Err() != nil:
+		e = &apierr.Error{Kind: apierr.Unavailable, Message: "the gateway is shutting down"}
+	default:
+		e = &apierr.Error{Kind: apierr.BadGateway, Message: "the backend stream broke off"}
+		c.retryNote(c.lease, "stream")
+	}
+	st.outcome = upstream.Failure
+	c.status, c.errType = e.Kind.Status(), e.Kind.Type()
+	st.out = sse.AppendData(st.out, e.Envelope())
+	c.partialUsage()
+	return true
+}
+
+// end returns the stream's resources and finishes the call (once).
+func (st *streamState) end() {
+	if st.finished {
+		return
+	}
+	st.finished, st.last = true, true
+	c, h := st.c, st.c.h
+	// The connection goes back before the slot, so that the connections in use never
+	// outnumber the backend's in-flight slots.
+	st.release()
+	c.lease.Release(st.outcome)
+	c.lease = nil
+	st.cancelBase()
+	h.m.streams.Dec()
+	c.finish()
 }
 
 // event inspects one data event: usage, token timing. It returns false when the event
@@ -738,6 +827,7 @@ func (st *streamState) event(data []byte, mm *modelMetrics) bool {
 }
 
 func (st *streamState) clientGone() {
+	st.outcome = upstream.Neutral
 	st.closeStream() // aborts the backend request now
 	c := st.c
 	c.status, c.errType = 499, "client_closed_request"

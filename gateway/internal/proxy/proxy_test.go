@@ -425,3 +425,66 @@ func TestStreamTimeouts(t *testing.T) {
 		}
 	})
 }
+
+func TestStreamRelaysEventsAsTheyArrive(t *testing.T) {
+	// The backend sends one event and waits until the client has seen it: the gateway must
+	// not hold an event back while waiting for the next one.
+	seen := make(chan struct{})
+	be := &fakeBackend{handle: func(w http.ResponseWriter, body []byte) {
+		w.Header().Set("Content-Type", "text/event-stream")
+		io.WriteString(w, "data: "+chunk("a")+"\n\n")
+		w.(http.Flusher).Flush()
+		select {
+		case <-seen:
+		case <-time.After(5 * time.Second):
+		}
+		io.WriteString(w, "data: "+chunk("b")+"\n\ndata: [DONE]\n\n")
+	}}
+	r := newRig(t, be)
+	req, _ := http.NewRequest("POST", r.url+"/v1/chat/completions", strings.NewReader(`{"model":"m","messages":[],"stream":true}`))
+	req.Header.Set("Authorization", "Bearer "+testKey)
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	br := bufio.NewReader(resp.Body)
+	start := time.Now()
+	line, err := br.ReadString('\n')
+	if err != nil || line != "data: "+chunk("a")+"\n" {
+		t.Fatalf("first line %q, %v", line, err)
+	}
+	if d := time.Since(start); d > 2*time.Second {
+		t.Errorf("first event took %v: held back until the next one", d)
+	}
+	close(seen)
+	rest, _ := io.ReadAll(br)
+	if want := "\ndata: " + chunk("b") + "\n\ndata: [DONE]\n\n"; string(rest) != want {
+		t.Errorf("rest of the stream %q, want %q", rest, want)
+	}
+}
+
+func TestStreamBurstIsRelayedWhole(t *testing.T) {
+	// Many events in one backend write go out in few writes; none is lost or reordered.
+	const n = 1000
+	var want strings.Builder
+	for i := range n {
+		want.WriteString("data: " + chunk("t"+itoa(i)) + "\n\n")
+	}
+	want.WriteString("data: [DONE]\n\n")
+	be := &fakeBackend{handle: func(w http.ResponseWriter, body []byte) {
+		w.Header().Set("Content-Type", "text/event-stream")
+		io.WriteString(w, want.String())
+	}}
+	r := newRig(t, be)
+	st, body := r.post(t, `{"model":"m","messages":[],"stream":true,"stream_options":{"include_usage":true}}`)
+	if st != 200 {
+		t.Fatalf("status %d", st)
+	}
+	if diff := cmp.Diff(want.String(), string(body)); diff != "" {
+		t.Errorf("stream (-want +got):\n%s", diff)
+	}
+	if rec := r.rec.wait(t, 1)[0]; rec.Status != 200 || rec.CompletionTokens != n {
+		t.Errorf("record %+v", rec)
+	}
+}

@@ -90,6 +90,24 @@ func (r *Reader) Next() (raw, data []byte, err error) {
 	}
 }
 
+// Ready reports whether a whole event is already buffered, so that Next returns it
+// without waiting for the source.
+func (r *Reader) Ready() bool {
+	n := r.br.Buffered()
+	if n == 0 {
+		return false
+	}
+	b, _ := r.br.Peek(n)
+	i := 0
+	for i < len(b) && (b[i] == '\n' || b[i] == '\r') { // blank lines before an event are skipped
+		i++
+	}
+	b = b[i:]
+	return bytes.Contains(b, lfLF) || bytes.Contains(b, lfCRLF)
+}
+
+var lfLF, lfCRLF = []byte("\n\n"), []byte("\n\r\n")
+
 func trimEOL(b []byte) []byte {
 	if n := len(b); n > 0 && b[n-1] == '\n' {
 		b = b[:n-1]

@@ -71,3 +71,32 @@ func TestAppendData(t *testing.T) {
 		t.Errorf("got %q", got)
 	}
 }
+
+func TestReady(t *testing.T) {
+	tests := []struct {
+		name string
+		in   string // all of it is buffered after the first event was read
+		want bool
+	}{
+		{"nothing buffered", "", false},
+		{"whole event", "data: b\n\n", true},
+		{"whole event, CRLF", "data: b\r\n\r\n", true},
+		{"partial event", "data: b\n", false},
+		{"partial line", "data: {\"x\"", false},
+		{"blank lines only", "\n\n\n", false},
+		{"blank lines, then a partial event", "\n\ndata: b\n", false},
+		{"blank lines, then a whole event", "\r\n\ndata: b\n\n", true},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			// One read fills the buffer with the first event and everything after it.
+			r := NewReader(strings.NewReader("data: a\n\n"+tc.in), 1<<20)
+			if _, data, err := r.Next(); err != nil || string(data) != "a" {
+				t.Fatalf("first event %q, %v", data, err)
+			}
+			if got := r.Ready(); got != tc.want {
+				t.Errorf("Ready() = %v, want %v", got, tc.want)
+			}
+		})
+	}
+}
