@@ -104,18 +104,13 @@ func (c *call) prepare(ctx *fasthttp.RequestCtx) error {
 	if len(bytes.TrimSpace(body)) == 0 {
 		return apierr.New(apierr.InvalidRequest, "request body is empty; send a JSON object")
 	}
-	if !json.Valid(body) {
-		var v any
-		msg := "request body is not valid JSON"
-		if err := json.Unmarshal(body, &v); err != nil {
-			msg += ": " + err.Error()
-		}
-		return apierr.New(apierr.InvalidRequest, "%s", msg)
-	}
 	var modelRaw, streamRaw, soRaw []byte
 	soStart, soEnd := -1, -1
 	var perr error
-	isObj := eachMember(body, func(key []byte, s, e int) bool {
+	valid, isObj := scanObject(body, func(key []byte, s, e int) {
+		if perr != nil {
+			return
+		}
 		v := body[s:e]
 		switch string(key) {
 		case "model":
@@ -131,7 +126,7 @@ func (c *call) prepare(ctx *fasthttp.RequestCtx) error {
 			n, ok := intValue(v)
 			if !ok || n < 0 {
 				perr = apierr.Param(string(key), "%s must be a non-negative integer", key)
-				return false
+				return
 			}
 			c.maxTokens = n
 		case "messages", "prompt", "input":
@@ -140,8 +135,15 @@ func (c *call) prepare(ctx *fasthttp.RequestCtx) error {
 				c.affinity = upstream.AffinityKey(v[:min(len(v), 512)])
 			}
 		}
-		return true
 	})
+	if !valid {
+		var v any
+		msg := "request body is not valid JSON"
+		if err := json.Unmarshal(body, &v); err != nil {
+			msg += ": " + err.Error()
+		}
+		return apierr.New(apierr.InvalidRequest, "%s", msg)
+	}
 	if !isObj {
 		return apierr.New(apierr.InvalidRequest, "request body must be a JSON object")
 	}

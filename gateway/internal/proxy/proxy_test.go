@@ -488,3 +488,36 @@ func TestStreamBurstIsRelayedWhole(t *testing.T) {
 		t.Errorf("record %+v", rec)
 	}
 }
+
+func TestInvalidRequestBodies(t *testing.T) {
+	r := newRig(t, &fakeBackend{handle: unary})
+	tests := []struct{ body, param, msg string }{
+		{`{"model":"m",`, "", "request body is not valid JSON: unexpected end of JSON input"},
+		{`{"model":"m","messages":[1,]}`, "", "request body is not valid JSON: invalid character ']' looking for beginning of value"},
+		{`{"max_tokens":"x","model":"m",}`, "", "request body is not valid JSON: invalid character '}' looking for beginning of object key string"},
+		{`[1,2]`, "", "request body must be a JSON object"},
+		{`  `, "", "request body is empty; send a JSON object"},
+		{`{"model":"m","max_tokens":-1}`, "max_tokens", "max_tokens must be a non-negative integer"},
+		{`{"messages":[]}`, "model", "you must provide a model parameter"},
+	}
+	for _, tc := range tests {
+		st, b := r.post(t, tc.body)
+		var env struct {
+			Error struct {
+				Message string  `json:"message"`
+				Type    string  `json:"type"`
+				Param   *string `json:"param"`
+			} `json:"error"`
+		}
+		if err := json.Unmarshal(b, &env); err != nil {
+			t.Fatalf("%s: %s", tc.body, b)
+		}
+		param := ""
+		if env.Error.Param != nil {
+			param = *env.Error.Param
+		}
+		if st != 400 || env.Error.Type != "invalid_request_error" || env.Error.Message != tc.msg || param != tc.param {
+			t.Errorf("%s: status %d, error %+v (param %q), want message %q param %q", tc.body, st, env.Error, param, tc.param, tc.msg)
+		}
+	}
+}
