@@ -9,7 +9,6 @@ import (
 	"errors"
 	"log/slog"
 	"sync"
-	"sync/atomic"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -59,14 +58,22 @@ var columns = []string{"request_id", "created_at", "user_id", "api_key_id", "mod
 	"status", "prompt_tokens", "completion_tokens", "estimated", "streamed", "ttft_ms", "duration_ms", "error_type"}
 
 // Writer batches records into usage_records. Add is safe for concurrent use.
+//
+// Add appends to a slice under a mutex and wakes the writer loop only when a batch is full;
+// otherwise the loop collects on its timer. (A channel send per record woke the loop for
+// every request, and a bounded channel dropped records in bursts even with room to spare.)
 type Writer struct {
-	o       Options
-	ch      chan Record
-	stop    chan context.Context
-	done    chan struct{}
-	stopped atomic.Bool
-	pending atomic.Int64
-	once    sync.Once
+	o    Options
+	kick chan struct{} // a batch is ready (capacity 1)
+	stop chan context.Context
+	done chan struct{}
+	once sync.Once
+
+	mu      sync.Mutex
+	intake  []Record // added, not yet taken by the loop
+	spare   []Record // the loop's empty slice, swapped with intake
+	closed  bool
+	pending int // taken by the loop and not yet written
 
 	dropped prometheus.Counter
 	written prometheus.Counter
@@ -87,12 +94,12 @@ func New(o Options) (*Writer, error) {
 	}
 	w := &Writer{
 		o:    o,
-		ch:   make(chan Record, min(o.Buffer, 4096)),
+		kick: make(chan struct{}, 1),
 		stop: make(chan context.Context),
 		done: make(chan struct{}),
 		dropped: prometheus.NewCounter(prometheus.CounterOpts{Name: "maas_usage_records_dropped_total",
 			Help: "Usage records lost because the in-memory buffer was full or shutdown could not flush them. Must stay 0."}),
-		written: prometheus.NewCounter(prometheus.CounterOpts{Name: "maas_gateway_usage_records_written_total",
+		written: prometheus.NewCounter(prometheus.CounterOpts{Name: "maas_gateway_usage_records_setPendingtotal",
 			Help: "Usage records written to PostgreSQL."}),
 		errors: prometheus.NewCounter(prometheus.CounterOpts{Name: "maas_gateway_usage_flush_errors_total",
 			Help: "Failed COPY batches (retried)."}),
@@ -101,7 +108,11 @@ func New(o Options) (*Writer, error) {
 	}
 	if o.Registerer != nil {
 		depth := prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "maas_gateway_usage_queue_depth",
-			Help: "Usage records waiting to be written."}, func() float64 { return float64(len(w.ch)) + float64(w.pending.Load()) })
+			Help: "Usage records waiting to be written."}, func() float64 {
+			w.mu.Lock()
+			defer w.mu.Unlock()
+			return float64(len(w.intake) + w.pending)
+		})
 		for _, c := range []prometheus.Collector{w.dropped, w.written, w.errors, w.flushes, depth} {
 			if err := o.Registerer.Register(c); err != nil {
 				return nil, err
@@ -112,16 +123,23 @@ func New(o Options) (*Writer, error) {
 	return w, nil
 }
 
-// Add queues r without blocking. When the buffer is full, r is dropped and counted.
+// Add queues r without blocking. When Buffer records are held already, or after Stop, r
+// is dropped and counted.
 func (w *Writer) Add(r Record) {
-	if w.stopped.Load() {
+	w.mu.Lock()
+	if w.closed || len(w.intake)+w.pending >= w.o.Buffer {
+		w.mu.Unlock()
 		w.dropped.Inc()
 		return
 	}
-	select {
-	case w.ch <- r:
-	default:
-		w.dropped.Inc()
+	w.intake = append(w.intake, r)
+	full := len(w.intake) == w.o.Batch
+	w.mu.Unlock()
+	if full {
+		select {
+		case w.kick <- struct{}{}:
+		default:
+		}
 	}
 }
 
@@ -135,11 +153,38 @@ func (w *Writer) Dropped() float64 {
 // records still unwritten then are counted as dropped. Idempotent.
 func (w *Writer) Stop(ctx context.Context) error {
 	w.once.Do(func() {
-		w.stopped.Store(true)
+		w.mu.Lock()
+		w.closed = true
+		w.mu.Unlock()
 		w.stop <- ctx
 	})
 	<-w.done
 	return nil
+}
+
+// take moves the records added since the last call to the end of buf.
+func (w *Writer) take(buf []Record) []Record {
+	w.mu.Lock()
+	in := w.intake
+	w.intake = w.spare
+	w.pending = len(buf) + len(in)
+	w.mu.Unlock()
+	buf = append(buf, in...)
+	clear(in)
+	if cap(in) > 4*w.o.Batch { // grown during an outage: let it go
+		in = nil
+	}
+	w.mu.Lock()
+	w.spare = in[:0]
+	w.mu.Unlock()
+	return buf
+}
+
+// setPending records how many taken records are still unwritten.
+func (w *Writer) setPending(buf []Record) {
+	w.mu.Lock()
+	w.pending = len(buf)
+	w.mu.Unlock()
 }
 
 func (w *Writer) run() {
@@ -150,14 +195,6 @@ func (w *Writer) run() {
 	backoff := time.Duration(0)
 	var retryAt time.Time
 
-	take := func(r Record) {
-		if len(buf) >= w.o.Buffer {
-			w.dropped.Inc()
-			return
-		}
-		buf = append(buf, r)
-		w.pending.Store(int64(len(buf)))
-	}
 	flush := func(ctx context.Context) bool {
 		for len(buf) > 0 {
 			n := min(len(buf), w.o.Batch)
@@ -174,34 +211,28 @@ func (w *Writer) run() {
 				w.o.Logger.Info("ledger: writing usage records again")
 				backoff = 0
 			}
+			clear(buf[:n])
 			buf = append(buf[:0], buf[n:]...)
-			w.pending.Store(int64(len(buf)))
+			w.setPending(buf)
 		}
 		return true
 	}
 
 	for {
 		select {
-		case r := <-w.ch:
-			take(r)
-			if len(buf) >= w.o.Batch && time.Now().After(retryAt) {
+		case <-w.kick:
+			if time.Now().After(retryAt) {
+				buf = w.take(buf)
 				flush(context.Background())
 			}
 		case <-timer.C:
+			buf = w.take(buf)
 			if time.Now().After(retryAt) {
 				flush(context.Background())
 			}
 			timer.Reset(w.o.FlushInterval)
 		case ctx := <-w.stop:
-			for {
-				select {
-				case r := <-w.ch:
-					take(r)
-					continue
-				default:
-				}
-				break
-			}
+			buf = w.take(buf) // closed: nothing is added after this
 			for !flush(ctx) {
 				select {
 				case <-ctx.Done():
@@ -211,8 +242,6 @@ func (w *Writer) run() {
 				case <-time.After(backoff):
 				}
 			}
-			// Anything added in the race with stopped is counted, never silently lost.
-			w.dropped.Add(float64(len(w.ch)))
 			return
 		}
 	}

@@ -139,3 +139,45 @@ func TestStopFlushes(t *testing.T) {
 		t.Errorf("%d of 7 written at stop", db.count())
 	}
 }
+
+// slowDB takes a while per COPY, like a busy database.
+type slowDB struct {
+	flakyDB
+	delay time.Duration
+}
+
+func (s *slowDB) CopyFrom(ctx context.Context, table pgx.Identifier, cols []string, src pgx.CopyFromSource) (int64, error) {
+	time.Sleep(s.delay)
+	return s.flakyDB.CopyFrom(ctx, table, cols, src)
+}
+
+func TestBurstWithinBufferIsNotDropped(t *testing.T) {
+	// 10,000 streams ending at once while a COPY is running: every record is within the
+	// buffer bound, so none may be dropped.
+	db := &slowDB{delay: 20 * time.Millisecond}
+	w, err := New(Options{DB: db, Batch: 1000, FlushInterval: 10 * time.Millisecond, Buffer: 200000})
+	if err != nil {
+		t.Fatal(err)
+	}
+	const writers, each = 8, 2500
+	var wg sync.WaitGroup
+	for g := range writers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := range each {
+				w.Add(rec(g*each + i))
+			}
+		}()
+	}
+	wg.Wait()
+	if err := w.Stop(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	if got := w.Dropped(); got != 0 {
+		t.Errorf("dropped %v of %d", got, writers*each)
+	}
+	if got := db.count(); got != writers*each {
+		t.Errorf("%d of %d written", got, writers*each)
+	}
+}
