@@ -439,9 +439,14 @@ type streamState struct {
 	ready    bool        // the backend's headers arrived: the body stream may be closed
 	closed   bool        // closing was asked for
 	timedOut atomic.Bool
-	aborted  atomic.Bool // closed by timeout, shutdown or request deadline
-	first    []byte      // data of the first event (copied)
-	firstRaw []byte
+	// Between events the timer is not reset per event: it fires after the idle timeout
+	// and re-arms itself for the rest when an event came meanwhile.
+	idle      atomic.Bool  // the timer bounds the gap between events (not the first byte)
+	epoch     time.Time    // start of the idle phase
+	lastEvent atomic.Int64 // time of the last event, since epoch
+	aborted   atomic.Bool  // closed by timeout, shutdown or request deadline
+	first     []byte       // data of the first event (copied)
+	firstRaw  []byte
 
 	// Used only by the goroutine writing the response.
 	cancelBase func()
@@ -474,6 +479,24 @@ func (st *streamState) closeStream() {
 	}
 }
 
+// timeout is the timer's callback: first-byte timeout, or idle timeout between events.
+func (st *streamState) timeout() {
+	if st.idle.Load() {
+		idle := st.c.h.o.StreamIdleTimeout
+		if rest := idle - (time.Since(st.epoch) - time.Duration(st.lastEvent.Load())); rest > 0 {
+			st.closeMu.Lock()
+			if !st.closed {
+				st.timer.Reset(rest)
+			}
+			st.closeMu.Unlock()
+			return
+		}
+	}
+	st.timedOut.Store(true)
+	st.aborted.Store(true)
+	st.closeStream()
+}
+
 // headersIn marks the body stream closable, closing it at once if that was asked for.
 func (st *streamState) headersIn() {
 	st.closeMu.Lock()
@@ -486,11 +509,11 @@ func (st *streamState) headersIn() {
 
 // release returns the stream's resources; call once, after the last read.
 func (st *streamState) release() {
+	st.closeStream() // first: a timer callback re-arms the timer only while not closed
 	st.timer.Stop()
 	if st.stopBase != nil {
 		st.stopBase()
 	}
-	st.closeStream()
 	if st.rd != nil {
 		readerPool.Put(st.rd)
 		st.rd = nil
@@ -520,7 +543,7 @@ func (c *call) dispatchStream(ctx *fasthttp.RequestCtx) error {
 		}
 		st := &streamState{c: c, l: l, resp: fasthttp.AcquireResponse()}
 		st.resp.StreamBody = true
-		st.timer = time.AfterFunc(h.o.FirstByteTimeout, func() { st.timedOut.Store(true); st.aborted.Store(true); st.closeStream() })
+		st.timer = time.AfterFunc(h.o.FirstByteTimeout, st.timeout)
 		st.stopBase = context.AfterFunc(base, func() { st.aborted.Store(true); st.closeStream() })
 		e, retry := st.open()
 		if e == nil {
@@ -700,6 +723,8 @@ func (st *streamState) begin() {
 	if !st.started {
 		st.started = true
 		st.mm = st.c.h.m.model(st.c.label)
+		st.epoch = time.Now()
+		st.idle.Store(true)
 		st.timer.Reset(st.c.h.o.StreamIdleTimeout)
 	}
 }
@@ -722,7 +747,7 @@ func (st *streamState) produce() (last bool) {
 		if err != nil {
 			return st.ended(err)
 		}
-		st.timer.Reset(st.c.h.o.StreamIdleTimeout)
+		st.lastEvent.Store(int64(time.Since(st.epoch)))
 		st.emit(raw, data)
 		if len(st.out) > 0 && (len(st.out) >= maxBatch || !st.rd.Ready()) {
 			return false
@@ -795,22 +820,12 @@ func (st *streamState) end() {
 // must not reach the client (the usage chunk we asked for).
 func (st *streamState) event(data []byte, mm *modelMetrics) bool {
 	c := st.c
-	var choices, usageRaw []byte
-	eachMember(data, func(k []byte, s, e int) bool {
-		switch string(k) {
-		case "choices":
-			choices = data[s:e]
-		case "usage":
-			usageRaw = data[s:e]
-		}
-		return true
-	})
+	emptyChoices, usageRaw := chunkFields(data)
 	if len(usageRaw) > 0 && usageRaw[0] == '{' {
 		if u := parseUsage(usageRaw); u.ok {
 			c.use = u
 		}
 	}
-	emptyChoices := len(choices) == 0 || string(bytes.TrimSpace(choices)) == "[]"
 	if !emptyChoices {
 		now := c.h.o.Now()
 		c.chunks++

@@ -404,6 +404,25 @@ func TestStreamTimeouts(t *testing.T) {
 			}
 		}
 	})
+	t.Run("events within the idle timeout keep a long stream alive", func(t *testing.T) {
+		slow := &fakeBackend{handle: func(w http.ResponseWriter, body []byte) {
+			w.Header().Set("Content-Type", "text/event-stream")
+			for i := range 8 { // 8 gaps of 100 ms: far longer than the 200 ms idle timeout
+				io.WriteString(w, "data: "+chunk("t"+itoa(i))+"\n\n")
+				w.(http.Flusher).Flush()
+				time.Sleep(100 * time.Millisecond)
+			}
+			io.WriteString(w, "data: [DONE]\n\n")
+		}}
+		r := newRigWith(t, fast, slow)
+		st, body := r.post(t, `{"model":"m","messages":[],"stream":true}`)
+		if st != 200 || strings.Contains(string(body), `"error"`) || !strings.HasSuffix(string(body), "data: [DONE]\n\n") {
+			t.Fatalf("status %d body %s", st, body)
+		}
+		if rec := r.rec.wait(t, 1)[0]; rec.Status != 200 || rec.CompletionTokens != 8 {
+			t.Errorf("record %+v", rec)
+		}
+	})
 	t.Run("idle after first event: error event", func(t *testing.T) {
 		stall := &fakeBackend{handle: func(w http.ResponseWriter, body []byte) {
 			w.Header().Set("Content-Type", "text/event-stream")

@@ -18,20 +18,26 @@ func skipSpace(b []byte, i int) int {
 	return i
 }
 
-// skipString returns the index after the string starting at b[i] == '"'.
+// skipString returns the index after the string starting at b[i] == '"'. It jumps from
+// quote to quote (bytes.IndexByte) and counts the backslashes before each.
 func skipString(b []byte, i int) int {
-	i++
-	for i < len(b) {
-		switch b[i] {
-		case '\\':
-			i += 2
-		case '"':
-			return i + 1
-		default:
-			i++
+	start := i + 1
+	i = start
+	for {
+		j := bytes.IndexByte(b[i:], '"')
+		if j < 0 {
+			return len(b)
 		}
+		q := i + j
+		n := 0
+		for m := q - 1; m >= start && b[m] == '\\'; m-- {
+			n++
+		}
+		if n%2 == 0 {
+			return q + 1
+		}
+		i = q + 1
 	}
-	return len(b)
 }
 
 // skipValue returns the index after the value starting at b[i].
@@ -109,6 +115,81 @@ func eachMember(b []byte, fn func(key []byte, start, end int) bool) bool {
 		}
 		i = ve
 	}
+}
+
+// chunkFields reads what the gateway needs of a stream chunk: whether its choices are
+// missing or empty, and the raw value of its usage (nil when absent). It stops at
+// "choices" unless the chunk may carry a usage object: the token text after it is not
+// scanned.
+func chunkFields(b []byte) (emptyChoices bool, usage []byte) {
+	wantUsage := mayHaveUsage(b)
+	emptyChoices = true
+	seenChoices := false
+	i := skipSpace(b, 0)
+	if i >= len(b) || b[i] != '{' {
+		return true, nil
+	}
+	i++
+	for {
+		i = skipSpace(b, i)
+		if i >= len(b) || b[i] == '}' {
+			return emptyChoices, usage
+		}
+		if b[i] == ',' {
+			i++
+			continue
+		}
+		if b[i] != '"' {
+			return emptyChoices, usage
+		}
+		ke := skipString(b, i)
+		key := b[i+1 : max(ke-1, i+1)]
+		i = skipSpace(b, ke)
+		if i >= len(b) || b[i] != ':' {
+			return emptyChoices, usage
+		}
+		i = skipSpace(b, i+1)
+		switch string(key) {
+		case "choices":
+			seenChoices = true
+			emptyChoices = i < len(b) && b[i] == '[' && skipSpace(b, i+1) < len(b) && b[skipSpace(b, i+1)] == ']'
+			if !wantUsage || usage != nil {
+				return emptyChoices, usage
+			}
+		case "usage":
+			e := skipValue(b, i)
+			usage = b[i:e]
+			if seenChoices {
+				return emptyChoices, usage
+			}
+			i = e
+			continue
+		}
+		i = skipValue(b, i)
+	}
+}
+
+var usageKey = []byte(`"usage"`)
+
+// mayHaveUsage reports whether chunk b may hold a usage object. `"usage"` cannot occur
+// inside a JSON string (its quotes would be escaped) except as a whole string value, so
+// when it occurs once and is not a key, or is a key whose value is null (what engines send
+// in every chunk once usage is asked for), there is no usage to read.
+func mayHaveUsage(b []byte) bool {
+	i := bytes.Index(b, usageKey)
+	if i < 0 {
+		return false
+	}
+	j := i + len(usageKey)
+	if bytes.Contains(b[j:], usageKey) {
+		return true // more than one: let the scan decide
+	}
+	j = skipSpace(b, j)
+	if j >= len(b) || b[j] != ':' {
+		return false
+	}
+	j = skipSpace(b, j+1)
+	return !(len(b)-j >= 4 && string(b[j:j+4]) == "null")
 }
 
 // member returns the raw value of the top-level member key of object b, or nil.

@@ -222,15 +222,22 @@ func (u *Upstream) update(b snapshot.Backend) {
 
 // slidingConn gives every Read a fresh deadline, so a deadline bounds the silence between
 // two reads rather than the whole (possibly long) stream. Deadlines set by the HTTP client
-// for a whole response are replaced by this sliding one.
+// for a whole response are replaced by this sliding one. The deadline is moved only when
+// it is more than slide/16 old (a stream reads once per event; moving a deadline is a
+// timer update): a read may wait between 15/16 of slide and slide.
 type slidingConn struct {
 	net.Conn
 	slide time.Duration
+	setAt time.Time // when the read deadline was last moved; used by one reader at a time
 }
 
 func (c *slidingConn) Read(p []byte) (int, error) {
-	if err := c.Conn.SetReadDeadline(time.Now().Add(c.slide)); err != nil {
-		return 0, err
+	now := time.Now()
+	if now.Sub(c.setAt) > c.slide/16 {
+		if err := c.Conn.SetReadDeadline(now.Add(c.slide)); err != nil {
+			return 0, err
+		}
+		c.setAt = now
 	}
 	return c.Conn.Read(p)
 }
