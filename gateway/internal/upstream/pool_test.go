@@ -349,3 +349,41 @@ func TestConnectionLimitFollowsCapacity(t *testing.T) {
 		t.Fatalf("after capacity 10: max conns %d/%d, want %d", u.Client.MaxConns, u.Stream.MaxConns, 10+connHeadroom)
 	}
 }
+
+func TestOpenBreakerLetsAProbeThroughAfterOpenFor(t *testing.T) {
+	o := testOptions()
+	o.BreakerFailures = 1
+	o.BreakerOpenFor = 50 * time.Millisecond
+	p, m := newTestPool(t, snapshot.PolicyLeastOutstanding, o, backend("a", 10, 100))
+	l, err := p.Acquire(context.Background(), Request{Model: m})
+	if err != nil {
+		t.Fatal(err)
+	}
+	l.Release(Failure)
+	if _, err := p.Acquire(context.Background(), Request{Model: m}); !errors.Is(err, ErrNoBackend) {
+		t.Fatalf("err = %v while the breaker is open, want ErrNoBackend", err)
+	}
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		l, err := p.Acquire(context.Background(), Request{Model: m})
+		if err == nil {
+			if st := l.U.BreakerState(); st != gobreaker.StateHalfOpen {
+				t.Errorf("probe taken in state %v, want half-open", st)
+			}
+			l.Release(Success)
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("no probe after the open period: %v", err)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	if st := p.Get("a").BreakerState(); st != gobreaker.StateClosed {
+		t.Errorf("breaker %v after a successful probe, want closed", st)
+	}
+	if l, err := p.Acquire(context.Background(), Request{Model: m}); err != nil {
+		t.Errorf("after the probe: %v", err)
+	} else {
+		l.Release(Success)
+	}
+}

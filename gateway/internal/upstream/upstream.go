@@ -44,9 +44,13 @@ type Upstream struct {
 	kvMilli     atomic.Int64 // KV-cache use × 1000
 
 	breaker *gobreaker.TwoStepCircuitBreaker[struct{}]
-	models  atomic.Pointer[[]string]
-	hbEvery atomic.Int64 // heartbeat interval, nanoseconds
-	removed atomic.Bool
+	// openUntil mirrors the breaker for usable: while it is open, the (real) time it may let
+	// a probe through, in unix nanoseconds; 0 otherwise. Asking the breaker itself takes its
+	// mutex and reads the clock, for every candidate of every request.
+	openUntil atomic.Int64
+	models    atomic.Pointer[[]string]
+	hbEvery   atomic.Int64 // heartbeat interval, nanoseconds
+	removed   atomic.Bool
 }
 
 // InFlight is the number of requests the gateway has in flight on u.
@@ -82,7 +86,8 @@ func (u *Upstream) usable(nowNano int64, checkFresh bool) bool {
 	if checkFresh && nowNano > u.staleAtNano.Load() {
 		return false
 	}
-	return u.breaker.State() != gobreaker.StateOpen
+	until := u.openUntil.Load()
+	return until == 0 || time.Now().UnixNano() >= until // past it, Allow lets the probe decide
 }
 
 // applyLoad takes a backend's row as read at l.ReadAt. The heartbeat is stale once it is
@@ -198,6 +203,11 @@ func newUpstream(b snapshot.Backend, o *Options) (*Upstream, error) {
 			return c.ConsecutiveFailures >= o.BreakerFailures
 		},
 		OnStateChange: func(name string, from, to gobreaker.State) {
+			if to == gobreaker.StateOpen {
+				u.openUntil.Store(time.Now().Add(o.BreakerOpenFor).UnixNano())
+			} else {
+				u.openUntil.Store(0)
+			}
 			o.Logger.Warn("backend circuit breaker changed state", "backend", name, "from", from.String(), "to", to.String())
 		},
 	})
