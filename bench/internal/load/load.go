@@ -257,11 +257,13 @@ type Streams struct {
 	FirstEr string
 }
 
-// OpenStreams starts n streaming requests at up to 256 connection attempts at a time.
+// OpenStreams starts n streaming requests, at most 64 connection attempts at a time: a
+// faster burst overflows the kernel's SYN backlog of the process accepting (the simulator
+// behind a proxy), and a dropped SYN is retried only after a second.
 func OpenStreams(ctx context.Context, t Target, n int) *Streams {
 	s := &Streams{conns: make([]net.Conn, n)}
 	var mu sync.Mutex
-	sem := make(chan struct{}, 256)
+	sem := make(chan struct{}, 64)
 	var wg sync.WaitGroup
 	for i := range n {
 		sem <- struct{}{}
