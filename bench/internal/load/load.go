@@ -200,6 +200,7 @@ func ClosedLoop(ctx context.Context, t Target, conc int, d time.Duration) Result
 		})
 	}
 	wg.Wait()
+	c.hc.CloseIdleConnections() // a run's connections must not hold file descriptors into the next
 	return merge(recs, time.Since(start))
 }
 
@@ -245,6 +246,7 @@ func OpenLoop(ctx context.Context, t Target, rate float64, d time.Duration, maxI
 	}
 	close(sched)
 	wg.Wait()
+	c.hc.CloseIdleConnections()
 	return merge(recs, time.Since(start))
 }
 
