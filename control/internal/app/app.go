@@ -119,7 +119,7 @@ func (o *Options) validate(serve bool) error {
 }
 
 func (o Options) logger() *slog.Logger {
-	return obs.NewLogger(obs.LogOptions{Component: "control", Debug: o.Debug, JSON: o.Environment == config.Production, Out: o.LogOut})
+	return obs.NewLogger(obs.LogOptions{Component: "control", Debug: o.Debug, JSON: o.Environment == config.Production || o.LogJSON, Out: o.LogOut})
 }
 
 func withPool(ctx context.Context, o Options, f func(*pgxpool.Pool) error) error {

@@ -27,6 +27,8 @@ type Options struct {
 	BackendRemoveAfter time.Duration
 	// ShutdownGrace bounds graceful shutdown (MAAS_SHUTDOWN_GRACE).
 	ShutdownGrace time.Duration
+	// LogJSON writes JSON log lines outside production too (MAAS_LOG_JSON).
+	LogJSON bool
 
 	// ReapInterval is how often silent backends are looked for (1s when zero; tests only).
 	ReapInterval time.Duration
@@ -60,6 +62,7 @@ func Load(args []string) (Options, []string, error) {
 	l.Bool(&o.AutoMigrate, "MAAS_AUTO_MIGRATE", "auto-migrate", true, "apply migrations and bootstrap the first admin when serve starts")
 	l.Duration(&o.BackendRemoveAfter, "MAAS_BACKEND_REMOVE_AFTER", "backend-remove-after", 5*time.Minute, "remove a backend this long after its last heartbeat once it is unhealthy")
 	l.Duration(&o.ShutdownGrace, "MAAS_SHUTDOWN_GRACE", "shutdown-grace", 15*time.Second, "time allowed for graceful shutdown")
+	l.Bool(&o.LogJSON, "MAAS_LOG_JSON", "log-json", false, "JSON log lines")
 	fs := l.FlagSet()
 	fs.StringVar(&o.Dir, "dir", "migrations", "migrate create: folder to write the new migration into")
 	fs.StringVar(&o.Username, "username", "", "keys create: owner of the new key")
