@@ -39,7 +39,7 @@ func documentedRoutes(t *testing.T) [][2]string {
 var pathParam = regexp.MustCompile(`\{([^}]+)\}`)
 
 // probeValues fill path parameters.
-var probeValues = map[string]string{"id": "999999", "name": "sim-chat", "file": "swagger-ui.css"}
+var probeValues = map[string]string{"id": "999999", "name": "sim-chat", "model": "sim-chat", "file": "swagger-ui.css"}
 
 // testDocumentedRoutes sends every documented operation, unauthenticated, to the running
 // gateway: none may hit the gateway's or control's "no such route" answer (404 from the

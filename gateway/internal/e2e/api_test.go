@@ -150,6 +150,34 @@ func TestOpenAIEndpoints(t *testing.T) {
 		}
 	})
 
+	t.Run("retrieve model", func(t *testing.T) {
+		get := func(path, token string) (int, map[string]any) {
+			req, _ := http.NewRequest("GET", url+path, nil)
+			if token != "" {
+				req.Header.Set("Authorization", "Bearer "+token)
+			}
+			resp, err := http.DefaultClient.Do(req)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer resp.Body.Close()
+			var out map[string]any
+			_ = json.NewDecoder(resp.Body).Decode(&out)
+			return resp.StatusCode, out
+		}
+		status, m := get("/v1/models/sim-chat", key)
+		if status != 200 || m["id"] != "sim-chat" || m["object"] != "model" {
+			t.Errorf("GET /v1/models/sim-chat: %d %v", status, m)
+		}
+		status, m = get("/v1/models/no-such-model", key)
+		if errObj, _ := m["error"].(map[string]any); status != 404 || errObj["code"] != "model_not_found" {
+			t.Errorf("unknown model: %d %v", status, m)
+		}
+		if status, _ := get("/v1/models/sim-chat", ""); status != 401 {
+			t.Errorf("no key: status %d, want 401", status)
+		}
+	})
+
 	if v, ok := metric(t, url, "maas_usage_records_dropped_total"); !ok || v != 0 {
 		t.Errorf("maas_usage_records_dropped_total = %v (present %v)", v, ok)
 	}

@@ -13,6 +13,7 @@ import (
 	"log/slog"
 	"os"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -231,37 +232,73 @@ func equalFoldASCII(b []byte, s string) bool {
 
 func isAPIKey(tok []byte) bool { return len(tok) > 3 && string(tok[:3]) == apikey.Prefix }
 
+// modelEntry is one model in OpenAI's shape.
+type modelEntry struct {
+	ID      string `json:"id"`
+	Object  string `json:"object"`
+	Created int64  `json:"created"`
+	OwnedBy string `json:"owned_by"`
+}
+
+func entryOf(m *snapshot.Model) modelEntry {
+	return modelEntry{ID: m.Name, Object: "model", Created: m.Created, OwnedBy: "maas"}
+}
+
 // Models serves GET /v1/models: the models the key may use, in OpenAI's list shape.
 func (h *Handler) Models(ctx *fasthttp.RequestCtx) {
-	h.RequestID(ctx)
-	snap := h.o.Snapshots.Current()
-	if snap == nil {
-		h.writeError(ctx, notReady())
+	snap, k, ok := h.authenticated(ctx)
+	if !ok {
 		return
-	}
-	k, err := authenticate(snap, ctx.Request.Header.Peek("Authorization"), h.o.Now())
-	if err != nil {
-		h.writeError(ctx, err)
-		return
-	}
-	type entry struct {
-		ID      string `json:"id"`
-		Object  string `json:"object"`
-		Created int64  `json:"created"`
-		OwnedBy string `json:"owned_by"`
 	}
 	out := struct {
-		Object string  `json:"object"`
-		Data   []entry `json:"data"`
-	}{Object: "list", Data: []entry{}}
+		Object string       `json:"object"`
+		Data   []modelEntry `json:"data"`
+	}{Object: "list", Data: []modelEntry{}}
 	for _, m := range snap.Models() {
 		if m.Enabled && m.VisibleTo(k.User) && k.AllowsModel(m, m.Name) {
-			out.Data = append(out.Data, entry{ID: m.Name, Object: "model", Created: m.Created, OwnedBy: "maas"})
+			out.Data = append(out.Data, entryOf(m))
 		}
 	}
 	body, _ := json.Marshal(out)
 	ctx.SetContentType("application/json")
 	ctx.SetBody(body)
+}
+
+// Model serves GET /v1/models/{model}: one model the key may use (by name or alias), or 404
+// — also for a model that exists but the key may not use, as OpenAI answers.
+func (h *Handler) Model(ctx *fasthttp.RequestCtx) {
+	snap, k, ok := h.authenticated(ctx)
+	if !ok {
+		return
+	}
+	name, _ := ctx.UserValue("model").(string)
+	name = strings.TrimPrefix(name, "/")
+	m := snap.Model(name)
+	if m == nil || !m.Enabled || !m.VisibleTo(k.User) || !k.AllowsModel(m, name) {
+		h.writeError(ctx, &apierr.Error{Kind: apierr.NotFound, Param: "model", Code: "model_not_found",
+			Message: "the model `" + truncate(name, 128) + "` does not exist or is not available"})
+		return
+	}
+	body, _ := json.Marshal(entryOf(m))
+	ctx.SetContentType("application/json")
+	ctx.SetBody(body)
+}
+
+// authenticated answers the request id, loads the snapshot and checks the API key; on
+// failure it has written the error and ok is false.
+func (h *Handler) authenticated(ctx *fasthttp.RequestCtx) (snap *snapshot.Snapshot, k *snapshot.Key, ok bool) {
+	h.RequestID(ctx)
+	snap = h.o.Snapshots.Current()
+	if snap == nil {
+		h.writeError(ctx, notReady())
+		return nil, nil, false
+	}
+	k, err := authenticate(snap, ctx.Request.Header.Peek("Authorization"), h.o.Now())
+	if err != nil {
+		h.writeError(ctx, err)
+		return nil, nil, false
+	}
+	return snap, k, true
 }
 
 func notReady() error {

@@ -212,6 +212,7 @@ func routes(d Deps) *router.Router {
 	r.POST("/v1/completions", ph.Completions)
 	r.POST("/v1/embeddings", ph.Embeddings)
 	r.GET("/v1/models", ph.Models)
+	r.GET("/v1/models/{model:*}", ph.Model)
 	for _, p := range forwardPaths {
 		r.ANY(p, ph.Forward)
 	}
