@@ -72,6 +72,16 @@ export MAAS_WORKER_ADDR="${MAAS_WORKER_ADDR:-127.0.0.1:8002}"
 export MAAS_SIM_ADDR="${MAAS_SIM_ADDR:-127.0.0.1:8100}"
 export MAAS_CONTROL_URL="http://$MAAS_CONTROL_ADDR"
 
+# Fixed default ports may be taken on a shared machine: say which variable moves each one.
+for pair in "MAAS_CONTROL_ADDR=$MAAS_CONTROL_ADDR" "MAAS_GATEWAY_ADDR=$MAAS_GATEWAY_ADDR" \
+	"MAAS_WORKER_ADDR=$MAAS_WORKER_ADDR" "MAAS_SIM_ADDR=$MAAS_SIM_ADDR"; do
+	addr=${pair#*=}
+	if (exec 3<>"/dev/tcp/${addr%:*}/${addr##*:}") 2>/dev/null; then
+		say "${addr} is already in use: set ${pair%%=*} to another address"
+		exit 1
+	fi
+done
+
 wait_http() { # wait_http HOST/PORT PID NAME
 	for _ in $(seq 1 300); do
 		if ! kill -0 "$2" 2>/dev/null; then
