@@ -88,6 +88,9 @@ type ringPoint struct {
 type members struct {
 	byID   map[string]*Upstream
 	byName map[string]*group // by canonical model name
+	// models is every enabled model of the snapshot (canonical names, sorted), with or
+	// without backends: the label values of maas_gateway_model_healthy_backends.
+	models []string
 }
 
 // Pool is the set of backends. Safe for concurrent use.
@@ -103,6 +106,7 @@ type Pool struct {
 	ring    []int64 // users with waiters, round-robin order
 	cursor  int
 	metrics poolMetrics
+	health  healthGauge
 }
 
 type userQueue struct {
@@ -132,6 +136,9 @@ func New(o Options) (*Pool, error) {
 	if err := p.metrics.register(p, o.Registerer); err != nil {
 		return nil, err
 	}
+	if err := p.health.register(o.Registerer); err != nil {
+		return nil, err
+	}
 	return p, nil
 }
 
@@ -149,7 +156,7 @@ func (p *Pool) Sync(s *snapshot.Snapshot) {
 		}
 		if u == nil {
 			var err error
-			if u, err = newUpstream(b, &p.o); err != nil {
+			if u, err = newUpstream(b, &p.o, p.refreshHealth); err != nil {
 				p.o.Logger.Warn("backend has an invalid URL; ignored", "backend", b.ID, "err", err)
 				continue
 			}
@@ -166,6 +173,9 @@ func (p *Pool) Sync(s *snapshot.Snapshot) {
 		}
 	}
 	for _, m := range s.Models() {
+		if m.Enabled {
+			next.models = append(next.models, m.Name)
+		}
 		g := &group{}
 		for _, b := range s.Backends {
 			if u := next.byID[b.ID]; u != nil && m.ServedBy(b.Models) {
@@ -182,6 +192,7 @@ func (p *Pool) Sync(s *snapshot.Snapshot) {
 	}
 	p.m.Store(next)
 	p.lastLoadNS.Store(p.o.Now().UnixNano())
+	p.refreshHealth()
 	p.dispatch() // new capacity may serve waiters
 }
 
@@ -201,6 +212,7 @@ func (p *Pool) UpdateLoad(loads []snapshot.Load) {
 		}
 	}
 	p.lastLoadNS.Store(p.o.Now().UnixNano())
+	p.refreshHealth()
 	p.dispatch()
 }
 

@@ -145,7 +145,9 @@ func (l *Lease) Release(o Outcome) {
 // connHeadroom is how many connections a client may open above the backend's capacity.
 const connHeadroom = 64
 
-func newUpstream(b snapshot.Backend, o *Options) (*Upstream, error) {
+// newUpstream builds the backend b; breakerChanged is called after each change of its
+// breaker's state (with the breaker's lock held: it must not call into the breaker).
+func newUpstream(b snapshot.Backend, o *Options, breakerChanged func()) (*Upstream, error) {
 	base := strings.TrimRight(b.URL, "/")
 	pu, err := url.Parse(base)
 	if err != nil || pu.Host == "" {
@@ -209,6 +211,9 @@ func newUpstream(b snapshot.Backend, o *Options) (*Upstream, error) {
 				u.openUntil.Store(0)
 			}
 			o.Logger.Warn("backend circuit breaker changed state", "backend", name, "from", from.String(), "to", to.String())
+			if breakerChanged != nil {
+				breakerChanged()
+			}
 		},
 	})
 	u.update(b)
