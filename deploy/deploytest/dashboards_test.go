@@ -97,7 +97,7 @@ func TestDashboards(t *testing.T) {
 		"maas-gateway": {"maas_gateway_requests_total", "maas_gateway_request_duration_seconds_bucket",
 			"maas_gateway_time_to_first_token_seconds_bucket", "maas_gateway_prompt_tokens_total", "maas_gateway_completion_tokens_total"},
 		"maas-backends": {"maas_gateway_backend_healthy", "maas_gateway_backend_in_flight_requests", "vllm:num_requests_waiting",
-			"vllm:kv_cache_usage_perc", "maas_gateway_backend_breaker_state"},
+			"vllm:kv_cache_usage_perc", "maas_gateway_backend_breaker_state", "maas_gateway_model_healthy_backends"},
 		"maas-usage": {"maas_gateway_ratelimit_rejections_total", "maas_gateway_rejections_total"},
 	} {
 		for _, m := range want {

@@ -134,6 +134,7 @@ func (pl *platform) testPrometheus(t *testing.T) {
 	wait("TTFT histogram", `sum(maas_gateway_time_to_first_token_seconds_count{model="`+chatModel+`"})`)
 	wait("TTFT buckets", `count(maas_gateway_time_to_first_token_seconds_bucket{model="`+chatModel+`"})`)
 	wait("TTFT quantile", `histogram_quantile(0.5, sum by (le) (rate(maas_gateway_time_to_first_token_seconds_bucket{model="`+chatModel+`"}[1m])))`)
+	wait("healthy backends of the model", `min(maas_gateway_model_healthy_backends{model="`+chatModel+`"})`)
 
 	// The alert rules loaded and evaluate without error.
 	r := promGet(t, base, "/api/v1/rules", nil)

@@ -130,6 +130,7 @@ func TestEveryAlertIsUnitTested(t *testing.T) {
 		{"breaker open", "maas_gateway_backend_breaker_state"},
 		{"snapshot stale", "maas_gateway_snapshot_age_seconds"},
 		{"no healthy backend", "maas_control_backends"},
+		{"no healthy backend for a model", "maas_gateway_model_healthy_backends"},
 		{"worker heartbeat failing", "maas_worker_heartbeat_failures_total"},
 		{"backends missed heartbeats (control)", "maas_control_backend_reaper_actions_total"},
 		{"engine down", "maas_worker_engine_up"},
