@@ -162,9 +162,11 @@ func TestDisabledUserAndForwardedIdentity(t *testing.T) {
 	if r := tc.do("GET", "/api/v1/users/me", nil, signed(u.ID, keyID, testInternalToken, time.Now())); r.Status != 401 {
 		t.Errorf("disabled user's forwarded identity: %d", r.Status)
 	}
-	// Enable again.
+	// Enable again: the key works again; sessions issued before the disable stay ended.
 	tc.call("PATCH", fmt.Sprintf("/api/v1/users/%d", u.ID), admin, map[string]any{"is_active": true}, 200)
 	tc.call("GET", "/api/v1/users/me", key, nil, 200)
+	tc.call("GET", "/api/v1/users/me", u.Token, nil, 401)
+	u.Token = tc.login(u.Username, u.Password)
 
 	// Wrong password and unknown user look the same.
 	for _, body := range []map[string]string{{"username": u.Username, "password": "wrong-password"}, {"username": "nobody", "password": "wrong-password"}} {

@@ -140,10 +140,12 @@ func newUserService(pool *pgxpool.Pool, o Options, log *slog.Logger) (*user.Serv
 		}
 	}
 	return user.New(pool, user.Options{
-		Hash:          o.HashParams,
-		Tokens:        user.NewTokens(key, o.AccessTokenExpire),
-		InternalToken: o.InternalToken,
-		Logger:        log,
+		Hash:           o.HashParams,
+		Tokens:         user.NewTokens(key, o.AccessTokenExpire),
+		InternalToken:  o.InternalToken,
+		Logger:         log,
+		LoginLimit:     o.LoginLimit,
+		TrustedProxies: o.TrustedProxies,
 	})
 }
 

@@ -3,7 +3,9 @@ package app
 import (
 	"errors"
 	"flag"
+	"fmt"
 	"io"
+	"net/netip"
 	"strings"
 	"time"
 
@@ -29,6 +31,14 @@ type Options struct {
 	ShutdownGrace time.Duration
 	// LogJSON writes JSON log lines outside production too (MAAS_LOG_JSON).
 	LogJSON bool
+	// TrustedProxies are the peers (gateways) whose X-Forwarded-For header names the client
+	// address that the failed-login limit counts (MAAS_TRUSTED_PROXIES, comma-separated
+	// CIDRs or addresses, or "none"; loopback by default).
+	TrustedProxies []netip.Prefix
+
+	// LoginLimit bounds failed logins per username and client IP (zero: the defaults,
+	// 10 per username and 50 per IP in 5 minutes; tests only).
+	LoginLimit user.LoginLimit
 
 	// ReapInterval is how often silent backends are looked for (1s when zero; tests only).
 	ReapInterval time.Duration
@@ -63,6 +73,8 @@ func Load(args []string) (Options, []string, error) {
 	l.Duration(&o.BackendRemoveAfter, "MAAS_BACKEND_REMOVE_AFTER", "backend-remove-after", 5*time.Minute, "remove a backend this long after its last heartbeat once it is unhealthy")
 	l.Duration(&o.ShutdownGrace, "MAAS_SHUTDOWN_GRACE", "shutdown-grace", 15*time.Second, "time allowed for graceful shutdown")
 	l.Bool(&o.LogJSON, "MAAS_LOG_JSON", "log-json", false, "JSON log lines")
+	var proxies string
+	l.String(&proxies, "MAAS_TRUSTED_PROXIES", "trusted-proxies", "127.0.0.0/8,::1/128", "comma-separated CIDRs of proxies (gateways) whose X-Forwarded-For is trusted for the login limit, or none")
 	fs := l.FlagSet()
 	fs.StringVar(&o.Dir, "dir", "migrations", "migrate create: folder to write the new migration into")
 	fs.StringVar(&o.Username, "username", "", "keys create: owner of the new key")
@@ -93,8 +105,36 @@ func Load(args []string) (Options, []string, error) {
 	if o.ShutdownGrace <= 0 {
 		return o, nil, &config.Error{Name: "MAAS_SHUTDOWN_GRACE", Msg: "must be a positive duration"}
 	}
+	if o.TrustedProxies, err = ParsePrefixes(proxies); err != nil {
+		return o, nil, &config.Error{Name: "MAAS_TRUSTED_PROXIES", Msg: err.Error()}
+	}
 	o.Redacted = l.Redacted()
 	return o, pos, nil
+}
+
+// ParsePrefixes parses a comma-separated list of CIDRs or single addresses; "none" is the
+// empty list.
+func ParsePrefixes(list string) ([]netip.Prefix, error) {
+	var out []netip.Prefix
+	if strings.TrimSpace(list) == "none" {
+		return nil, nil
+	}
+	for _, f := range strings.Split(list, ",") {
+		f = strings.TrimSpace(f)
+		if f == "" {
+			continue
+		}
+		if p, err := netip.ParsePrefix(f); err == nil {
+			out = append(out, p.Masked())
+			continue
+		}
+		a, err := netip.ParseAddr(f)
+		if err != nil {
+			return nil, fmt.Errorf("%q is neither a CIDR nor an IP address", f)
+		}
+		out = append(out, netip.PrefixFrom(a, a.BitLen()))
+	}
+	return out, nil
 }
 
 // ModelList splits the --models flag.

@@ -17,19 +17,20 @@ const (
 	anon     = "no token"
 	badTok   = "bad token"
 	expired  = "expired token"
+	ended    = "ended session"
 	asUser   = "user"
 	asDev    = "developer"
 	asAdmin  = "admin"
 	internal = "internal token"
 )
 
-var identities = []string{anon, badTok, expired, asUser, asDev, asAdmin, internal}
+var identities = []string{anon, badTok, expired, ended, asUser, asDev, asAdmin, internal}
 
 // expect builds the expected status per identity: the API's usual shape is 401 for the
-// first three (and for the internal token, which is no user credential), then the given
+// first four (and for the internal token, which is no user credential), then the given
 // statuses for user, developer and admin.
 func expect(user, dev, admin int) map[string]int {
-	return map[string]int{anon: 401, badTok: 401, expired: 401, internal: 401, asUser: user, asDev: dev, asAdmin: admin}
+	return map[string]int{anon: 401, badTok: 401, expired: 401, ended: 401, internal: 401, asUser: user, asDev: dev, asAdmin: admin}
 }
 
 func all(status int) map[string]int {
@@ -218,10 +219,15 @@ func TestRBACMatrix(t *testing.T) {
 	f.backendID = "matrix-backend"
 	tc.call("POST", "/internal/v1/backends/register", testInternalToken, registerBody(f.backendID, 60000), 200)
 
+	// A session of an admin ended by a password reset.
+	reset := tc.createUser(adminTok, "admin")
+	tc.call("PATCH", fmt.Sprintf("/api/v1/users/%d", reset.ID), adminTok, map[string]any{"password": "Reset-Pass-123"}, 200)
+
 	f.tokens = map[string]string{
 		anon:     "",
 		badTok:   "not-a-valid-token",
 		expired:  expiredToken(t, f.users[asUser].ID),
+		ended:    reset.Token,
 		asUser:   f.users[asUser].Token,
 		asDev:    f.users[asDev].Token,
 		asAdmin:  adminTok,
@@ -279,8 +285,20 @@ func TestRBACMatrix(t *testing.T) {
 				if r.Status != want {
 					t.Fatalf("%s %s as %s: status %d, want %d: %s", c.method, path, who, r.Status, want, r.Body)
 				}
+				if c.route == "/api/v1/users/me/password" && r.Status == 204 {
+					// A password change ends the caller's sessions: log in again.
+					u := f.users[who]
+					u.Token = tc.login(u.Username, u.Password)
+					f.users[who], f.tokens[who] = u, u.Token
+					if who == asAdmin {
+						f.adminTokForSetups = u.Token
+					}
+				}
 				if r.Status >= 400 {
 					e := r.apiErr(t)
+					if who == ended && r.Status == 401 && strings.HasPrefix(c.route, "/api/v1/") && !strings.Contains(e.Error.Message, "session ended") {
+						t.Errorf("ended session answered %q, want a message about the ended session", e.Error.Message)
+					}
 					if who == expired && r.Status == 401 && strings.HasPrefix(c.route, "/api/v1/") && !strings.Contains(e.Error.Message, "expired") {
 						t.Errorf("expired token answered %q, want a message about expiry", e.Error.Message)
 					}

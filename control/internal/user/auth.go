@@ -3,6 +3,7 @@ package user
 import (
 	"context"
 	"errors"
+	"net/netip"
 	"strings"
 	"time"
 
@@ -60,14 +61,21 @@ func (s *Service) Authenticate(ctx context.Context, req *fasthttp.Request) (*ser
 		}
 		return s.principal(ctx, owner.UserID, owner.KeyID, "api_key")
 	}
-	uid, err := s.tokens.Parse(cred)
+	sess, err := s.tokens.Parse(cred)
 	if errors.Is(err, ErrTokenExpired) {
 		return nil, unauthenticated("session token expired; log in again")
 	}
 	if err != nil {
 		return nil, &apierr.Error{Kind: apierr.Unauthenticated, Message: "invalid session token", Err: err}
 	}
-	return s.principal(ctx, uid, 0, "jwt")
+	u, err := s.activeUser(ctx, sess.UserID)
+	if err != nil {
+		return nil, err
+	}
+	if u.SessionVersion != sess.Version {
+		return nil, unauthenticated("session ended (password changed or account disabled); log in again")
+	}
+	return principalOf(u, 0, "jwt"), nil
 }
 
 func (s *Service) checkKey(_ context.Context, k *KeyOwner, lookupErr error, now time.Time, wantUser int64) error {
@@ -89,6 +97,16 @@ func (s *Service) checkKey(_ context.Context, k *KeyOwner, lookupErr error, now 
 }
 
 func (s *Service) principal(ctx context.Context, userID, keyID int64, method string) (*server.Principal, error) {
+	u, err := s.activeUser(ctx, userID)
+	if err != nil {
+		return nil, err
+	}
+	return principalOf(u, keyID, method), nil
+}
+
+// activeUser loads userID for authentication: roles come from the database on every
+// request, so a role change takes effect at once.
+func (s *Service) activeUser(ctx context.Context, userID int64) (*User, error) {
 	u, err := s.store.Get(ctx, userID)
 	if errors.Is(err, ErrNotFound) {
 		return nil, unauthenticated("unknown user")
@@ -99,7 +117,11 @@ func (s *Service) principal(ctx context.Context, userID, keyID int64, method str
 	if !u.IsActive {
 		return nil, unauthenticated("user is disabled")
 	}
-	return &server.Principal{UserID: u.ID, Username: u.Username, Roles: u.Roles, KeyID: keyID, Method: method}, nil
+	return u, nil
+}
+
+func principalOf(u *User, keyID int64, method string) *server.Principal {
+	return &server.Principal{UserID: u.ID, Username: u.Username, Roles: u.Roles, KeyID: keyID, Method: method}
 }
 
 // badCredentials is the answer to any failed login: it never says which part was wrong.
@@ -109,29 +131,74 @@ func badCredentials() *apierr.Error {
 	return e
 }
 
-// Login checks username and password and returns a session token.
-func (s *Service) Login(ctx context.Context, username, password string) (string, error) {
-	id, hash, active, err := s.store.Credentials(ctx, username)
+// Login checks username and password and returns a session token. ip is the client's
+// address for the failed-login limit ("" when unknown). Too many failures for username or
+// ip answer 429 (rate_limit_exceeded) with Retry-After before any password is checked.
+func (s *Service) Login(ctx context.Context, username, password, ip string) (string, error) {
+	now := s.now()
+	if wait := s.limiter.begin(username, ip, now); wait > 0 {
+		s.log.Warn("login refused: too many failed attempts", "client_ip", ip, "retry_after_s", int(wait.Round(time.Second)/time.Second))
+		return "", &apierr.Error{Kind: apierr.RateLimited, Message: "too many failed login attempts; try again later", RetryAfter: wait}
+	}
+	tok, out, err := s.login(ctx, username, password)
+	s.limiter.finish(username, ip, s.now(), out)
+	if out == loginFailed {
+		s.log.Info("login failed", "client_ip", ip)
+	}
+	return tok, err
+}
+
+func (s *Service) login(ctx context.Context, username, password string) (string, loginOutcome, error) {
+	cred, err := s.store.Credentials(ctx, username)
 	if errors.Is(err, ErrNotFound) {
 		// Spend the same time as a real check so that timing does not reveal usernames.
 		_ = VerifyPassword(password, s.dummyHash)
-		return "", badCredentials()
+		return "", loginFailed, badCredentials()
 	}
 	if err != nil {
-		return "", apierr.Wrap(err, "login")
+		return "", loginOther, apierr.Wrap(err, "login")
 	}
-	if err := VerifyPassword(password, hash); err != nil {
+	if err := VerifyPassword(password, cred.PasswordHash); err != nil {
 		if errors.Is(err, ErrMismatch) {
-			return "", badCredentials()
+			return "", loginFailed, badCredentials()
 		}
-		return "", apierr.Wrap(err, "login %d", id)
+		return "", loginOther, apierr.Wrap(err, "login %d", cred.ID)
 	}
-	if !active {
-		return "", unauthenticated("user is disabled")
+	if !cred.IsActive {
+		return "", loginOther, unauthenticated("user is disabled")
 	}
-	tok, err := s.tokens.Issue(id, username)
+	tok, err := s.tokens.Issue(cred.ID, username, cred.SessionVersion)
 	if err != nil {
-		return "", apierr.Wrap(err, "login")
+		return "", loginOther, apierr.Wrap(err, "login")
 	}
-	return tok, nil
+	return tok, loginOK, nil
+}
+
+// clientIP is the address the failed-login limit counts: the peer, or the last
+// X-Forwarded-For entry when the peer is a trusted proxy (the gateway sets that header).
+func (s *Service) clientIP(rc *fasthttp.RequestCtx) string {
+	peer, ok := netip.AddrFromSlice(rc.RemoteIP())
+	if !ok {
+		return ""
+	}
+	peer = peer.Unmap()
+	if xff := rc.Request.Header.Peek("X-Forwarded-For"); len(xff) > 0 && s.trusted(peer) {
+		last := string(xff)
+		if i := strings.LastIndexByte(last, ','); i >= 0 {
+			last = last[i+1:]
+		}
+		if a, err := netip.ParseAddr(strings.TrimSpace(last)); err == nil {
+			return a.Unmap().String()
+		}
+	}
+	return peer.String()
+}
+
+func (s *Service) trusted(a netip.Addr) bool {
+	for _, p := range s.trustedProxies {
+		if p.Contains(a) {
+			return true
+		}
+	}
+	return false
 }

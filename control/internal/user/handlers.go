@@ -144,7 +144,7 @@ func (s *Service) handleLogin(c *server.Call) error {
 	if len(req.Password) > MaxPasswordLen {
 		return badCredentials()
 	}
-	tok, err := s.Login(c.Ctx, req.Username, req.Password)
+	tok, err := s.Login(c.Ctx, req.Username, req.Password, s.clientIP(c.RC))
 	if err != nil {
 		return err
 	}

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net/netip"
 	"strings"
 	"time"
 
@@ -17,18 +18,25 @@ type Options struct {
 	Tokens        *Tokens
 	InternalToken string // verifies identities forwarded by the gateway
 	Logger        *slog.Logger
+	// LoginLimit bounds failed logins (zero fields: DefaultLoginLimit's).
+	LoginLimit LoginLimit
+	// TrustedProxies are the peers (gateways) whose X-Forwarded-For names the client
+	// address counted by LoginLimit; other peers are counted by their own address.
+	TrustedProxies []netip.Prefix
 }
 
 // Service is users, roles, sessions, API keys and quotas: the logic over Store and the
 // HTTP handlers. Safe for concurrent use.
 type Service struct {
-	store         *Store
-	hash          HashParams
-	tokens        *Tokens
-	internalToken string
-	log           *slog.Logger
-	now           func() time.Time
-	dummyHash     string
+	store          *Store
+	hash           HashParams
+	tokens         *Tokens
+	internalToken  string
+	log            *slog.Logger
+	limiter        *loginLimiter
+	trustedProxies []netip.Prefix
+	now            func() time.Time
+	dummyHash      string
 }
 
 // New returns a Service over db.
@@ -46,6 +54,7 @@ func New(db DB, o Options) (*Service, error) {
 	return &Service{
 		store: NewStore(db), hash: o.Hash, tokens: o.Tokens, internalToken: o.InternalToken,
 		log: o.Logger, now: time.Now, dummyHash: dummy,
+		limiter: newLoginLimiter(o.LoginLimit), trustedProxies: o.TrustedProxies,
 	}, nil
 }
 

@@ -38,6 +38,9 @@ type User struct {
 	Roles     []string  `json:"roles"`
 	CreatedAt time.Time `json:"created_at"`
 	UpdatedAt time.Time `json:"updated_at"`
+
+	// SessionVersion is bumped to end every console session issued before; not shown.
+	SessionVersion int64 `json:"-"`
 }
 
 // Key is an API key as listed: never its secret.
@@ -73,12 +76,12 @@ type Store struct{ db DB }
 // NewStore returns a Store on db.
 func NewStore(db DB) *Store { return &Store{db: db} }
 
-const userColumns = `u.id, u.username, u.email, u.full_name, u.is_active, u.created_at, u.updated_at,
+const userColumns = `u.id, u.username, u.email, u.full_name, u.is_active, u.created_at, u.updated_at, u.session_version,
 	ARRAY(SELECT r.name FROM user_roles ur JOIN roles r ON r.id = ur.role_id WHERE ur.user_id = u.id ORDER BY r.name)`
 
 func scanUser(row pgx.Row) (*User, error) {
 	u := &User{Object: "user"}
-	err := row.Scan(&u.ID, &u.Username, &u.Email, &u.FullName, &u.IsActive, &u.CreatedAt, &u.UpdatedAt, &u.Roles)
+	err := row.Scan(&u.ID, &u.Username, &u.Email, &u.FullName, &u.IsActive, &u.CreatedAt, &u.UpdatedAt, &u.SessionVersion, &u.Roles)
 	if errors.Is(err, pgx.ErrNoRows) {
 		return nil, ErrNotFound
 	}
@@ -100,16 +103,26 @@ func (s *Store) Get(ctx context.Context, id int64) (*User, error) {
 	return u, nil
 }
 
-// Credentials returns the id, password hash and active flag of username.
-func (s *Store) Credentials(ctx context.Context, username string) (id int64, hash string, active bool, err error) {
-	err = s.db.QueryRow(ctx, `SELECT id, password_hash, is_active FROM users WHERE username = $1`, username).Scan(&id, &hash, &active)
+// Credentials is what a login checks.
+type Credentials struct {
+	ID             int64
+	PasswordHash   string
+	IsActive       bool
+	SessionVersion int64
+}
+
+// Credentials returns the credentials of username.
+func (s *Store) Credentials(ctx context.Context, username string) (*Credentials, error) {
+	var c Credentials
+	err := s.db.QueryRow(ctx, `SELECT id, password_hash, is_active, session_version FROM users WHERE username = $1`, username).
+		Scan(&c.ID, &c.PasswordHash, &c.IsActive, &c.SessionVersion)
 	if errors.Is(err, pgx.ErrNoRows) {
-		return 0, "", false, ErrNotFound
+		return nil, ErrNotFound
 	}
 	if err != nil {
-		return 0, "", false, fmt.Errorf("get credentials: %w", err)
+		return nil, fmt.Errorf("get credentials: %w", err)
 	}
-	return id, hash, active, nil
+	return &c, nil
 }
 
 // PasswordHash returns the stored hash of user id.
@@ -247,15 +260,18 @@ type Update struct {
 	PasswordHash *string
 }
 
-// Update applies u to user id.
+// Update applies u to user id. Setting a password or disabling the user bumps
+// session_version, which ends every console session issued before.
 func (s *Store) Update(ctx context.Context, id int64, u Update) (*User, error) {
+	endSessions := u.PasswordHash != nil || (u.IsActive != nil && !*u.IsActive)
 	tag, err := s.db.Exec(ctx, `UPDATE users SET
 		email = CASE WHEN $2 THEN NULL ELSE COALESCE($3, email) END,
 		full_name = COALESCE($4, full_name),
 		is_active = COALESCE($5, is_active),
 		password_hash = COALESCE($6, password_hash),
+		session_version = session_version + CASE WHEN $7 THEN 1 ELSE 0 END,
 		updated_at = now()
-		WHERE id = $1`, id, u.ClearEmail, u.Email, u.FullName, u.IsActive, u.PasswordHash)
+		WHERE id = $1`, id, u.ClearEmail, u.Email, u.FullName, u.IsActive, u.PasswordHash, endSessions)
 	if err != nil {
 		return nil, fmt.Errorf("update user %d: %w", id, mapErr(err))
 	}

@@ -26,17 +26,31 @@ func NewTokens(key []byte, expire time.Duration) *Tokens {
 // Expire is the lifetime of issued tokens.
 func (t *Tokens) Expire() time.Duration { return t.expire }
 
-// Issue returns a signed token for userID.
-func (t *Tokens) Issue(userID int64, username string) (string, error) {
+// claims are a session token's claims: the registered ones plus the user's session
+// version at issue time. A token whose version differs from the user's current one has
+// been ended (password change, admin reset, disabled user).
+type claims struct {
+	jwt.RegisteredClaims
+	SessionVersion int64 `json:"sv"`
+}
+
+// Session is what a valid session token says.
+type Session struct {
+	UserID  int64
+	Version int64 // users.session_version when the token was issued
+}
+
+// Issue returns a signed token for userID at session version version.
+func (t *Tokens) Issue(userID int64, username string, version int64) (string, error) {
 	now := t.now()
-	claims := jwt.RegisteredClaims{
+	claims := claims{RegisteredClaims: jwt.RegisteredClaims{
 		Issuer:    issuer,
 		Subject:   strconv.FormatInt(userID, 10),
 		IssuedAt:  jwt.NewNumericDate(now),
 		NotBefore: jwt.NewNumericDate(now.Add(-time.Second)),
 		ExpiresAt: jwt.NewNumericDate(now.Add(t.expire)),
 		Audience:  jwt.ClaimStrings{username},
-	}
+	}, SessionVersion: version}
 	s, err := jwt.NewWithClaims(jwt.SigningMethodHS256, claims).SignedString(t.key)
 	if err != nil {
 		return "", fmt.Errorf("sign token: %w", err)
@@ -47,9 +61,9 @@ func (t *Tokens) Issue(userID int64, username string) (string, error) {
 // ErrTokenExpired reports an expired session token.
 var ErrTokenExpired = errors.New("session token expired")
 
-// Parse verifies a token and returns its user id.
-func (t *Tokens) Parse(raw string) (int64, error) {
-	var claims jwt.RegisteredClaims
+// Parse verifies a token and returns its user id and session version.
+func (t *Tokens) Parse(raw string) (Session, error) {
+	var claims claims
 	_, err := jwt.ParseWithClaims(raw, &claims, func(*jwt.Token) (any, error) { return t.key, nil },
 		jwt.WithValidMethods([]string{jwt.SigningMethodHS256.Alg()}),
 		jwt.WithIssuer(issuer),
@@ -57,14 +71,14 @@ func (t *Tokens) Parse(raw string) (int64, error) {
 		jwt.WithTimeFunc(t.now),
 	)
 	if errors.Is(err, jwt.ErrTokenExpired) {
-		return 0, ErrTokenExpired
+		return Session{}, ErrTokenExpired
 	}
 	if err != nil {
-		return 0, fmt.Errorf("parse token: %w", err)
+		return Session{}, fmt.Errorf("parse token: %w", err)
 	}
 	id, err := strconv.ParseInt(claims.Subject, 10, 64)
 	if err != nil || id <= 0 {
-		return 0, errors.New("parse token: bad subject")
+		return Session{}, errors.New("parse token: bad subject")
 	}
-	return id, nil
+	return Session{UserID: id, Version: claims.SessionVersion}, nil
 }

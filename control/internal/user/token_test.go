@@ -14,13 +14,13 @@ func TestTokens(t *testing.T) {
 	now := time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC)
 	tok := NewTokens(key, 30*time.Minute)
 	tok.now = func() time.Time { return now }
-	raw, err := tok.Issue(42, "alice")
+	raw, err := tok.Issue(42, "alice", 7)
 	if err != nil {
 		t.Fatal(err)
 	}
-	id, err := tok.Parse(raw)
-	if err != nil || id != 42 {
-		t.Fatalf("Parse = %d, %v; want 42, nil", id, err)
+	got, err := tok.Parse(raw)
+	if err != nil || got != (Session{UserID: 42, Version: 7}) {
+		t.Fatalf("Parse = %+v, %v; want user 42 version 7", got, err)
 	}
 
 	later := NewTokens(key, 30*time.Minute)
