@@ -64,6 +64,7 @@ type failures struct {
 type counters struct {
 	limit int
 	m     map[string]*failures
+	swept time.Time // last full sweep; a full table is swept at most once a second
 }
 
 // loginLimiter counts failed logins. Safe for concurrent use; the zero value is not usable.
@@ -114,6 +115,10 @@ func (c *counters) add(key string, now time.Time, window time.Duration) {
 		return
 	}
 	if len(c.m) >= maxTracked {
+		if now.Sub(c.swept) < time.Second {
+			return
+		}
+		c.swept = now
 		for k, f := range c.m {
 			if !now.Before(f.start.Add(window)) {
 				delete(c.m, k)

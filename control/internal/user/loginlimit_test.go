@@ -3,6 +3,7 @@ package user
 import (
 	"net"
 	"net/netip"
+	"strconv"
 	"testing"
 	"time"
 
@@ -85,6 +86,27 @@ func TestLoginLimiterConcurrentAttemptsReserve(t *testing.T) {
 	}
 	if l.begin("alice", "ip", now) == 0 {
 		t.Fatal("third concurrent attempt admitted")
+	}
+}
+
+func TestLoginLimiterBoundedMemory(t *testing.T) {
+	l := newLoginLimiter(LoginLimit{PerUser: 1, PerIP: -1, Window: time.Minute})
+	t0 := time.Now()
+	for i := range maxTracked {
+		l.users.add(strconv.Itoa(i), t0, time.Minute)
+	}
+	// Full of live entries: a new name is not tracked (its IP still would be).
+	l.begin("newcomer", "ip", t0.Add(time.Second))
+	if got := len(l.users.m); got != maxTracked {
+		t.Fatalf("%d entries, want %d", got, maxTracked)
+	}
+	if l.begin("newcomer", "ip", t0.Add(time.Second)) != 0 {
+		t.Error("untracked name was limited")
+	}
+	// Once the window has passed, the sweep frees the table.
+	l.begin("later", "ip", t0.Add(2*time.Minute))
+	if got := len(l.users.m); got != 1 {
+		t.Errorf("after the sweep %d entries, want 1", got)
 	}
 }
 
