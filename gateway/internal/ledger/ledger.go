@@ -1,13 +1,16 @@
 // Package ledger writes the usage ledger: one usage_records row per request, buffered in
-// memory and written in batches with COPY, by size or by time. While PostgreSQL is
-// unreachable records are held in a bounded buffer and retried; anything that cannot be
-// held is dropped and counted in maas_usage_records_dropped_total. Stop flushes.
+// memory and written in batches with COPY, by size or by time. The same transaction moves
+// api_keys.last_used_at forward for the keys of the batch (one UPDATE per batch). While
+// PostgreSQL is unreachable records are held in a bounded buffer and retried; anything that
+// cannot be held is dropped and counted in maas_usage_records_dropped_total. Stop flushes.
 package ledger
 
 import (
 	"context"
 	"errors"
+	"fmt"
 	"log/slog"
+	"slices"
 	"sync"
 	"time"
 
@@ -34,14 +37,15 @@ type Record struct {
 	ErrorType        string
 }
 
-// Copier is what the Writer needs of a pool (pgxpool.Pool implements it).
-type Copier interface {
-	CopyFrom(ctx context.Context, table pgx.Identifier, columns []string, src pgx.CopyFromSource) (int64, error)
+// DB is what the Writer needs of a pool (pgxpool.Pool implements it): each batch is one
+// transaction with a COPY and an UPDATE.
+type DB interface {
+	Begin(ctx context.Context) (pgx.Tx, error)
 }
 
 // Options configures a Writer.
 type Options struct {
-	DB            Copier
+	DB            DB
 	Batch         int           // records per COPY at most
 	FlushInterval time.Duration // longest a record waits
 	Buffer        int           // records held while the database is unreachable
@@ -79,6 +83,11 @@ type Writer struct {
 	written prometheus.Counter
 	errors  prometheus.Counter
 	flushes prometheus.Histogram
+
+	// Scratch of the writer loop for the last_used_at update, reused across batches.
+	lastUsed map[int64]time.Time
+	keyIDs   []int64
+	keyTimes []time.Time
 }
 
 // New starts a Writer.
@@ -99,7 +108,7 @@ func New(o Options) (*Writer, error) {
 		done: make(chan struct{}),
 		dropped: prometheus.NewCounter(prometheus.CounterOpts{Name: "maas_usage_records_dropped_total",
 			Help: "Usage records lost because the in-memory buffer was full or shutdown could not flush them. Must stay 0."}),
-		written: prometheus.NewCounter(prometheus.CounterOpts{Name: "maas_gateway_usage_records_setPendingtotal",
+		written: prometheus.NewCounter(prometheus.CounterOpts{Name: "maas_gateway_usage_records_written_total",
 			Help: "Usage records written to PostgreSQL."}),
 		errors: prometheus.NewCounter(prometheus.CounterOpts{Name: "maas_gateway_usage_flush_errors_total",
 			Help: "Failed COPY batches (retried)."}),
@@ -247,12 +256,35 @@ func (w *Writer) run() {
 	}
 }
 
+// touchKeys moves api_keys.last_used_at forward: $1 are key ids (sorted, distinct), $2
+// the latest request time of each. Rows are locked in id order first, so that gateways
+// flushing overlapping keys at the same time wait for each other instead of deadlocking;
+// rows already as recent are neither locked nor written. Only last_used_at is set: the
+// api_keys NOTIFY trigger ignores that column, so this causes no snapshot reload.
+const touchKeys = `WITH used AS (
+    SELECT k.id, t.at
+    FROM unnest($1::bigint[], $2::timestamptz[]) AS t (id, at)
+    JOIN api_keys AS k ON k.id = t.id
+    WHERE k.last_used_at IS NULL OR k.last_used_at < t.at
+    ORDER BY k.id
+    FOR NO KEY UPDATE OF k
+)
+UPDATE api_keys AS k SET last_used_at = greatest(k.last_used_at, used.at)
+FROM used WHERE k.id = used.id`
+
+// copy writes recs and their keys' last_used_at in one transaction: a failed batch is
+// retried whole, never written twice.
 func (w *Writer) copy(ctx context.Context, recs []Record) error {
 	start := time.Now()
 	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()
+	tx, err := w.o.DB.Begin(ctx)
+	if err != nil {
+		return fmt.Errorf("begin usage batch: %w", err)
+	}
+	defer func() { _ = tx.Rollback(ctx) }() // no-op once committed
 	i := 0
-	_, err := w.o.DB.CopyFrom(ctx, pgx.Identifier{"usage_records"}, columns, pgx.CopyFromFunc(func() ([]any, error) {
+	_, err = tx.CopyFrom(ctx, pgx.Identifier{"usage_records"}, columns, pgx.CopyFromFunc(func() ([]any, error) {
 		if i >= len(recs) {
 			return nil, nil
 		}
@@ -272,9 +304,45 @@ func (w *Writer) copy(ctx context.Context, recs []Record) error {
 			int32(r.PromptTokens), int32(r.CompletionTokens), r.Estimated, r.Streamed, ttft,
 			float64(r.Duration) / float64(time.Millisecond), r.ErrorType}, nil
 	}))
-	if err == nil {
-		w.flushes.Observe(time.Since(start).Seconds())
-		w.written.Add(float64(len(recs)))
+	if err != nil {
+		return fmt.Errorf("copy usage records: %w", err)
 	}
-	return err
+	if ids, ats := w.keysUsed(recs); len(ids) > 0 {
+		if _, err := tx.Exec(ctx, touchKeys, ids, ats); err != nil {
+			return fmt.Errorf("set last_used_at of %d keys: %w", len(ids), err)
+		}
+	}
+	if err := tx.Commit(ctx); err != nil {
+		return fmt.Errorf("commit usage batch: %w", err)
+	}
+	w.flushes.Observe(time.Since(start).Seconds())
+	w.written.Add(float64(len(recs)))
+	return nil
+}
+
+// keysUsed returns the keys of recs, sorted by id, with the latest CreatedAt of each.
+// The slices are the Writer's scratch, valid until the next call.
+func (w *Writer) keysUsed(recs []Record) ([]int64, []time.Time) {
+	if w.lastUsed == nil {
+		w.lastUsed = map[int64]time.Time{}
+	}
+	clear(w.lastUsed)
+	for i := range recs {
+		r := &recs[i]
+		if r.KeyID == 0 {
+			continue
+		}
+		if at, ok := w.lastUsed[r.KeyID]; !ok || r.CreatedAt.After(at) {
+			w.lastUsed[r.KeyID] = r.CreatedAt
+		}
+	}
+	w.keyIDs, w.keyTimes = w.keyIDs[:0], w.keyTimes[:0]
+	for id := range w.lastUsed {
+		w.keyIDs = append(w.keyIDs, id)
+	}
+	slices.Sort(w.keyIDs)
+	for _, id := range w.keyIDs {
+		w.keyTimes = append(w.keyTimes, w.lastUsed[id])
+	}
+	return w.keyIDs, w.keyTimes
 }

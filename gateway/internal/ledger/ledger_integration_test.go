@@ -1,9 +1,12 @@
 package ledger
 
 import (
+	"bytes"
 	"context"
 	"testing"
 	"time"
+
+	"github.com/google/go-cmp/cmp"
 
 	"github.com/maas-platform/maas/pkg/pgdb/pgtest"
 )
@@ -45,5 +48,95 @@ func TestCopyIntoUsageRecords(t *testing.T) {
 	}
 	if w.Dropped() != 0 {
 		t.Errorf("dropped %v", w.Dropped())
+	}
+}
+
+func TestLastUsedAtOnRealDatabase(t *testing.T) {
+	pool, _ := pgtest.NewPool(t)
+	ctx := context.Background()
+	t0 := time.Date(2026, 11, 27, 12, 0, 0, 0, time.UTC)
+	at := func(s int) time.Time { return t0.Add(time.Duration(s) * time.Second) }
+	var uid int64
+	if err := pool.QueryRow(ctx, `INSERT INTO users (username, password_hash) VALUES ('alice', 'x') RETURNING id`).Scan(&uid); err != nil {
+		t.Fatal(err)
+	}
+	// never: not used yet; older: used before t0; newer: used after the batch (another
+	// gateway flushed later records first); idle: not in the batch.
+	keys := map[string]int64{}
+	for i, k := range []struct {
+		name     string
+		lastUsed *time.Time
+	}{{"never", nil}, {"older", new(at(-60))}, {"newer", new(at(3600))}, {"idle", new(at(-5))}} {
+		var id int64
+		if err := pool.QueryRow(ctx, `INSERT INTO api_keys (user_id, name, prefix, key_hash, last_used_at)
+			VALUES ($1, $2, 'sk-x', $3, $4) RETURNING id`, uid, k.name, bytes.Repeat([]byte{byte(i + 1)}, 32), k.lastUsed).Scan(&id); err != nil {
+			t.Fatal(err)
+		}
+		keys[k.name] = id
+	}
+	version := func() int64 {
+		t.Helper()
+		var v int64
+		if err := pool.QueryRow(ctx, `SELECT last_value FROM maas_change_version`).Scan(&v); err != nil {
+			t.Fatal(err)
+		}
+		return v
+	}
+	before := version()
+
+	w, err := New(Options{DB: pool, Batch: 4, FlushInterval: 10 * time.Millisecond, Buffer: 1000})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i, r := range []struct {
+		key string
+		sec int
+	}{{"never", 5}, {"older", 1}, {"never", 7}, {"newer", 2}, {"never", 6}, {"older", 3}, {"", 9}} {
+		rc := rec(i)
+		rc.UserID, rc.KeyID, rc.CreatedAt = uid, keys[r.key], at(r.sec) // "" → key 0: none
+		w.Add(rc)
+	}
+	if err := w.Stop(ctx); err != nil {
+		t.Fatal(err)
+	}
+
+	got := map[string]*time.Time{}
+	rows, err := pool.Query(ctx, `SELECT name, last_used_at FROM api_keys`)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for rows.Next() {
+		var name string
+		var ts *time.Time
+		if err := rows.Scan(&name, &ts); err != nil {
+			t.Fatal(err)
+		}
+		if ts != nil {
+			*ts = ts.UTC()
+		}
+		got[name] = ts
+	}
+	if err := rows.Err(); err != nil {
+		t.Fatal(err)
+	}
+	want := map[string]*time.Time{"never": new(at(7)), "older": new(at(3)), "newer": new(at(3600)), "idle": new(at(-5))}
+	if diff := cmp.Diff(want, got); diff != "" {
+		t.Errorf("last_used_at (-want +got):\n%s", diff)
+	}
+	var n int
+	if err := pool.QueryRow(ctx, `SELECT count(*) FROM usage_records`).Scan(&n); err != nil || n != 7 {
+		t.Errorf("usage_records: %d rows (%v), want 7", n, err)
+	}
+	// Setting last_used_at must not notify the gateways (no snapshot reload): the trigger
+	// would have taken a version number.
+	if v := version(); v != before {
+		t.Errorf("change version %d → %d: writing last_used_at sent a NOTIFY", before, v)
+	}
+	// The check can fail: a change the gateways must see takes a version.
+	if _, err := pool.Exec(ctx, `UPDATE api_keys SET revoked_at = now() WHERE id = $1`, keys["idle"]); err != nil {
+		t.Fatal(err)
+	}
+	if v := version(); v == before {
+		t.Error("revoking a key took no change version; the NOTIFY check above proves nothing")
 	}
 }
