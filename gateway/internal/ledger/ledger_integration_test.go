@@ -3,6 +3,7 @@ package ledger
 import (
 	"bytes"
 	"context"
+	"sync"
 	"testing"
 	"time"
 
@@ -138,5 +139,73 @@ func TestLastUsedAtOnRealDatabase(t *testing.T) {
 	}
 	if v := version(); v == before {
 		t.Error("revoking a key took no change version; the NOTIFY check above proves nothing")
+	}
+}
+
+func TestConcurrentWritersShareKeys(t *testing.T) {
+	// Two gateways flushing batches over the same keys at the same time: no batch fails,
+	// every record is written once, and each key ends with its latest use. (A smoke test:
+	// overlapping flushes here are too short to reliably provoke a lock-order deadlock.)
+	pool, _ := pgtest.NewPool(t)
+	ctx := context.Background()
+	var uid int64
+	if err := pool.QueryRow(ctx, `INSERT INTO users (username, password_hash) VALUES ('bob', 'x') RETURNING id`).Scan(&uid); err != nil {
+		t.Fatal(err)
+	}
+	const nKeys = 20
+	var ids []int64
+	for i := range nKeys {
+		var id int64
+		if err := pool.QueryRow(ctx, `INSERT INTO api_keys (user_id, name, prefix, key_hash) VALUES ($1, 'k', 'sk-x', $2) RETURNING id`,
+			uid, bytes.Repeat([]byte{byte(i + 1)}, 32)).Scan(&id); err != nil {
+			t.Fatal(err)
+		}
+		ids = append(ids, id)
+	}
+	const each = 2000
+	latest := time.Date(2026, 11, 27, 12, 0, 0, 0, time.UTC).Add(each * time.Millisecond)
+	var writers []*Writer
+	for range 2 {
+		w, err := New(Options{DB: pool, Batch: 50, FlushInterval: time.Millisecond, Buffer: 10 * each})
+		if err != nil {
+			t.Fatal(err)
+		}
+		writers = append(writers, w)
+	}
+	start := time.Now()
+	var wg sync.WaitGroup
+	for g, w := range writers {
+		wg.Go(func() {
+			for i := range each {
+				r := rec(i)
+				k := i % nKeys
+				if g == 1 {
+					k = nKeys - 1 - k // the other order
+				}
+				r.UserID, r.KeyID, r.CreatedAt = uid, ids[k], latest.Add(-time.Duration(each-i)*time.Millisecond)
+				w.Add(r)
+			}
+		})
+	}
+	wg.Wait()
+	for _, w := range writers {
+		if err := w.Stop(ctx); err != nil {
+			t.Fatal(err)
+		}
+		if n := (dtoCounter{}).read(w.errors); n != 0 {
+			t.Errorf("%v failed batches", n)
+		}
+	}
+	t.Logf("%d records over %d keys by 2 writers in %v", 2*each, nKeys, time.Since(start).Round(time.Millisecond))
+	var rows, stale int
+	if err := pool.QueryRow(ctx, `SELECT count(*) FROM usage_records`).Scan(&rows); err != nil {
+		t.Fatal(err)
+	}
+	if err := pool.QueryRow(ctx, `SELECT count(*) FROM api_keys WHERE last_used_at IS NULL OR last_used_at < $1`,
+		latest.Add(-time.Duration(nKeys+1)*time.Millisecond)).Scan(&stale); err != nil {
+		t.Fatal(err)
+	}
+	if rows != 2*each || stale != 0 {
+		t.Errorf("%d usage rows (want %d), %d keys without their latest use", rows, 2*each, stale)
 	}
 }
