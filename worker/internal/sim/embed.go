@@ -128,36 +128,17 @@ func (s *Sim) embeddings(ctx *fasthttp.RequestCtx) {
 		return
 	}
 
-	f, err := s.failureFor(ctx)
-	if err != nil {
-		apierr.WriteFast(ctx, err)
-		return
-	}
 	var timer *time.Timer
 	defer func() {
 		if timer != nil {
 			timer.Stop()
 		}
 	}()
-	if !f.IsZero() {
-		s.m.failures.WithLabelValues(f.mode()).Inc()
-		if !s.sleep(&timer, f.SlowFirstByte) {
-			apierr.WriteFast(ctx, apierr.New(apierr.Unavailable, "simulator is stopping"))
-			return
-		}
-		if f.Status != 0 {
-			writeInjectedStatus(ctx, f.Status)
-			return
-		}
-		if f.Hang {
-			s.hang(ctx)
-			return
-		}
+	f, answered := s.injectLeading(ctx, &timer)
+	if answered {
+		return
 	}
-	if err := s.admit(int64(prompt)); err != nil {
-		e := apierr.New(apierr.Unavailable, "the simulator is overloaded: waiting queue full")
-		e.RetryAfter = time.Second
-		apierr.WriteFast(ctx, e)
+	if !s.admitOrRefuse(ctx, int64(prompt)) {
 		return
 	}
 	queued := time.Since(start)

@@ -223,40 +223,18 @@ func (s *Sim) completions(ctx *fasthttp.RequestCtx) {
 
 // respond injects the request's failure, admits it and answers, streaming or not.
 func (s *Sim) respond(ctx *fasthttp.RequestCtx, g *gen) {
-	f, err := s.failureFor(ctx)
-	if err != nil {
-		apierr.WriteFast(ctx, err)
-		return
-	}
 	var timer *time.Timer
 	defer func() {
 		if timer != nil {
 			timer.Stop()
 		}
 	}()
-	if !f.IsZero() {
-		s.m.failures.WithLabelValues(f.mode()).Inc()
-		if !s.sleep(&timer, f.SlowFirstByte) {
-			apierr.WriteFast(ctx, apierr.New(apierr.Unavailable, "simulator is stopping"))
-			return
-		}
-		if f.Status != 0 {
-			writeInjectedStatus(ctx, f.Status)
-			return
-		}
-		if f.Hang {
-			s.hang(ctx)
-			return
-		}
+	f, answered := s.injectLeading(ctx, &timer)
+	if answered {
+		return
 	}
 	tokens := int64(g.prompt + g.completionTokens())
-	if err := s.admit(tokens); err != nil {
-		e := apierr.New(apierr.Unavailable, "the simulator is overloaded: waiting queue full")
-		e.RetryAfter = time.Second
-		if errors.Is(err, errStopping) {
-			e.Message = "simulator is stopping"
-		}
-		apierr.WriteFast(ctx, e)
+	if !s.admitOrRefuse(ctx, tokens) {
 		return
 	}
 	queued := time.Since(g.start)

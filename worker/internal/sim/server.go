@@ -448,3 +448,47 @@ func appendHex(dst []byte, v uint64) []byte {
 	}
 	return append(dst, b[:]...)
 }
+
+// injectLeading applies the parts of the request's failure that act before any answer (slow
+// first byte, error status, hang) and returns the failure for the rest. answered is true when
+// it has already written the response. timer is the request's reusable sleep timer.
+func (s *Sim) injectLeading(ctx *fasthttp.RequestCtx, timer **time.Timer) (f Failure, answered bool) {
+	f, err := s.failureFor(ctx)
+	if err != nil {
+		apierr.WriteFast(ctx, err)
+		return f, true
+	}
+	if f.IsZero() {
+		return f, false
+	}
+	s.m.failures.WithLabelValues(f.mode()).Inc()
+	if !s.sleep(timer, f.SlowFirstByte) {
+		apierr.WriteFast(ctx, apierr.New(apierr.Unavailable, "simulator is stopping"))
+		return f, true
+	}
+	if f.Status != 0 {
+		writeInjectedStatus(ctx, f.Status)
+		return f, true
+	}
+	if f.Hang {
+		s.hang(ctx)
+		return f, true
+	}
+	return f, false
+}
+
+// admitOrRefuse takes tokens worth of the simulated engine's capacity, or answers 503 (queue
+// full, with Retry-After; or stopping) and returns false.
+func (s *Sim) admitOrRefuse(ctx *fasthttp.RequestCtx, tokens int64) bool {
+	err := s.admit(tokens)
+	if err == nil {
+		return true
+	}
+	e := apierr.New(apierr.Unavailable, "the simulator is overloaded: waiting queue full")
+	e.RetryAfter = time.Second
+	if errors.Is(err, errStopping) {
+		e.Message = "simulator is stopping"
+	}
+	apierr.WriteFast(ctx, e)
+	return false
+}
