@@ -95,7 +95,7 @@ func (c *call) prepare(ctx *fasthttp.RequestCtx) error {
 	if snap == nil {
 		return notReady()
 	}
-	k, err := authenticate(snap, ctx.Request.Header.Peek("Authorization"), c.start)
+	k, err := h.authenticate(snap, ctx.Request.Header.Peek("Authorization"), c.start)
 	if err != nil {
 		return err
 	}

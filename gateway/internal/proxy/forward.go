@@ -62,7 +62,7 @@ func (h *Handler) Forward(ctx *fasthttp.RequestCtx) {
 			h.writeError(ctx, notReady())
 			return
 		}
-		k, err := authenticate(snap, req.Header.Peek("Authorization"), h.o.Now())
+		k, err := h.authenticate(snap, req.Header.Peek("Authorization"), h.o.Now())
 		if err != nil {
 			h.writeError(ctx, err)
 			return

@@ -196,27 +196,6 @@ func printable(b []byte) bool {
 	return true
 }
 
-// authenticate returns the key of the request's bearer token.
-func authenticate(snap *snapshot.Snapshot, authz []byte, now time.Time) (*snapshot.Key, error) {
-	tok, ok := bearer(authz)
-	if !ok {
-		return nil, &apierr.Error{Kind: apierr.Unauthenticated, Message: "missing API key: send Authorization: Bearer sk-..."}
-	}
-	k := snap.Key(apikey.Sum(tok))
-	if k == nil || k.Expired(now) {
-		return nil, &apierr.Error{Kind: apierr.Unauthenticated, Message: "invalid, revoked or expired API key"}
-	}
-	return k, nil
-}
-
-func bearer(authz []byte) ([]byte, bool) {
-	const p = "Bearer "
-	if len(authz) <= len(p) || !equalFoldASCII(authz[:len(p)], p) {
-		return nil, false
-	}
-	return authz[len(p):], true
-}
-
 func equalFoldASCII(b []byte, s string) bool {
 	if len(b) != len(s) {
 		return false
@@ -293,7 +272,7 @@ func (h *Handler) authenticated(ctx *fasthttp.RequestCtx) (snap *snapshot.Snapsh
 		h.writeError(ctx, notReady())
 		return nil, nil, false
 	}
-	k, err := authenticate(snap, ctx.Request.Header.Peek("Authorization"), h.o.Now())
+	k, err := h.authenticate(snap, ctx.Request.Header.Peek("Authorization"), h.o.Now())
 	if err != nil {
 		h.writeError(ctx, err)
 		return nil, nil, false
