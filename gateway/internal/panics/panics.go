@@ -72,9 +72,7 @@ func (r *Recorder) Count(where string) float64 {
 	if r == nil {
 		return 0
 	}
-	m := &dto{}
-	_ = r.count.WithLabelValues(where).Write(&m.Metric)
-	return m.Metric.GetCounter().GetValue()
+	var m clientmodel.Metric
+	_ = r.count.WithLabelValues(where).Write(&m)
+	return m.GetCounter().GetValue()
 }
-
-type dto struct{ Metric clientmodel.Metric }
