@@ -24,4 +24,10 @@
 // vllm:num_requests_waiting, vllm:gpu_cache_usage_perc and vllm:kv_cache_usage_perc.
 //
 // Failure injection: see ParseFailure for the X-Sim-Fail header and MAAS_SIM_FAIL syntax.
+// MAAS_SIM_FAIL (with MAAS_SIM_FAIL_RATE) is set by whoever starts the simulator and always
+// applies. The X-Sim-Fail request header is honoured only when the simulator was started
+// with MAAS_SIM_FAIL_HEADER=true (Options.FailHeaderEnabled); by default it is ignored,
+// because a gateway that forwarded a client's header would let any key holder make the
+// engine fail and trip every gateway's breakers for it. Tests that inject per request
+// turn it on; `make run` leaves it off.
 package sim

@@ -9,7 +9,8 @@ import (
 	"github.com/maas-platform/maas/pkg/config"
 )
 
-// FailHeader is the request header that injects a failure into that one request.
+// FailHeader is the request header that injects a failure into that one request. It is
+// honoured only when Options.FailHeaderEnabled (MAAS_SIM_FAIL_HEADER) is set.
 const FailHeader = "X-Sim-Fail"
 
 // Failure is an injected failure. Its zero value injects nothing.

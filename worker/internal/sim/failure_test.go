@@ -12,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/maas-platform/maas/pkg/config"
 	"github.com/maas-platform/maas/pkg/openai"
 )
 
@@ -52,7 +53,7 @@ const chatBody = `{"model":"sim-chat","messages":[{"role":"user","content":"x"}]
 const streamBody = `{"model":"sim-chat","messages":[{"role":"user","content":"x"}],"max_tokens":5,"stream":true}`
 
 func TestFailureStatus(t *testing.T) {
-	s := start(t, nil)
+	s := start(t, withFailHeader)
 	for _, path := range []string{"/v1/chat/completions", "/v1/embeddings"} {
 		body := chatBody
 		if path == "/v1/embeddings" {
@@ -81,7 +82,7 @@ func TestFailureStatus(t *testing.T) {
 func itoa(n int) string { return strconv.Itoa(n) }
 
 func TestFailureHang(t *testing.T) {
-	s := start(t, nil)
+	s := start(t, withFailHeader)
 	c := &http.Client{Timeout: 300 * time.Millisecond}
 	req, _ := http.NewRequest("POST", s.URL()+"/v1/chat/completions", strings.NewReader(chatBody))
 	req.Header.Set(FailHeader, "hang")
@@ -102,7 +103,7 @@ func TestFailureHang(t *testing.T) {
 }
 
 func TestFailureHangReleasedByStop(t *testing.T) {
-	s := start(t, nil)
+	s := start(t, withFailHeader)
 	errc := make(chan error, 1)
 	go func() {
 		req, _ := http.NewRequest("POST", s.URL()+"/v1/chat/completions", strings.NewReader(chatBody))
@@ -142,7 +143,7 @@ func TestFailureHangReleasedByStop(t *testing.T) {
 }
 
 func TestFailureDropStream(t *testing.T) {
-	s := start(t, nil)
+	s := start(t, withFailHeader)
 	for _, n := range []int{0, 1, 3} {
 		req, _ := http.NewRequest("POST", s.URL()+"/v1/chat/completions", strings.NewReader(streamBody))
 		req.Header.Set(FailHeader, "drop-after="+string(rune('0'+n)))
@@ -177,7 +178,7 @@ func TestFailureDropStream(t *testing.T) {
 }
 
 func TestFailureDropBody(t *testing.T) {
-	s := start(t, nil)
+	s := start(t, withFailHeader)
 	req, _ := http.NewRequest("POST", s.URL()+"/v1/chat/completions", strings.NewReader(chatBody))
 	req.Header.Set(FailHeader, "drop-after=10")
 	resp, err := client.Do(req)
@@ -192,7 +193,7 @@ func TestFailureDropBody(t *testing.T) {
 }
 
 func TestFailureMalformed(t *testing.T) {
-	s := start(t, nil)
+	s := start(t, withFailHeader)
 	resp, b := post(t, s, "/v1/chat/completions", chatBody, FailHeader, "malformed")
 	if resp.StatusCode != 200 || json.Valid(b) || len(b) == 0 {
 		t.Errorf("non-streamed: status %d valid %v: %s", resp.StatusCode, json.Valid(b), b)
@@ -217,7 +218,7 @@ func TestFailureMalformed(t *testing.T) {
 }
 
 func TestFailureSlowFirstByte(t *testing.T) {
-	s := start(t, nil)
+	s := start(t, withFailHeader)
 	for _, body := range []string{chatBody, streamBody} {
 		req, _ := http.NewRequest("POST", s.URL()+"/v1/chat/completions", strings.NewReader(body))
 		req.Header.Set(FailHeader, "slow-first-byte=200ms")
@@ -236,7 +237,7 @@ func TestFailureSlowFirstByte(t *testing.T) {
 }
 
 func TestFailureFromConfig(t *testing.T) {
-	s := start(t, func(o *Options) { o.Fail = Failure{Status: 502}; o.FailRate = 1 })
+	s := start(t, func(o *Options) { o.Fail = Failure{Status: 502}; o.FailRate = 1; o.FailHeaderEnabled = true })
 	if resp, _ := post(t, s, "/v1/chat/completions", chatBody); resp.StatusCode != 502 {
 		t.Errorf("configured failure: %d", resp.StatusCode)
 	}
@@ -269,5 +270,55 @@ func TestStreamTiming(t *testing.T) {
 	total := time.Since(began)
 	if headers >= 100*time.Millisecond || first < 100*time.Millisecond || total < 100*time.Millisecond+4*20*time.Millisecond {
 		t.Errorf("headers %v, first event %v, total %v", headers, first, total)
+	}
+}
+
+// withFailHeader turns on the X-Sim-Fail header, which is off by default.
+func withFailHeader(o *Options) { o.FailHeaderEnabled = true }
+
+func TestFailHeaderIgnoredUnlessEnabled(t *testing.T) {
+	off := start(t, nil)
+	for _, h := range []string{"status=503", "drop-after=0", "malformed", "explode"} {
+		resp, b := post(t, off, "/v1/chat/completions", chatBody, FailHeader, h)
+		var r openai.ChatCompletion
+		if resp.StatusCode != 200 || json.Unmarshal(b, &r) != nil || len(r.Choices) != 1 {
+			t.Errorf("header %q with injection off: %d %s", h, resp.StatusCode, b)
+		}
+	}
+	on := start(t, withFailHeader)
+	if resp, _ := post(t, on, "/v1/chat/completions", chatBody, FailHeader, "status=503"); resp.StatusCode != 503 {
+		t.Errorf("header with injection on: %d, want 503", resp.StatusCode)
+	}
+	// The operator's MAAS_SIM_FAIL applies whether or not the header is honoured.
+	cfg := start(t, func(o *Options) { o.Fail = Failure{Status: 502} })
+	if resp, _ := post(t, cfg, "/v1/chat/completions", chatBody, FailHeader, "status=418"); resp.StatusCode != 502 {
+		t.Errorf("configured failure with the header off: %d, want 502", resp.StatusCode)
+	}
+}
+
+func TestFailHeaderSetting(t *testing.T) {
+	for _, tt := range []struct {
+		env  string
+		want bool
+	}{{"", false}, {"true", true}, {"false", false}} {
+		if tt.env != "" {
+			t.Setenv("MAAS_SIM_FAIL_HEADER", tt.env)
+		}
+		l, err := config.NewLoader("sim", t.TempDir())
+		if err != nil {
+			t.Fatal(err)
+		}
+		var f Flags
+		f.Bind(l)
+		if err := l.Parse(nil); err != nil {
+			t.Fatal(err)
+		}
+		o, err := f.Options()
+		if err != nil || o.FailHeaderEnabled != tt.want {
+			t.Errorf("MAAS_SIM_FAIL_HEADER=%q: enabled %v (%v), want %v", tt.env, o.FailHeaderEnabled, err, tt.want)
+		}
+	}
+	if DefaultOptions().FailHeaderEnabled {
+		t.Error("the header is honoured by default")
 	}
 }

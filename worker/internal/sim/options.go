@@ -47,6 +47,12 @@ type Options struct {
 	Fail Failure
 	// FailRate is the share of requests, 0..1, that get Fail (MAAS_SIM_FAIL_RATE).
 	FailRate float64
+	// FailHeaderEnabled makes the simulator honour the X-Sim-Fail request header
+	// (MAAS_SIM_FAIL_HEADER; default off). Off, the header is ignored, so a client whose
+	// headers reach the engine cannot make it fail and trip the gateways' breakers. Tests
+	// that inject failures per request turn it on; Fail above is the operator's own choice
+	// and applies either way.
+	FailHeaderEnabled bool
 
 	// Logger receives the simulator's few log lines (start, LoRA changes); nil = discard.
 	// Its metrics live in a registry of its own, served on its own /metrics.
@@ -144,6 +150,7 @@ type Flags struct {
 	addr, models, embModels, outTokens, fail, failRate string
 	ttft, itl, jitter                                  time.Duration
 	maxConc, maxQueue, dim, maxLen, kvTokens           int
+	failHeader                                         bool
 }
 
 // Bind declares the simulator's settings (MAAS_SIM_*) on l.
@@ -163,6 +170,7 @@ func (f *Flags) Bind(l *config.Loader) {
 	l.Int(&f.kvTokens, "MAAS_SIM_KV_CACHE_TOKENS", "sim-kv-cache-tokens", d.KVCacheTokens, "simulated KV-cache size in tokens")
 	l.String(&f.fail, "MAAS_SIM_FAIL", "sim-fail", "", "failure injected into requests (X-Sim-Fail syntax)")
 	l.String(&f.failRate, "MAAS_SIM_FAIL_RATE", "sim-fail-rate", "1", "share of requests (0..1) that get MAAS_SIM_FAIL")
+	l.Bool(&f.failHeader, "MAAS_SIM_FAIL_HEADER", "sim-fail-header", d.FailHeaderEnabled, "honour the X-Sim-Fail request header (tests only; off: the header is ignored)")
 }
 
 // Options returns the validated options the bound settings describe.
@@ -174,6 +182,7 @@ func (f *Flags) Options() (Options, error) {
 	o.TTFT, o.ITL, o.ITLJitter = f.ttft, f.itl, f.jitter
 	o.MaxConcurrency, o.MaxQueue = f.maxConc, f.maxQueue
 	o.EmbeddingDim, o.MaxModelLen, o.KVCacheTokens = f.dim, f.maxLen, f.kvTokens
+	o.FailHeaderEnabled = f.failHeader
 	var err error
 	if o.OutputTokens, err = ParseDist(f.outTokens); err != nil {
 		return o, &config.Error{Name: "MAAS_SIM_OUTPUT_TOKENS", Msg: err.Error()}

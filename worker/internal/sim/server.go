@@ -318,10 +318,11 @@ func (s *Sim) itl() time.Duration {
 	return d
 }
 
-// failureFor returns the failure to inject into a request: its header, else the
+// failureFor returns the failure to inject into a request: its header (only when
+// FailHeaderEnabled; otherwise the header is ignored, not even parsed), else the
 // configured one for a FailRate share of requests.
 func (s *Sim) failureFor(ctx *fasthttp.RequestCtx) (Failure, error) {
-	if h := ctx.Request.Header.Peek(FailHeader); len(h) > 0 {
+	if h := ctx.Request.Header.Peek(FailHeader); len(h) > 0 && s.o.FailHeaderEnabled {
 		f, err := ParseFailure(string(h))
 		if err != nil {
 			return Failure{}, apierr.Param("", "invalid %s header: %v", FailHeader, err)
