@@ -54,6 +54,12 @@ type env struct {
 	self         string // this executable, for pass-through processes
 
 	directCapacity float64
+
+	// platform measures PostgreSQL and Redis for the quota scenarios; platformErr says why
+	// it could not be found (those scenarios then fail).
+	platform         *platform
+	platformErr      error
+	localPlatformCPU float64 // platform CPU µs/request of the local-tier scenario
 }
 
 func randomHex(n int) string {
@@ -149,6 +155,7 @@ func setup(ctx context.Context, o options, logger *slog.Logger) (*env, error) {
 	if e.gateway, err = e.startGateway(ctx, "gateway", extra...); err != nil {
 		return e, err
 	}
+	e.platform, e.platformErr = findPlatform(ctx, o.dbURL, o.redisURL)
 	if o.redisURL != "" {
 		if e.gatewayRedis, err = e.startGateway(ctx, "gateway-redis", "MAAS_REDIS_URL="+o.redisURL); err != nil {
 			return e, err

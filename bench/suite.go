@@ -87,7 +87,7 @@ func scenarios() []scenario {
 			name:     "auth+quota 10k keys local",
 			settings: "non-streaming chat, concurrency 64, 10,000 distinct keys round-robin, each with RPM and TPM limits, local quota tier",
 			run: func(ctx context.Context, e *env, sc *report.Scenario) error {
-				return e.manyKeys(ctx, sc, e.gateway)
+				return e.manyKeys(ctx, sc, e.gateway, "local")
 			},
 		},
 		scenario{
@@ -98,7 +98,7 @@ func scenarios() []scenario {
 					sc.Notes = append(sc.Notes, "skipped: no Redis (set MAAS_BENCH_REDIS_URL)")
 					return nil
 				}
-				return e.manyKeys(ctx, sc, e.gatewayRedis)
+				return e.manyKeys(ctx, sc, e.gatewayRedis, "redis")
 			},
 		},
 	)
@@ -181,14 +181,20 @@ func machine() report.Machine {
 	return m
 }
 
-// measure runs fn while sampling the proxy process's CPU and RSS, and returns the figures.
-func measure(proxy *stack.Proc, fn func() load.Result) report.Figures {
+// measure runs fn while sampling the proxy process's CPU and RSS (and, with plat, the CPU of
+// PostgreSQL and Redis), and returns the figures. A CPU that cannot be read fails the trial:
+// a zero would pass for a cheap proxy.
+func measure(proxy *stack.Proc, plat *platform, fn func() load.Result) (report.Figures, error) {
 	var cpu0 time.Duration
+	var plat0 platformCPU
 	var peak int64
 	stop := make(chan struct{})
 	var wg sync.WaitGroup
 	if proxy != nil {
-		cpu0, _ = procstat.CPU(proxy.PID())
+		var err error
+		if cpu0, err = procstat.CPU(proxy.PID()); err != nil {
+			return report.Figures{}, fmt.Errorf("%s cpu: %w", proxy.Name, err)
+		}
 		wg.Go(func() {
 			t := time.NewTicker(100 * time.Millisecond)
 			defer t.Stop()
@@ -204,19 +210,42 @@ func measure(proxy *stack.Proc, fn func() load.Result) report.Figures {
 			}
 		})
 	}
+	if plat != nil {
+		var err error
+		if plat0, err = plat.cpu(); err != nil {
+			close(stop)
+			wg.Wait()
+			return report.Figures{}, err
+		}
+	}
 	res := fn()
 	close(stop)
 	wg.Wait()
 	f := figures(res)
 	if proxy != nil {
-		cpu1, _ := procstat.CPU(proxy.PID())
+		cpu1, err := procstat.CPU(proxy.PID())
+		if err != nil {
+			return f, fmt.Errorf("%s cpu: %w", proxy.Name, err)
+		}
 		f.ProxyCPUSecs = (cpu1 - cpu0).Seconds()
 		if res.Requests > 0 {
 			f.CPUPerReqUS = float64((cpu1 - cpu0).Microseconds()) / float64(res.Requests)
 		}
 		f.PeakRSSMiB = float64(peak) / (1 << 20)
 	}
-	return f
+	if plat != nil {
+		plat1, err := plat.cpu()
+		if err != nil {
+			return f, err
+		}
+		if res.Requests > 0 {
+			per := func(d time.Duration) float64 { return float64(d.Microseconds()) / float64(res.Requests) }
+			f.PostgresCPUPerReqUS = per(plat1.pg - plat0.pg)
+			f.RedisCPUPerReqUS = per(plat1.redis - plat0.redis)
+			f.PlatformCPUPerReqUS = f.CPUPerReqUS + f.PostgresCPUPerReqUS + f.RedisCPUPerReqUS
+		}
+	}
+	return f, nil
 }
 
 func figures(r load.Result) report.Figures {
@@ -249,10 +278,14 @@ func (e *env) closed(ctx context.Context, sc *report.Scenario, s *sim, body []by
 			if t.mode == report.Gateway && trial == 0 && e.wantProfile(sc.Name, profileKind, conc) {
 				stopProfile = e.profile(ctx, sc.Name)
 			}
-			sc.Add(t.mode, measure(t.proxy, func() load.Result { return load.ClosedLoop(ctx, t.target, conc, e.o.duration) }))
+			f, err := measure(t.proxy, nil, func() load.Result { return load.ClosedLoop(ctx, t.target, conc, e.o.duration) })
 			if stopProfile != nil {
 				stopProfile()
 			}
+			if err != nil {
+				return err
+			}
+			sc.Add(t.mode, f)
 		}
 	}
 	if conc == 64 && !stream && e.directCapacity == 0 {
@@ -331,7 +364,11 @@ func (e *env) open(ctx context.Context, sc *report.Scenario, frac float64) error
 	sc.Settings += fmt.Sprintf(" (%.0f req/s)", rate)
 	for range e.o.trials {
 		for _, t := range e.targets(e.fast, chatBody(modelFast, 16, false), false) {
-			sc.Add(t.mode, measure(t.proxy, func() load.Result { return load.OpenLoop(ctx, t.target, rate, e.o.duration, 1024) }))
+			f, err := measure(t.proxy, nil, func() load.Result { return load.OpenLoop(ctx, t.target, rate, e.o.duration, 1024) })
+			if err != nil {
+				return err
+			}
+			sc.Add(t.mode, f)
 		}
 	}
 	tmp := *sc
@@ -370,13 +407,19 @@ func (e *env) idle(ctx context.Context, sc *report.Scenario, n int) error {
 		start := time.Now()
 		s := load.OpenStreams(ctx, t.target, n)
 		opened := time.Since(start)
+		var cpuErr error
 		if t.proxy != nil {
-			cpu0, _ = procstat.CPU(t.proxy.PID())
+			cpu0, cpuErr = procstat.CPU(t.proxy.PID())
 		}
 		time.Sleep(hold)
-		if t.proxy != nil {
-			cpu1, _ = procstat.CPU(t.proxy.PID())
-			rss, _, _ = procstat.Memory(t.proxy.PID())
+		if t.proxy != nil && cpuErr == nil {
+			if cpu1, cpuErr = procstat.CPU(t.proxy.PID()); cpuErr == nil {
+				rss, _, cpuErr = procstat.Memory(t.proxy.PID())
+			}
+		}
+		if cpuErr != nil {
+			s.Close()
+			return fmt.Errorf("%s cpu: %w", t.proxy.Name, cpuErr)
 		}
 		s.Close()
 		f := report.Figures{Requests: int64(s.Opened), Errors: int64(s.Failed), FirstError: s.FirstEr,
@@ -406,8 +449,13 @@ func (e *env) idle(ctx context.Context, sc *report.Scenario, n int) error {
 	return nil
 }
 
-// manyKeys runs non-streaming chat at concurrency 64 with 10,000 keys round-robin.
-func (e *env) manyKeys(ctx context.Context, sc *report.Scenario, gw *stack.Proc) error {
+// manyKeys runs non-streaming chat at concurrency 64 with 10,000 keys round-robin. The
+// gateway's trials also measure PostgreSQL and Redis: the quota tiers are compared on the
+// platform's CPU per request (gateway + PostgreSQL + Redis), not the gateway's alone.
+func (e *env) manyKeys(ctx context.Context, sc *report.Scenario, gw *stack.Proc, tier string) error {
+	if e.platformErr != nil {
+		return fmt.Errorf("platform processes: %w", e.platformErr)
+	}
 	body := chatBody(modelFast, 16, false)
 	targets := e.targets(e.fast, body, false)
 	targets[2].proxy = gw
@@ -415,12 +463,32 @@ func (e *env) manyKeys(ctx context.Context, sc *report.Scenario, gw *stack.Proc)
 	targets[2].target.Tokens = e.manyKeyList
 	for range e.o.trials {
 		for _, t := range targets {
-			sc.Add(t.mode, measure(t.proxy, func() load.Result { return load.ClosedLoop(ctx, t.target, 64, e.o.duration) }))
+			var plat *platform
+			if t.mode == report.Gateway {
+				plat = e.platform
+			}
+			f, err := measure(t.proxy, plat, func() load.Result { return load.ClosedLoop(ctx, t.target, 64, e.o.duration) })
+			if err != nil {
+				return err
+			}
+			sc.Add(t.mode, f)
 		}
 	}
 	tmp := *sc
 	tmp.Summarise()
-	sc.Targets = append(sc.Targets, report.Target{Name: "errors", Value: float64(tmp.Median[report.Gateway].Errors), Max: true})
+	g := tmp.Median[report.Gateway]
+	sc.Targets = append(sc.Targets, report.Target{Name: "errors", Value: float64(g.Errors), Max: true})
+	switch tier {
+	case "local":
+		e.localPlatformCPU = g.PlatformCPUPerReqUS
+	case "redis":
+		if e.localPlatformCPU <= 0 {
+			sc.Notes = append(sc.Notes, "no local-tier figure in this run: run both quota scenarios together for the ratio")
+			break
+		}
+		sc.Targets = append(sc.Targets, report.Target{Name: "platform CPU per request (gateway + PostgreSQL + Redis) ≤ 1.3× the local tier",
+			Value: g.PlatformCPUPerReqUS / e.localPlatformCPU, Limit: 1.3, Unit: "×", Max: true})
+	}
 	return nil
 }
 

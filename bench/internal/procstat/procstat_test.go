@@ -2,6 +2,7 @@ package procstat
 
 import (
 	"os"
+	"os/exec"
 	"testing"
 	"time"
 )
@@ -27,5 +28,41 @@ func TestSelf(t *testing.T) {
 	rss, hwm, err := Memory(pid)
 	if err != nil || rss <= 0 || hwm < rss {
 		t.Errorf("rss %d hwm %d err %v", rss, hwm, err)
+	}
+}
+
+// TestTreeCPU: a child that burns CPU and exits is counted in its parent's tree.
+func TestTreeCPU(t *testing.T) {
+	sh, err := exec.LookPath("sh")
+	if err != nil {
+		t.Skip("no sh")
+	}
+	pid := os.Getpid()
+	before, err := TreeCPU(pid)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The child spins for ~200 ms of CPU, then exits and is waited for.
+	cmd := exec.Command(sh, "-c", `end=$(( $(date +%s%N) + 200000000 )); while [ $(date +%s%N) -lt $end ]; do :; done`)
+	if err := cmd.Run(); err != nil {
+		t.Fatal(err)
+	}
+	after, err := TreeCPU(pid)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if d := after - before; d < 100*time.Millisecond {
+		t.Errorf("tree CPU grew by %s after a child used ~200ms", d)
+	}
+	own, err := CPU(pid)
+	if err != nil || own > after {
+		t.Errorf("own CPU %s (err %v) above tree CPU %s", own, err, after)
+	}
+	ppid, name, err := Parent(pid)
+	if err != nil || ppid != os.Getppid() || name == "" {
+		t.Errorf("Parent(self) = %d %q %v, want %d", ppid, name, err, os.Getppid())
+	}
+	if _, err := TreeCPU(1 << 30); err == nil {
+		t.Error("TreeCPU of a missing process must fail")
 	}
 }

@@ -34,7 +34,13 @@ type Figures struct {
 	CPUPerReqUS  float64 `json:"proxy_cpu_us_per_request,omitempty"` // CPU of the proxy process (pass-through or gateway)
 	PeakRSSMiB   float64 `json:"proxy_peak_rss_mib,omitempty"`
 	ProxyCPUSecs float64 `json:"proxy_cpu_seconds,omitempty"`
-	FirstError   string  `json:"first_error,omitempty"`
+	// Platform figures (quota scenarios, gateway mode): the CPU of the PostgreSQL cluster
+	// (postmaster and backends) and of redis-server per request, and their sum with the
+	// gateway's own.
+	PostgresCPUPerReqUS float64 `json:"postgres_cpu_us_per_request,omitempty"`
+	RedisCPUPerReqUS    float64 `json:"redis_cpu_us_per_request,omitempty"`
+	PlatformCPUPerReqUS float64 `json:"platform_cpu_us_per_request,omitempty"`
+	FirstError          string  `json:"first_error,omitempty"`
 }
 
 // Target is a goal checked against a scenario's medians.
@@ -142,6 +148,9 @@ func median(ts []Figures) Figures {
 	m.CPUPerReqUS = pick(func(f Figures) float64 { return f.CPUPerReqUS })
 	m.PeakRSSMiB = pick(func(f Figures) float64 { return f.PeakRSSMiB })
 	m.ProxyCPUSecs = pick(func(f Figures) float64 { return f.ProxyCPUSecs })
+	m.PostgresCPUPerReqUS = pick(func(f Figures) float64 { return f.PostgresCPUPerReqUS })
+	m.RedisCPUPerReqUS = pick(func(f Figures) float64 { return f.RedisCPUPerReqUS })
+	m.PlatformCPUPerReqUS = pick(func(f Figures) float64 { return f.PlatformCPUPerReqUS })
 	return m
 }
 
@@ -192,6 +201,7 @@ func (r *Run) Markdown(w io.Writer) {
 	fmt.Fprintf(w, "Every figure is the median of the interleaved trials of one run; the spread column gives min–max requests/s over the trials. CPU per request is the proxy process's own CPU (user+system from /proc) divided by requests served. Load generator, simulator, pass-through and gateway share the same cores.\n\n")
 	r.Headline(w)
 	r.HeldTable(w)
+	r.PlatformTable(w)
 	fmt.Fprintf(w, "\n## All scenarios\n\n")
 	fmt.Fprintln(w, "| scenario | mode | req/s (spread) | p50 ms | p90 ms | p99 ms | max ms | TTFT p50/p99 ms | proxy CPU µs/req | proxy peak RSS MiB | errors |")
 	fmt.Fprintln(w, "|---|---|---|---|---|---|---|---|---|---|---|")
@@ -281,5 +291,25 @@ func (r *Run) HeldTable(w io.Writer) {
 		return
 	}
 	fmt.Fprintf(w, "\n| held streams | opened direct / pass-through / gateway | pass-through RSS MiB | gateway RSS MiB | pass-through CPU s while held | gateway CPU s while held | gateway errors |\n|---|---|---|---|---|---|---|\n")
+	fmt.Fprintln(w, strings.Join(rows, "\n"))
+}
+
+// PlatformTable renders the scenarios measured with the platform's processes: the gateway's
+// CPU per request beside PostgreSQL's and Redis's, and their sum.
+func (r *Run) PlatformTable(w io.Writer) {
+	var rows []string
+	for _, s := range r.Scenarios {
+		g, ok := s.Median[Gateway]
+		if !ok || g.PlatformCPUPerReqUS <= 0 {
+			continue
+		}
+		lo, hi := s.Spread(Gateway, func(f Figures) float64 { return f.PlatformCPUPerReqUS })
+		rows = append(rows, fmt.Sprintf("| %s | %.0f | %.0f | %.1f | %.1f | %.0f (%.0f–%.0f) |",
+			s.Name, g.RPS, g.CPUPerReqUS, g.PostgresCPUPerReqUS, g.RedisCPUPerReqUS, g.PlatformCPUPerReqUS, lo, hi))
+	}
+	if len(rows) == 0 {
+		return
+	}
+	fmt.Fprintf(w, "\n| platform CPU | gateway req/s | gateway CPU µs/req | PostgreSQL CPU µs/req | Redis CPU µs/req | platform CPU µs/req (spread) |\n|---|---|---|---|---|---|\n")
 	fmt.Fprintln(w, strings.Join(rows, "\n"))
 }
