@@ -1,6 +1,3 @@
-// Package proxy is the gateway's request path: route → authenticate → admit → dispatch →
-// stream. Handlers return errors; one function (writeError) turns them into OpenAI error
-// responses. Request bodies are scanned as bytes, never decoded whole.
 package proxy
 
 import (

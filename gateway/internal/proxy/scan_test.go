@@ -13,16 +13,15 @@ func TestInjectIncludeUsage(t *testing.T) {
 		{`{"stream_options":null,"model":"m"}`, `{"stream_options":{"include_usage":true},"model":"m"}`},
 	}
 	for _, tc := range tests {
-		var so []byte
 		s, e := -1, -1
 		body := []byte(tc.in)
 		eachMember(body, func(k []byte, a, b int) bool {
 			if string(k) == "stream_options" {
-				so, s, e = body[a:b], a, b
+				s, e = a, b
 			}
 			return true
 		})
-		got := string(injectIncludeUsage(nil, body, so, s, e))
+		got := string(injectIncludeUsage(nil, body, s, e))
 		if got != tc.want {
 			t.Errorf("inject(%s)\n got %s\nwant %s", tc.in, got, tc.want)
 		}

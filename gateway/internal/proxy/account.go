@@ -1,0 +1,84 @@
+package proxy
+
+import (
+	"github.com/valyala/bytebufferpool"
+
+	"github.com/maas-platform/maas/gateway/internal/ledger"
+	"github.com/maas-platform/maas/gateway/internal/upstream"
+)
+
+// partialUsage applies the billing policy for a stream that did not complete: the prompt
+// plus the completion tokens produced until then (one per token event), marked estimated
+// unless the backend's own usage arrived.
+func (c *call) partialUsage() {
+	if c.use.ok && c.status == 200 {
+		return
+	}
+	if !c.use.ok {
+		c.use.prompt = c.fields.promptEstimate()
+	}
+	if c.use.completion < c.chunks {
+		c.use.completion = c.chunks
+	}
+	c.use.ok = true
+	c.estimated = true
+}
+
+// finish ends the call: it returns what the call still holds (backend slot, base
+// context), settles the quota, writes the usage record, metrics and the access log line,
+// and returns the call to the pool.
+func (c *call) finish() {
+	h := c.h
+	now := h.o.Now()
+	dur := now.Sub(c.start)
+	if c.lease != nil {
+		c.lease.Release(upstream.Neutral)
+		c.lease = nil
+	}
+	if c.cancelBase != nil {
+		c.cancelBase()
+		c.cancelBase, c.base = nil, nil
+	}
+	if c.status == 0 {
+		c.status = 200
+	}
+	total := c.use.prompt + c.use.completion
+	if c.ticket != nil {
+		c.ticket.Settle(total)
+	}
+	label := c.label
+	if label == "" {
+		label = unknownModel
+	}
+	h.m.inFlight.Dec()
+	h.m.request(label, c.backend, c.status)
+	mm := h.m.model(label)
+	mm.duration.Observe(dur.Seconds())
+	if c.use.prompt > 0 {
+		mm.prompt.Add(float64(c.use.prompt))
+	}
+	if c.use.completion > 0 {
+		mm.completion.Add(float64(c.use.completion))
+	}
+	if c.key != nil && h.o.Ledger != nil {
+		h.o.Ledger.Add(ledger.Record{
+			RequestID: c.reqID, CreatedAt: c.start, UserID: c.key.UserID, KeyID: c.key.ID,
+			Model: c.reqModel, Backend: c.backend, Endpoint: c.path(), Status: c.status,
+			PromptTokens: c.use.prompt, CompletionTokens: c.use.completion, Estimated: c.estimated,
+			Streamed: c.fields.stream, TTFT: c.ttft, Duration: dur, ErrorType: c.errType,
+		})
+	}
+	if h.o.AccessLog {
+		f := accessFields{requestID: c.reqID, endpoint: c.path(), model: label, backend: c.backend, status: c.status,
+			duration: dur, stream: c.fields.stream, prompt: c.use.prompt, completion: c.use.completion, attempts: c.attempts}
+		if c.key != nil {
+			f.userID, f.keyID = c.key.UserID, c.key.ID
+		}
+		h.access.write(now, &f)
+	}
+	if c.body != nil {
+		bytebufferpool.Put(c.body)
+	}
+	c.reset()
+	h.calls.Put(c)
+}

@@ -1,0 +1,50 @@
+package proxy
+
+import (
+	"github.com/valyala/fasthttp"
+
+	"github.com/maas-platform/maas/gateway/internal/snapshot"
+	"github.com/maas-platform/maas/pkg/apierr"
+)
+
+// authenticate checks the request's API key against the current snapshot. It runs before
+// the body is read.
+func (c *call) authenticate(ctx *fasthttp.RequestCtx) (*snapshot.Snapshot, error) {
+	snap := c.h.o.Snapshots.Current()
+	if snap == nil {
+		return nil, notReady()
+	}
+	k, err := c.h.authenticate(snap, ctx.Request.Header.Peek("Authorization"), c.start)
+	if err != nil {
+		return nil, err
+	}
+	c.key = k
+	return snap, nil
+}
+
+// authorize resolves the model asked for and checks that the key may use it.
+func (c *call) authorize(snap *snapshot.Snapshot) error {
+	name := c.fields.model
+	m := snap.Model(string(name))
+	if m == nil || !m.Enabled {
+		c.reqModel = string(name)
+		return &apierr.Error{Kind: apierr.NotFound, Param: "model", Code: "model_not_found",
+			Message: "the model `" + truncate(string(name), 128) + "` does not exist or is not available"}
+	}
+	c.model, c.label, c.reqModel = m, m.Name, m.Name
+	if !m.VisibleTo(c.key.User) || !c.key.AllowsModel(m, string(name)) {
+		return &apierr.Error{Kind: apierr.PermissionDenied, Param: "model", Code: "model_not_allowed",
+			Message: "this API key may not use the model `" + m.Name + "`"}
+	}
+	if m.Policy != snapshot.PolicyPrefixAffinity {
+		c.fields.affinity = 0
+	}
+	return nil
+}
+
+func truncate(s string, n int) string {
+	if len(s) > n {
+		return s[:n] + "…"
+	}
+	return s
+}

@@ -1,0 +1,145 @@
+package proxy
+
+import (
+	"context"
+	"time"
+
+	"github.com/valyala/fasthttp"
+
+	"github.com/maas-platform/maas/gateway/internal/upstream"
+)
+
+// dispatch sends the request to a backend, failing over to another one while the client
+// has seen nothing: on transport errors, timeouts and 502/503/504. One loop serves both
+// kinds of request; an attempt is exchange (non-streamed) or openStream. streaming
+// reports that a stream was committed: its writer owns the call from then on.
+func (c *call) dispatch(ctx *fasthttp.RequestCtx) (streaming bool, err error) {
+	h := c.h
+	deadline := c.start.Add(h.o.RequestTimeout)
+	acq := context.Background()
+	if c.fields.stream {
+		c.base, c.cancelBase = context.WithTimeout(h.o.BaseContext, h.o.RequestTimeout)
+		acq = c.base
+	}
+	var tried []*upstream.Upstream
+	var lastErr error
+	for {
+		l, err := c.acquire(acq, tried)
+		if err != nil {
+			if lastErr != nil {
+				return false, lastErr
+			}
+			return false, err
+		}
+		var ok bool
+		var v verdict
+		if c.fields.stream {
+			ok, v = c.openStream(ctx, l)
+		} else {
+			ok, v = c.exchange(ctx, l, deadline)
+		}
+		if ok {
+			return c.fields.stream, nil
+		}
+		if v.kind != "" {
+			c.retryNote(l, v.kind)
+		}
+		l.Release(v.outcome)
+		c.lease = nil
+		if !v.retry {
+			return false, v.err
+		}
+		lastErr = v.err
+		if c.attempts >= h.o.MaxAttempts || acq.Err() != nil || !time.Now().Before(deadline) {
+			return false, lastErr
+		}
+		tried = append(tried, l.U)
+		h.m.retries.WithLabelValues(c.label).Inc()
+	}
+}
+
+// acquire takes a slot on a backend serving the model, other than those tried.
+//
+// Seam: adapter-aware dispatch (fine-tuning) belongs here — a request for a LoRA adapter
+// must go to a backend that has it loaded (or can load it): pass the adapter in
+// upstream.Request and let the pool narrow its candidates.
+func (c *call) acquire(ctx context.Context, tried []*upstream.Upstream) (*upstream.Lease, error) {
+	c.attempts++
+	l, err := c.h.o.Pool.Acquire(ctx, upstream.Request{Model: c.model, User: c.key.UserID, Affinity: c.fields.affinity, Exclude: tried})
+	if err != nil {
+		return nil, err
+	}
+	c.lease, c.backend = l, l.U.ID
+	return l, nil
+}
+
+func (c *call) retryNote(l *upstream.Lease, kind string) {
+	c.h.m.upstreamErr.WithLabelValues(l.U.ID, kind).Inc()
+}
+
+// judge maps a failure of this call's attempt (failure.go), noting a shutdown.
+func (c *call) judge(f failure) verdict {
+	if f.err != nil || f.midStream {
+		f.shutdown = c.h.o.BaseContext.Err() != nil
+	}
+	return judge(f)
+}
+
+// exchange sends a non-streamed request to l's backend and relays its answer. On a
+// failure that another backend may not see, the lease is still held (dispatch releases it).
+func (c *call) exchange(ctx *fasthttp.RequestCtx, l *upstream.Lease, deadline time.Time) (bool, verdict) {
+	req := fasthttp.AcquireRequest()
+	resp := fasthttp.AcquireResponse()
+	defer fasthttp.ReleaseRequest(req)
+	defer fasthttp.ReleaseResponse(resp)
+	req.Header.SetMethod(fasthttp.MethodPost)
+	uri := append(c.body.B[len(c.body.B):], l.U.Base...) // scratch space after the body
+	uri = append(uri, c.path()...)
+	req.SetRequestURIBytes(uri)
+	c.setHeaders(&req.Header, &ctx.Request.Header)
+	req.SetBodyRaw(c.body.B)
+	if err := l.U.Client.DoDeadline(req, resp, deadline); err != nil {
+		return false, c.judge(failure{err: err})
+	}
+	status := resp.StatusCode()
+	outcome := upstream.Success
+	if status != 200 {
+		v := c.judge(failure{status: status}) // the body is relayed as it is, not read
+		if v.retry {
+			return false, v
+		}
+		if v.kind != "" {
+			c.retryNote(l, v.kind)
+		}
+		outcome = v.outcome
+	}
+	l.Release(outcome)
+	c.lease = nil
+	c.relayUnary(ctx, resp)
+	return true, verdict{}
+}
+
+// openStream opens the stream on l's backend and reads its first event before anything
+// is sent to the client, so that failures up to then fail over to another backend. On
+// success the stream is committed: the client's response body is the stream's writer.
+func (c *call) openStream(ctx *fasthttp.RequestCtx, l *upstream.Lease) (bool, verdict) {
+	h := c.h
+	st := &streamState{c: c, l: l, resp: fasthttp.AcquireResponse()}
+	st.resp.StreamBody = true
+	st.timer = time.AfterFunc(h.o.FirstByteTimeout, st.timeout)
+	st.stopBase = context.AfterFunc(c.base, st.closeStream)
+	f, ok := st.open(&ctx.Request.Header)
+	if !ok {
+		st.release()
+		return false, c.judge(f)
+	}
+	// Committed: from here on the client receives bytes.
+	ctx.SetStatusCode(200)
+	ctx.Response.Header.SetContentType("text/event-stream")
+	ctx.Response.Header.Set("Cache-Control", "no-cache")
+	ctx.Response.Header.Set("X-Accel-Buffering", "no")
+	_ = ctx.SetWriteDeadline(c.start.Add(h.o.RequestTimeout))
+	h.m.streams.Inc()
+	ctx.Response.SetBodyStream(st, -1)
+	return true, verdict{}
+}

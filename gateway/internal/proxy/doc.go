@@ -1,0 +1,20 @@
+// Package proxy is the gateway's request path for the OpenAI endpoints, and the forwarding
+// of control-plane paths. Handlers return errors; one function (writeError) turns them
+// into OpenAI error responses. Request bodies are scanned as bytes, never decoded whole.
+//
+// An inference request's life is a sequence of stages, a file each, run in order by serve
+// (call.go):
+//
+//	authenticate  authorize.go  the API key, before the body is read (an anonymous request costs no scan)
+//	parse         parse.go      readRequest: every field of the body the gateway acts on
+//	authorise     authorize.go  the model exists and the key may use it
+//	admit         admit.go      the quota reservation
+//	rewrite       rewrite.go    the body and headers a backend receives
+//	dispatch      dispatch.go   one retry/failover loop; an attempt per backend
+//	relay         relay.go      the answer to the client; the stream state machine
+//	account       account.go    quota settlement, usage record, metrics, access log
+//
+// Every backend failure becomes the client's error in one place, judge (failure.go).
+// A streamed call outlives its handler: the stream writer (relay.go) runs on fasthttp's
+// connection goroutine and finishes the call.
+package proxy
