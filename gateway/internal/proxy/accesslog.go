@@ -26,6 +26,7 @@ func newAccessLog(w io.Writer, json bool) *accessLog {
 
 type accessFields struct {
 	requestID, endpoint, model, backend string
+	clientRequestID                     string // the client's X-Request-Id; logged only when set
 	status                              int
 	duration                            time.Duration
 	stream                              bool
@@ -42,6 +43,9 @@ func (a *accessLog) write(now time.Time, f *accessFields) {
 		b = now.AppendFormat(b, "2006-01-02T15:04:05.000000000Z07:00")
 		b = append(b, `","level":"INFO","msg":"request","component":"gateway"`...)
 		b = jsonStr(b, "request_id", f.requestID)
+		if f.clientRequestID != "" {
+			b = jsonStr(b, "client_request_id", f.clientRequestID)
+		}
 		b = jsonStr(b, "endpoint", f.endpoint)
 		b = jsonStr(b, "model", f.model)
 		b = jsonStr(b, "backend", f.backend)
@@ -67,6 +71,9 @@ func (a *accessLog) write(now time.Time, f *accessFields) {
 		b = now.AppendFormat(b, "2006-01-02T15:04:05.000Z07:00")
 		b = append(b, " level=INFO msg=request component=gateway"...)
 		b = textStr(b, "request_id", f.requestID)
+		if f.clientRequestID != "" {
+			b = textStr(b, "client_request_id", f.clientRequestID)
+		}
 		b = textStr(b, "endpoint", f.endpoint)
 		b = textStr(b, "model", f.model)
 		b = textStr(b, "backend", f.backend)

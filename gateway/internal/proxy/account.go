@@ -62,14 +62,14 @@ func (c *call) finish() {
 	}
 	if c.key != nil && h.o.Ledger != nil {
 		h.o.Ledger.Add(ledger.Record{
-			RequestID: c.reqID, CreatedAt: c.start, UserID: c.key.UserID, KeyID: c.key.ID,
+			RequestID: c.reqID, ClientRequestID: c.clientReqID, CreatedAt: c.start, UserID: c.key.UserID, KeyID: c.key.ID,
 			Model: c.reqModel, Backend: c.backend, Endpoint: c.path(), Status: c.status,
 			PromptTokens: c.use.prompt, CompletionTokens: c.use.completion, Estimated: c.estimated,
 			Streamed: c.fields.stream, TTFT: c.ttft, Duration: dur, ErrorType: c.errType,
 		})
 	}
 	if h.o.AccessLog {
-		f := accessFields{requestID: c.reqID, endpoint: c.path(), model: label, backend: c.backend, status: c.status,
+		f := accessFields{requestID: c.reqID, clientRequestID: c.clientReqID, endpoint: c.path(), model: label, backend: c.backend, status: c.status,
 			duration: dur, stream: c.fields.stream, prompt: c.use.prompt, completion: c.use.completion, attempts: c.attempts}
 		if c.key != nil {
 			f.userID, f.keyID = c.key.UserID, c.key.ID

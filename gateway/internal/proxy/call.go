@@ -16,8 +16,10 @@ import (
 type call struct {
 	h     *Handler
 	start time.Time
-	reqID string
+	reqID string // ours (RequestID)
 	ep    endpoint
+	// clientReqID is the client's X-Request-Id when sane, kept for the ledger.
+	clientReqID string
 
 	// authenticate, parse, authorise
 	key      *snapshot.Key
@@ -61,6 +63,7 @@ func (h *Handler) serve(ctx *fasthttp.RequestCtx, ep endpoint) {
 	c := h.calls.Get().(*call)
 	c.h, c.ep, c.start, c.ttft = h, ep, h.o.Now(), -1
 	c.reqID = h.RequestID(ctx)
+	c.clientReqID = ClientRequestID(ctx)
 	h.m.inFlight.Inc()
 	snap, err := c.authenticate(ctx)
 	if err == nil {

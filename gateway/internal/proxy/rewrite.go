@@ -58,18 +58,48 @@ func injectIncludeUsage(dst, body []byte, soStart, soEnd int) []byte {
 	return append(dst, body[soEnd:]...)
 }
 
-// setHeaders writes the headers a backend receives; in are the client's (every attempt
-// is made while the handler runs, so they are still valid).
+// defaultForward are the client headers every backend receives (W3C trace context).
+var defaultForward = []string{"traceparent", "tracestate"}
+
+// setHeaders writes the headers a backend receives: our request id, the trace context and
+// the operator's extra names (Options.ForwardHeaders), nothing else — a client's other
+// headers (an engine's failure injection, say) never reach an engine. in are the client's
+// headers (every attempt is made while the handler runs, so they are still valid).
 func (c *call) setHeaders(hd *fasthttp.RequestHeader, in *fasthttp.RequestHeader) {
 	hd.SetContentType("application/json")
 	hd.Set("X-Request-Id", c.reqID)
-	// Client headers a backend may use (X-*, never our own identity headers).
-	in.VisitAll(func(k, v []byte) {
-		if len(k) > 2 && (k[0] == 'X' || k[0] == 'x') && k[1] == '-' && !equalFoldPrefix(k, "x-maas-") &&
-			!equalFoldASCII(k, "X-Request-Id") && !equalFoldPrefix(k, "x-forwarded-") {
-			hd.SetBytesKV(k, v)
+	for _, name := range c.h.forward {
+		if v := in.Peek(name); len(v) > 0 {
+			hd.SetBytesV(name, v)
 		}
-	})
+	}
+}
+
+// forwardable reports whether an operator may add name to the forwarded headers: a valid
+// header name that is not the gateway's own (identity, request id, hop-by-hop, framing).
+func forwardable(name string) bool {
+	if name == "" {
+		return false
+	}
+	for i := 0; i < len(name); i++ {
+		c := name[i]
+		if !(c == '-' || c == '_' || c >= '0' && c <= '9' || c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z') {
+			return false
+		}
+	}
+	b := []byte(name)
+	for _, p := range []string{"x-maas-", "x-forwarded-"} {
+		if equalFoldPrefix(b, p) {
+			return false
+		}
+	}
+	for _, s := range []string{"Authorization", "Cookie", "Host", "Content-Length", "Content-Type", "Transfer-Encoding",
+		"Connection", "Keep-Alive", "Upgrade", "TE", "Trailer", "Expect", "Proxy-Authorization", "X-Request-Id"} {
+		if equalFoldASCII(b, s) {
+			return false
+		}
+	}
+	return true
 }
 
 func equalFoldPrefix(b []byte, p string) bool {

@@ -37,6 +37,10 @@ type Options struct {
 	StreamIdleTimeout time.Duration
 	// RequestTimeout bounds a whole request, streamed or not (MAAS_REQUEST_TIMEOUT).
 	RequestTimeout time.Duration
+	// ForwardHeaders lists client headers passed to engines, comma-separated, besides
+	// X-Request-Id (the gateway's id), traceparent and tracestate; every other client header
+	// is dropped (MAAS_FORWARD_HEADERS).
+	ForwardHeaders string
 	// MaxAttempts is how many backends one request may try before its first byte
 	// (MAAS_MAX_ATTEMPTS).
 	MaxAttempts int
@@ -119,6 +123,7 @@ func (o *Options) Bind(l *config.Loader) {
 	l.Duration(&o.FirstByteTimeout, "MAAS_FIRST_BYTE_TIMEOUT", "first-byte-timeout", o.FirstByteTimeout, "wait for a stream's first event")
 	l.Duration(&o.StreamIdleTimeout, "MAAS_STREAM_IDLE_TIMEOUT", "stream-idle-timeout", o.StreamIdleTimeout, "largest gap between stream events")
 	l.Duration(&o.RequestTimeout, "MAAS_REQUEST_TIMEOUT", "request-timeout", o.RequestTimeout, "total time of one request")
+	l.String(&o.ForwardHeaders, "MAAS_FORWARD_HEADERS", "forward-headers", o.ForwardHeaders, "extra client headers passed to engines (comma-separated)")
 	l.Int(&o.MaxAttempts, "MAAS_MAX_ATTEMPTS", "max-attempts", o.MaxAttempts, "backends tried per request before the first byte")
 	l.Duration(&o.QueueTimeout, "MAAS_QUEUE_TIMEOUT", "queue-timeout", o.QueueTimeout, "wait for a backend slot when all are full")
 	l.Int(&o.QueueSize, "MAAS_QUEUE_SIZE", "queue-size", o.QueueSize, "requests that may wait for a backend slot")

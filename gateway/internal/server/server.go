@@ -13,6 +13,7 @@ import (
 	"net/http/pprof"
 	"os"
 	"runtime/debug"
+	"strings"
 	"sync"
 	"time"
 
@@ -97,6 +98,9 @@ func Run(ctx context.Context, o Options) error {
 	po.ControlURL, po.InternalToken = o.Common.ControlURL, o.Common.InternalToken
 	po.MaxAttempts, po.FirstByteTimeout, po.StreamIdleTimeout, po.RequestTimeout = o.MaxAttempts, o.FirstByteTimeout, o.StreamIdleTimeout, o.RequestTimeout
 	po.BaseContext, po.AccessLog, po.Logger, po.Registerer = streamCtx, o.AccessLog, log, reg
+	if o.ForwardHeaders != "" {
+		po.ForwardHeaders = strings.Split(o.ForwardHeaders, ",")
+	}
 	if o.AccessLog {
 		// Access-log lines are buffered (flushed every 100 ms and at exit); other logs are not.
 		out := newBufferedOut(os.Stderr, 100*time.Millisecond)
