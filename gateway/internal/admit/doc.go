@@ -5,8 +5,17 @@
 // (golang.org/x/time/rate token buckets, concurrency and budget counters) and is exact for one
 // gateway. When a Redis URL is configured, the global tier decides instead: one atomic Lua
 // script per Admit checks and charges every limit of every subject of the request, so all
-// gateways share one limit. When Redis fails or answers too slowly the Limiter falls back to
-// the local tier until a background probe sees Redis again.
+// gateways share one limit. The scripts of concurrent requests are pipelined into shared
+// round trips by one goroutine (a lone request is sent at once); settlements are batched the
+// same way in the background.
+//
+// Every admission in Redis carries an id and leaves a record, so it is charged and settled
+// exactly once: an admission sent again charges nothing more, a settlement sent again
+// corrects nothing more. A request whose reply does not come within RedisTimeout is decided
+// by the local tier, and its admission in Redis, if the script ran, is undone in the
+// background (request, tokens, budget refunded, slot released), so it is never charged on
+// both tiers. The Limiter leaves Redis for the local tier only after FailuresToFallback
+// failed round trips in a row, and returns after ProbesToRecover good probes in a row.
 //
 // Token limits are enforced by reservation: Admit charges the request's reservation (prompt
 // estimate plus max output tokens) to the tokens-per-minute bucket and to the budget, and

@@ -11,6 +11,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/maas-platform/maas/gateway/internal/panics"
 	"github.com/maas-platform/maas/pkg/apierr"
 )
 
@@ -56,8 +57,11 @@ type Options struct {
 	// nil = every budget starts at zero.
 	BudgetUsed func(ctx context.Context, scope string, id int64, monthStart time.Time) (int64, error)
 
+	// Panics records panics recovered in the background loops (nil: recovered, not recorded).
+	Panics *panics.Recorder
+
 	// RedisTimeout bounds each Redis round trip (dial, read, write); past it the request is
-	// decided by the local tier.
+	// decided by the local tier, and its admission in Redis, if the script ran, is undone.
 	RedisTimeout time.Duration
 	// KeyPrefix is put before every Redis key this package writes.
 	KeyPrefix string
@@ -66,6 +70,17 @@ type Options struct {
 	LeaseTTL time.Duration
 	// ProbeInterval is how often an unreachable Redis is probed for recovery.
 	ProbeInterval time.Duration
+	// FailuresToFallback is how many Redis round trips in a row must fail (error or
+	// RedisTimeout) before every request goes to the local tier. A request whose own round
+	// trip failed is decided locally either way.
+	FailuresToFallback int
+	// ProbesToRecover is how many probes in a row must succeed before Redis decides again.
+	ProbesToRecover int
+	// ReservationTTL is how long Redis remembers an admission for its settlement: a request
+	// still running after it is settled without its refund (its reservation stays charged).
+	ReservationTTL time.Duration
+	// AdmitBatch bounds the admissions sent in one Redis round trip.
+	AdmitBatch int
 	// IdleEviction drops the in-memory state of a subject unused this long (its buckets full,
 	// nothing in flight).
 	IdleEviction time.Duration
@@ -79,6 +94,11 @@ func DefaultOptions() Options {
 		LeaseTTL:      30 * time.Second,
 		ProbeInterval: time.Second,
 		IdleEviction:  10 * time.Minute,
+
+		FailuresToFallback: 3,
+		ProbesToRecover:    3,
+		ReservationTTL:     time.Hour,
+		AdmitBatch:         128,
 	}
 }
 
@@ -101,6 +121,21 @@ func (o *Options) validate() error {
 	}
 	if o.IdleEviction <= 0 {
 		o.IdleEviction = d.IdleEviction
+	}
+	if o.FailuresToFallback <= 0 {
+		o.FailuresToFallback = d.FailuresToFallback
+	}
+	if o.ProbesToRecover <= 0 {
+		o.ProbesToRecover = d.ProbesToRecover
+	}
+	if o.ReservationTTL <= 0 {
+		o.ReservationTTL = d.ReservationTTL
+	}
+	if o.ReservationTTL < o.LeaseTTL {
+		return fmt.Errorf("admit: reservation ttl %s is shorter than the lease ttl %s", o.ReservationTTL, o.LeaseTTL)
+	}
+	if o.AdmitBatch <= 0 {
+		o.AdmitBatch = d.AdmitBatch
 	}
 	if o.Logger == nil {
 		o.Logger = slog.New(slog.DiscardHandler)
@@ -153,16 +188,18 @@ func New(o Options) (*Limiter, error) {
 		if o.Registerer != nil {
 			up := prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 				Name: "maas_gateway_quota_redis_up",
-				Help: "1 while the global quota tier (Redis) decides admissions, 0 during an outage (local tier).",
+				Help: "The quota tier deciding admissions: 1 the global tier (Redis), 0 the local tier (Redis outage).",
 			}, func() float64 {
 				if l.RedisUp() {
 					return 1
 				}
 				return 0
 			})
-			if err := o.Registerer.Register(up); err != nil {
-				l.Close()
-				return nil, fmt.Errorf("admit: register metrics: %w", err)
+			for _, c := range append(m.redisCollectors(), up) {
+				if err := o.Registerer.Register(c); err != nil {
+					l.Close()
+					return nil, fmt.Errorf("admit: register metrics: %w", err)
+				}
 			}
 		}
 	}
@@ -171,12 +208,13 @@ func New(o Options) (*Limiter, error) {
 	return l, nil
 }
 
-// RedisUp reports whether the global tier decides admissions: Redis is configured and was
-// reachable at its last use.
-func (l *Limiter) RedisUp() bool { return l.redis != nil && l.redis.healthy.Load() }
+// RedisUp reports whether the global tier decides admissions: Redis is configured and not in
+// an outage (see Options.FailuresToFallback and ProbesToRecover).
+func (l *Limiter) RedisUp() bool { return l.redis != nil && l.redis.health.up.Load() }
 
-// Close stops the background loops, sends the pending Redis settlements and closes the Redis
-// client. Concurrency slots of tickets still open are left to expire. Idempotent.
+// Close stops the background loops, sends the pending Redis settlements and corrections and
+// closes the Redis client. Concurrency slots of tickets still open are left to expire.
+// Idempotent.
 func (l *Limiter) Close() error {
 	var err error
 	l.closeMu.Do(func() {
@@ -273,7 +311,7 @@ func (l *Limiter) Admit(ctx context.Context, r Request) (*Ticket, error) {
 		t.extra = cs
 	}
 	now := l.now()
-	if l.redis != nil && l.redis.healthy.Load() && !l.closing.Load() {
+	if l.redis != nil && l.redis.health.up.Load() && !l.closing.Load() {
 		decided, err := l.redis.admit(ctx, t, now)
 		if decided {
 			if err != nil {

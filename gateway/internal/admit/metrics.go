@@ -18,7 +18,18 @@ type metrics struct {
 	fallback      prometheus.Counter
 	settleDropped prometheus.Counter
 	redisSeconds  prometheus.Observer
+
+	// Registered only with Redis (redisCollectors).
+	switches   *prometheus.CounterVec
+	batch      prometheus.Histogram
+	reconciled prometheus.Counter
 }
+
+// Tiers, as the switches metric names them.
+const (
+	tierLocal = "local"
+	tierRedis = "redis"
+)
 
 func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 	rej := prometheus.NewCounterVec(prometheus.CounterOpts{
@@ -35,10 +46,25 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 	})
 	hist := prometheus.NewHistogram(prometheus.HistogramOpts{
 		Name:    "maas_gateway_quota_redis_duration_seconds",
-		Help:    "Duration of the Redis round trip of an admission.",
+		Help:    "Duration of one Redis round trip of admissions (one or more, pipelined).",
 		Buckets: []float64{.0001, .00025, .0005, .001, .0025, .005, .01, .025, .05, .1},
 	})
 	m := &metrics{fallback: fallback, settleDropped: dropped, redisSeconds: hist}
+	m.switches = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "maas_gateway_quota_tier_switches_total",
+		Help: "Switches of the quota tier deciding admissions, by the tier switched to (local: Redis outage, redis: recovery).",
+	}, []string{"tier"})
+	m.switches.WithLabelValues(tierLocal)
+	m.switches.WithLabelValues(tierRedis)
+	m.batch = prometheus.NewHistogram(prometheus.HistogramOpts{
+		Name:    "maas_gateway_quota_redis_batch_admissions",
+		Help:    "Admissions sent together in one Redis round trip.",
+		Buckets: []float64{1, 2, 4, 8, 16, 32, 64, 128},
+	})
+	m.reconciled = prometheus.NewCounter(prometheus.CounterOpts{
+		Name: "maas_gateway_quota_redis_reconciled_total",
+		Help: "Admissions undone in Redis because their reply came too late or never (the request was decided by the local tier).",
+	})
 	for s, sn := range scopeNames {
 		for r, rn := range reasonNames {
 			m.rejections[s][r] = rej.WithLabelValues(sn, rn)
@@ -55,3 +81,7 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 }
 
 func (m *metrics) rejected(scope uint8, r reason) { m.rejections[scope][r].Inc() }
+
+func (m *metrics) redisCollectors() []prometheus.Collector {
+	return []prometheus.Collector{m.switches, m.batch, m.reconciled}
+}

@@ -12,6 +12,8 @@ import (
 	"time"
 
 	"github.com/redis/go-redis/v9"
+
+	"github.com/maas-platform/maas/gateway/internal/panics"
 )
 
 // Redis layout, per subject (scope s, id i), under Options.KeyPrefix:
@@ -20,12 +22,23 @@ import (
 //	       YYYYMM and the tokens charged to its budget), x (expiry set until, ms)
 //	c:s:i  sorted set of concurrency leases: ticket id scored by lease expiry (ms)
 //
+// and per admission (ticket id t, unique per gateway process and admission):
+//
+//	r:t    the admission's record: its budget mask while admitted (ReservationTTL), "x" once
+//	       undone (a tombstone for LeaseTTL)
+//
 // One hash per subject keeps a script at two Redis calls per subject (HMGET, HSET): on this
 // machine kind every call inside a script costs about 2 µs. The hash lives for a day after
 // its last use (x saves a PEXPIRE per request; it is refreshed when less than 12 h remain).
 // A budget counter that expires with it is seeded again from the ledger, which is complete
 // by then. Buckets have the local tier's semantics: burst = the per-minute limit, continuous
 // refill at limit/60000 per ms.
+//
+// The record makes every step idempotent, so each admission is charged and settled exactly
+// once whatever the network does: an admission sent again with the same id returns the first
+// decision without charging; a settlement deletes the record and corrects the charges only if
+// it was there; an undo (the gateway gave up waiting and decided locally) refunds what the
+// admission charged if it ran, and leaves a tombstone that refuses it if it runs later.
 const luaCommon = `
 local function refill(tok, ts, limit, now)
   if tok == nil then return limit end
@@ -45,28 +58,35 @@ local day, halfday = 86400000, 43200000
 `
 
 // admitScript checks every limit of every subject (in the local tier's order: concurrency,
-// budget, requests, tokens), then charges them all, atomically.
+// budget, requests, tokens), then charges them all and writes the admission's record,
+// atomically. An admission whose record exists charges nothing again.
 //
-// KEYS: 2 per subject (hash, leases).
-// ARGV: now ms (0 = Redis server time), reserved tokens, lease ms, ticket id, month YYYYMM;
-// then 6 per subject: rpm, tpm, max concurrent, budget, tpm charge, budget seed (-1 = report
-// a missing counter, -2 = skip the budget when missing).
+// KEYS: 2 per subject (hash, leases), then the record.
+// ARGV: now ms (0 = Redis server time), reserved tokens, lease ms, ticket id, month YYYYMM,
+// record ms; then 6 per subject: rpm, tpm, max concurrent, budget, tpm charge, budget seed
+// (-1 = report a missing counter, -2 = skip the budget when missing).
 // Returns {0, budget mask} admitted; {1, subject, reason, retry ms, used} refused;
-// {3, subject...} budget counters missing: seed them and call again.
+// {3, subject...} budget counters missing: seed them and call again; {4} undone already.
 const admitLua = `
 local now = clock(ARGV[1])
 local n = tonumber(ARGV[2])
 local lease = tonumber(ARGV[3])
 local tid = ARGV[4]
 local mon = ARGV[5]
-local ns = #KEYS / 2
+local rec = KEYS[#KEYS]
+local ns = (#KEYS - 1) / 2
+local prev = redis.call('GET', rec)
+if prev then
+  if prev == 'x' then return {4} end
+  return {0, tonumber(prev)}
+end
 local st, missing = {}, {}
 for i = 1, ns do
-  local a = 5 + (i - 1) * 6
+  local a = 6 + (i - 1) * 6
   local rpm, tpm, cc, bud = tonumber(ARGV[a+1]), tonumber(ARGV[a+2]), tonumber(ARGV[a+3]), tonumber(ARGV[a+4])
   local charge = tonumber(ARGV[a+5])
   local h = redis.call('HMGET', KEYS[i*2-1], 'r', 'rt', 't', 'tt', 'm', 'u', 'x')
-  local s = {x = tonumber(h[7])}
+  local s = {x = tonumber(h[7]), cc = cc}
   if cc > 0 then
     redis.call('ZREMRANGEBYSCORE', KEYS[i*2], '-inf', now)
     if redis.call('ZCARD', KEYS[i*2]) >= cc then return {1, i, 2, 1000, 0} end
@@ -110,11 +130,12 @@ for i = 1, ns do
   if renew then f[#f+1] = 'x'; f[#f+1] = now + day end
   if #f > 0 then redis.call('HSET', KEYS[i*2-1], unpack(f)) end
   if renew then redis.call('PEXPIRE', KEYS[i*2-1], day) end
-  if tonumber(ARGV[5 + (i - 1) * 6 + 3]) > 0 then
+  if s.cc > 0 then
     redis.call('ZADD', KEYS[i*2], now + lease, tid)
     redis.call('PEXPIRE', KEYS[i*2], lease * 2)
   end
 end
+redis.call('SET', rec, mask, 'PX', ARGV[6])
 return {0, mask}
 `
 
@@ -133,22 +154,25 @@ return 0
 
 var seedScript = redis.NewScript(luaCommon + seedLua)
 
-// settleScript ends one ticket.
+// settleScript ends one ticket: releases its leases and, if its record is still there
+// (deleted here: a second settlement corrects nothing), corrects TPM and budget from the
+// reservation to the actual tokens.
 //
-// KEYS: 2 per subject, as admitScript. ARGV: now ms, ticket id, actual tokens, month YYYYMM of
-// the admission; then 4 per subject: tpm limit, tpm charged (-1 = none), budget reserved
-// (-1 = none), lease held (0/1).
+// KEYS: 2 per subject, as admitScript, then the record. ARGV: now ms, ticket id, actual
+// tokens, month YYYYMM of the admission; then 4 per subject: tpm limit, tpm charged (-1 =
+// none), budget reserved (-1 = none), lease held (0/1).
 const settleLua = `
 local now = clock(ARGV[1])
 local tid = ARGV[2]
 local actual = tonumber(ARGV[3])
 local mon = ARGV[4]
-for i = 1, #KEYS / 2 do
+local live = redis.call('DEL', KEYS[#KEYS]) == 1
+for i = 1, (#KEYS - 1) / 2 do
   local a = 4 + (i - 1) * 4
   local tpm, charged, res, cc = tonumber(ARGV[a+1]), tonumber(ARGV[a+2]), tonumber(ARGV[a+3]), tonumber(ARGV[a+4])
   if cc == 1 then redis.call('ZREM', KEYS[i*2], tid) end
-  local dt = tpm > 0 and charged >= 0 and charged ~= actual
-  local db = res >= 0 and res ~= actual
+  local dt = live and tpm > 0 and charged >= 0 and charged ~= actual
+  local db = live and res >= 0 and res ~= actual
   if dt or db then
     local h = redis.call('HMGET', KEYS[i*2-1], 't', 'tt', 'm', 'u')
     local f = {}
@@ -168,33 +192,82 @@ return 0
 
 var settleScript = redis.NewScript(luaCommon + settleLua)
 
+// undoScript undoes an admission whose reply the gateway did not wait for: if its record says
+// it was admitted, it refunds the request, the tokens and the budget it charged, and releases
+// its leases; in every case it leaves a tombstone, so that the admission, if it reaches Redis
+// only now, charges nothing. KEYS and ARGV: those of the admission (ARGV[3], the lease ms, is
+// the tombstone's life). Returns 1 when it refunded an admission.
+const undoLua = `
+local now = clock(ARGV[1])
+local n = tonumber(ARGV[2])
+local tid = ARGV[4]
+local mon = ARGV[5]
+local rec = KEYS[#KEYS]
+local prev = redis.call('GET', rec)
+redis.call('SET', rec, 'x', 'PX', ARGV[3])
+if prev == false or prev == 'x' then return 0 end
+local mask = tonumber(prev)
+for i = 1, (#KEYS - 1) / 2 do
+  local a = 6 + (i - 1) * 6
+  local rpm, tpm, cc, charge = tonumber(ARGV[a+1]), tonumber(ARGV[a+2]), tonumber(ARGV[a+3]), tonumber(ARGV[a+5])
+  if cc > 0 then redis.call('ZREM', KEYS[i*2], tid) end
+  local h = redis.call('HMGET', KEYS[i*2-1], 'r', 'rt', 't', 'tt', 'm', 'u')
+  local f = {}
+  if rpm > 0 and h[2] then
+    local tok = refill(tonumber(h[1]), tonumber(h[2]), rpm, now) + 1
+    if tok > rpm then tok = rpm end
+    f[#f+1] = 'r'; f[#f+1] = tok; f[#f+1] = 'rt'; f[#f+1] = now
+  end
+  if tpm > 0 and charge > 0 and h[4] then
+    local tok = refill(tonumber(h[3]), tonumber(h[4]), tpm, now) + charge
+    if tok > tpm then tok = tpm end
+    f[#f+1] = 't'; f[#f+1] = tok; f[#f+1] = 'tt'; f[#f+1] = now
+  end
+  if math.floor(mask / 2 ^ (i - 1)) % 2 == 1 and h[5] == mon then
+    f[#f+1] = 'u'; f[#f+1] = math.max(0, tonumber(h[6]) - n)
+  end
+  if #f > 0 then redis.call('HSET', KEYS[i*2-1], unpack(f)) end
+end
+return 1
+`
+
+var undoScript = redis.NewScript(luaCommon + undoLua)
+
 const (
 	settleQueue   = 4096
 	settleBatch   = 256
 	settlePending = 8192 // settlements kept for retry while Redis is down
+	admitQueue    = 4096
 )
 
-// redisTier is the global tier. healthy is false during an outage: Admit then skips Redis and
-// the prober looks for its return.
+// redisTier is the global tier. During an outage (health.up false) Admit skips Redis and the
+// prober looks for its return.
 type redisTier struct {
 	l          *Limiter
 	client     *redis.Client
 	prefix     string
 	timeout    time.Duration
 	lease      time.Duration
+	recordTTL  int64 // ms
+	batchMax   int
 	serverTime bool // Options.Now unset: scripts read Redis's clock, shared by every gateway
-	healthy    atomic.Bool
+	health     *health
 	instance   string
 	seq        atomic.Uint64
-	settleCh   chan settleOp
+	calls      chan *call    // admissions for the admitter
+	settleCh   chan settleOp // settlements and undos for the settler
 	kick       chan struct{} // wakes the prober
 	liveMu     sync.Mutex
 	live       map[*Ticket]struct{} // tickets holding a lease, renewed by renewer
 }
 
+// settleOp is a settlement (t set) or the undo of an admission whose reply the gateway did not
+// wait for (t nil; keys and args are the admission's).
 type settleOp struct {
 	t      *Ticket
 	actual int64
+	keys   []string
+	args   []any
 }
 
 func newRedisTier(l *Limiter, o Options) (*redisTier, error) {
@@ -219,14 +292,18 @@ func newRedisTier(l *Limiter, o Options) (*redisTier, error) {
 		prefix:     o.KeyPrefix,
 		timeout:    o.RedisTimeout,
 		lease:      o.LeaseTTL,
+		recordTTL:  o.ReservationTTL.Milliseconds(),
+		batchMax:   o.AdmitBatch,
 		serverTime: o.Now == nil,
+		health:     newHealth(o.FailuresToFallback, o.ProbesToRecover),
 		instance:   hex.EncodeToString(id[:]) + ":",
+		calls:      make(chan *call, admitQueue),
 		settleCh:   make(chan settleOp, settleQueue),
 		kick:       make(chan struct{}, 1),
 		live:       make(map[*Ticket]struct{}),
 	}
-	r.healthy.Store(true)
-	l.wg.Add(3)
+	l.wg.Add(4)
+	go r.admitter()
 	go r.settler()
 	go r.renewer()
 	go r.prober()
@@ -247,27 +324,33 @@ func (r *redisTier) nowArg(now time.Time) int64 {
 	return now.UnixMilli()
 }
 
-func (r *redisTier) keys(cs []charge) []string {
-	keys := make([]string, 0, 2*len(cs))
+// keys returns the Redis keys of an admission of cs: two per subject, then the record of id.
+func (r *redisTier) keys(cs []charge, id string) []string {
+	keys := make([]string, 0, 2*len(cs)+1)
 	for i := range cs {
 		k := cs[i].st.key
 		sub := scopeNames[k.scope] + ":" + strconv.FormatInt(k.id, 10)
 		keys = append(keys, r.prefix+"s:"+sub, r.prefix+"c:"+sub)
 	}
-	return keys
+	return append(keys, r.prefix+"r:"+id)
 }
 
 // yyyymm names month index m in Redis.
 func yyyymm(m int32) string { return strconv.Itoa(int(m/12)*100 + int(m%12) + 1) }
 
-// markDown switches to the local tier: logs once per outage and wakes the prober.
-func (r *redisTier) markDown(err error) {
-	if r.healthy.CompareAndSwap(true, false) {
-		r.l.log.Warn("quota redis unavailable; limits are enforced per gateway until it recovers", "err", err)
-		select {
-		case r.kick <- struct{}{}:
-		default:
-		}
+// failed records a failed admission round trip; after FailuresToFallback in a row it switches
+// to the local tier (logged and counted once per outage) and wakes the prober. Settlements and
+// lease renewals do not count: nothing waits for them, and they are retried.
+func (r *redisTier) failed(err error) {
+	if !r.health.failure() {
+		return
+	}
+	r.l.m.switches.WithLabelValues(tierLocal).Inc()
+	r.l.log.Warn("quota redis unavailable; limits are enforced per gateway until it recovers", "err", err,
+		"failures", r.health.failN)
+	select {
+	case r.kick <- struct{}{}:
+	default:
 	}
 }
 
@@ -275,40 +358,21 @@ func (r *redisTier) markDown(err error) {
 func (r *redisTier) admit(ctx context.Context, t *Ticket, now time.Time) (decided bool, err error) {
 	cs := t.charges()
 	mi := r.l.monthOf(now)
-	cur, start, next := mi.idx, mi.start, mi.next
-	keys := r.keys(cs)
-	mon := yyyymm(cur)
+	cur, next := mi.idx, mi.next
+	n := t.reserved
 	lease := false
 	for i := range cs {
 		lease = lease || cs[i].limits.MaxConcurrent > 0
 	}
-	if lease {
-		t.id = r.instance + strconv.FormatUint(r.seq.Add(1), 10)
-	}
-	n := t.reserved
-	args := make([]any, 0, 5+6*len(cs))
-	args = append(args, r.nowArg(now), n, r.lease.Milliseconds(), t.id, mon)
-	for i := range cs {
-		lim := cs[i].limits
-		charge := int64(0)
-		if lim.TokensPerMinute > 0 {
-			charge = min(n, int64(lim.TokensPerMinute))
-		}
-		args = append(args, lim.RequestsPerMinute, lim.TokensPerMinute, lim.MaxConcurrent, lim.MonthlyTokenBudget, charge, -1)
-	}
+	keys, args := r.request(t, now)
 	var res []int64
 	for attempt := 0; ; attempt++ {
-		rctx, cancel := context.WithTimeout(ctx, r.timeout)
-		begin := time.Now()
-		res, err = admitScript.Run(rctx, r.client, keys, args...).Int64Slice()
-		cancel()
+		// The same id on every attempt: an admission the script already charged is not
+		// charged again.
+		res, err = r.call(ctx, keys, args)
 		if err != nil {
-			if ctx.Err() == nil {
-				r.markDown(err)
-			}
 			return false, nil
 		}
-		r.l.m.redisSeconds.Observe(time.Since(begin).Seconds())
 		if len(res) == 0 || res[0] != 3 || attempt == 3 {
 			break
 		}
@@ -317,17 +381,17 @@ func (r *redisTier) admit(ctx context.Context, t *Ticket, now time.Time) (decide
 				break
 			}
 			if attempt == 2 { // the counter keeps vanishing: admit without the budget
-				args[5+(i-1)*6+5] = -2
+				args[6+(i-1)*6+5] = -2
 				continue
 			}
 			c := &cs[i-1]
-			if err := r.seed(ctx, c.st, keys[(i-1)*2], now, cur, start, attempt > 0); err != nil {
+			if err := r.seed(ctx, c.st, keys[(i-1)*2], now, cur, mi.start, attempt > 0); err != nil {
 				if errors.Is(err, errRedisSeed) {
-					r.markDown(err)
+					r.failed(err)
 					return false, nil
 				}
 				r.l.log.Warn("quota budget seed failed; admitting without budget check", "scope", scopeNames[c.st.key.scope], "subject_id", c.st.key.id, "err", err)
-				args[5+(i-1)*6+5] = -2
+				args[6+(i-1)*6+5] = -2
 			}
 		}
 	}
@@ -367,8 +431,30 @@ func (r *redisTier) admit(ctx context.Context, t *Ticket, now time.Time) (decide
 		r.l.m.rejected(c.st.key.scope, why)
 		return true, reject(c.st.key.scope, why, c.limits, n, res[4], retry)
 	}
-	r.markDown(fmt.Errorf("admit: unexpected script reply %v", res))
+	// An unexpected reply ({4}: undone already, or garbage): decide locally, and undo in case
+	// it was an admission.
+	r.undo(keys, args)
+	r.l.log.Error("quota redis: unexpected admission reply; decided locally", "reply", fmt.Sprint(res))
 	return false, nil
+}
+
+// request gives t a new id and returns the keys and arguments of its admission script.
+func (r *redisTier) request(t *Ticket, now time.Time) ([]string, []any) {
+	cs := t.charges()
+	t.id = r.instance + strconv.FormatUint(r.seq.Add(1), 10)
+	keys := r.keys(cs, t.id)
+	n := t.reserved
+	args := make([]any, 0, 6+6*len(cs))
+	args = append(args, r.nowArg(now), n, r.lease.Milliseconds(), t.id, yyyymm(r.l.monthOf(now).idx), r.recordTTL)
+	for i := range cs {
+		lim := cs[i].limits
+		charge := int64(0)
+		if lim.TokensPerMinute > 0 {
+			charge = min(n, int64(lim.TokensPerMinute))
+		}
+		args = append(args, lim.RequestsPerMinute, lim.TokensPerMinute, lim.MaxConcurrent, lim.MonthlyTokenBudget, charge, -1)
+	}
+	return keys, args
 }
 
 var errRedisSeed = errors.New("redis")
@@ -398,26 +484,31 @@ func (r *redisTier) seed(ctx context.Context, st *subjectState, key string, now 
 	return nil
 }
 
-// settle queues t's settlement for the settler.
+// settle queues t's settlement for the settler. Every ticket of the global tier is settled
+// in Redis: its record must go even when there is nothing to correct.
 func (r *redisTier) settle(t *Ticket, actual int64) {
 	if t.hasLease {
 		r.liveMu.Lock()
 		delete(r.live, t)
 		r.liveMu.Unlock()
 	}
-	work := t.hasLease
-	for _, c := range t.charges() {
-		work = work || (c.tpm >= 0 && c.tpm != actual) || (c.budget && t.reserved != actual)
-	}
-	if !work { // nothing to release or correct: skip the round trip
-		return
-	}
+	r.queue(settleOp{t: t, actual: actual})
+}
+
+// undo queues the undo of an admission (keys and args as sent) whose reply the gateway did not
+// wait for. It copies args: the caller may reuse them.
+func (r *redisTier) undo(keys []string, args []any) {
+	r.l.m.reconciled.Inc()
+	r.queue(settleOp{keys: keys, args: append([]any(nil), args...)})
+}
+
+func (r *redisTier) queue(op settleOp) {
 	if r.l.closing.Load() {
 		r.l.m.settleDropped.Inc()
 		return
 	}
 	select {
-	case r.settleCh <- settleOp{t: t, actual: actual}:
+	case r.settleCh <- op:
 	case <-r.l.stop:
 		r.l.m.settleDropped.Inc()
 	}
@@ -469,9 +560,10 @@ func (r *redisTier) settler() {
 }
 
 // flushAll sends ops in batches and returns what could not be sent (bounded; the excess is
-// dropped and counted).
+// dropped and counted). A batch sent again after a failure is harmless: settlements and
+// undos are idempotent (the admission's record).
 func (r *redisTier) flushAll(ops []settleOp) []settleOp {
-	if !r.healthy.Load() {
+	if !r.health.up.Load() {
 		return r.bound(ops)
 	}
 	for len(ops) > 0 {
@@ -479,7 +571,9 @@ func (r *redisTier) flushAll(ops []settleOp) []settleOp {
 		if err := r.flush(ops[:k]); err != nil {
 			var reply redis.Error
 			if !errors.As(err, &reply) {
-				r.markDown(err)
+				// Kept for the next tick. Only admissions decide the tier: a settlement
+				// is never waited for.
+				r.l.log.Debug("quota redis settlements delayed", "count", len(ops), "err", err)
 				return r.bound(ops)
 			}
 			// Redis answered with an error: sending the batch again would fail again.
@@ -499,13 +593,23 @@ func (r *redisTier) bound(ops []settleOp) []settleOp {
 	return ops
 }
 
-func (r *redisTier) flush(ops []settleOp) error {
+// flush sends one batch; a panic on bad data is recorded and the batch dropped (counted).
+func (r *redisTier) flush(ops []settleOp) (err error) {
+	defer func() {
+		if v := recover(); v != nil {
+			r.l.o.Panics.Record(panics.Admit, v, "loop", "settler")
+			r.l.m.settleDropped.Add(float64(len(ops)))
+			err = nil
+		}
+	}()
 	ctx, cancel := context.WithTimeout(context.Background(), 10*r.timeout)
 	defer cancel()
-	err := r.pipeSettle(ctx, ops)
+	err = r.pipeSettle(ctx, ops)
 	if err != nil && redis.HasErrorPrefix(err, "NOSCRIPT") {
 		if err = settleScript.Load(ctx, r.client).Err(); err == nil {
-			err = r.pipeSettle(ctx, ops)
+			if err = undoScript.Load(ctx, r.client).Err(); err == nil {
+				err = r.pipeSettle(ctx, ops)
+			}
 		}
 	}
 	if err != nil {
@@ -516,11 +620,17 @@ func (r *redisTier) flush(ops []settleOp) error {
 
 func (r *redisTier) pipeSettle(ctx context.Context, ops []settleOp) error {
 	pipe := r.client.Pipeline()
+	now := r.nowArg(r.l.now())
 	for _, op := range ops {
 		t := op.t
+		if t == nil {
+			op.args[0] = now
+			undoScript.EvalSha(ctx, pipe, op.keys, op.args...)
+			continue
+		}
 		cs := t.charges()
 		args := make([]any, 0, 4+4*len(cs))
-		args = append(args, r.nowArg(r.l.now()), t.id, op.actual, yyyymm(t.month))
+		args = append(args, now, t.id, op.actual, yyyymm(t.month))
 		for i := range cs {
 			c := &cs[i]
 			res, cc := int64(-1), 0
@@ -532,7 +642,7 @@ func (r *redisTier) pipeSettle(ctx context.Context, ops []settleOp) error {
 			}
 			args = append(args, c.limits.TokensPerMinute, c.tpm, res, cc)
 		}
-		settleScript.EvalSha(ctx, pipe, r.keys(cs), args...)
+		settleScript.EvalSha(ctx, pipe, r.keys(cs, t.id), args...)
 	}
 	cmds, err := pipe.Exec(ctx)
 	if err != nil {
@@ -564,11 +674,11 @@ func (r *redisTier) renewer() {
 			batch = append(batch, t)
 		}
 		r.liveMu.Unlock()
-		if len(batch) == 0 || !r.healthy.Load() {
+		if len(batch) == 0 || !r.health.up.Load() {
 			continue
 		}
 		if err := r.renew(batch); err != nil {
-			r.markDown(err)
+			r.l.log.Debug("quota redis lease renewal failed", "err", err)
 		}
 	}
 }
@@ -589,7 +699,7 @@ func (r *redisTier) renew(ts []*Ticket) error {
 	pipe := r.client.Pipeline()
 	for _, t := range ts {
 		cs := t.charges()
-		keys := r.keys(cs)
+		keys := r.keys(cs, t.id)
 		for i := range cs {
 			if cs[i].limits.MaxConcurrent > 0 {
 				pipe.ZAddXX(ctx, keys[i*2+1], redis.Z{Score: float64(exp), Member: t.id})
@@ -603,7 +713,8 @@ func (r *redisTier) renew(ts []*Ticket) error {
 	return nil
 }
 
-// prober waits for an outage, then pings Redis every ProbeInterval until it answers.
+// prober waits for an outage, then pings Redis every ProbeInterval until ProbesToRecover
+// pings in a row succeed.
 func (r *redisTier) prober() {
 	defer r.l.wg.Done()
 	for {
@@ -613,7 +724,7 @@ func (r *redisTier) prober() {
 		case <-r.kick:
 		}
 		tick := time.NewTicker(r.l.o.ProbeInterval)
-		for !r.healthy.Load() {
+		for !r.health.up.Load() {
 			select {
 			case <-r.l.stop:
 				tick.Stop()
@@ -623,10 +734,10 @@ func (r *redisTier) prober() {
 			ctx, cancel := context.WithTimeout(context.Background(), r.timeout)
 			err := r.client.Ping(ctx).Err()
 			cancel()
-			if err == nil {
-				r.healthy.Store(true)
-				r.l.log.Info("quota redis recovered; limits are global again")
-			} else if !errors.Is(err, context.DeadlineExceeded) {
+			if r.health.probe(err == nil) {
+				r.l.m.switches.WithLabelValues(tierRedis).Inc()
+				r.l.log.Info("quota redis recovered; limits are global again", "probes", r.health.probeN)
+			} else if err != nil && !errors.Is(err, context.DeadlineExceeded) {
 				r.l.log.Debug("quota redis probe failed", "err", err)
 			}
 		}

@@ -389,14 +389,35 @@ func TestRedisServerClock(t *testing.T) {
 	}
 }
 
-// proxy forwards TCP to a target and can be cut off.
+// proxy forwards TCP to a target and can be cut off, or hold Redis's replies (a slow
+// Redis: the commands arrive and run, their replies do not come back until released).
 type proxy struct {
 	ln     net.Listener
 	target string
 	mu     sync.Mutex
 	down   bool
+	gate   chan struct{} // non-nil: replies wait until it is closed
 	conns  map[net.Conn]struct{}
 	wg     sync.WaitGroup
+}
+
+// hold keeps every reply from now on until release is called (also at cleanup).
+func (p *proxy) hold(t testing.TB) (release func()) {
+	g := make(chan struct{})
+	p.mu.Lock()
+	p.gate = g
+	p.mu.Unlock()
+	var once sync.Once
+	release = func() {
+		once.Do(func() {
+			p.mu.Lock()
+			p.gate = nil
+			p.mu.Unlock()
+			close(g)
+		})
+	}
+	t.Cleanup(release)
+	return release
 }
 
 func newProxy(t testing.TB, target string) *proxy {
@@ -437,7 +458,27 @@ func (p *proxy) serve() {
 		p.conns[c], p.conns[u] = struct{}{}, struct{}{}
 		p.mu.Unlock()
 		p.wg.Go(func() { io.Copy(u, c); u.Close() })
-		p.wg.Go(func() { io.Copy(c, u); c.Close() })
+		p.wg.Go(func() {
+			defer c.Close()
+			buf := make([]byte, 32<<10)
+			for {
+				n, err := u.Read(buf)
+				if n > 0 {
+					p.mu.Lock()
+					g := p.gate
+					p.mu.Unlock()
+					if g != nil {
+						<-g
+					}
+					if _, err := c.Write(buf[:n]); err != nil {
+						return
+					}
+				}
+				if err != nil {
+					return
+				}
+			}
+		})
 	}
 }
 
@@ -481,10 +522,13 @@ func TestRedisMetricsRegistered(t *testing.T) {
 		names = append(names, mf.GetName())
 	}
 	want := []string{
+		"maas_gateway_quota_redis_batch_admissions",
 		"maas_gateway_quota_redis_duration_seconds",
 		"maas_gateway_quota_redis_fallback_total",
+		"maas_gateway_quota_redis_reconciled_total",
 		"maas_gateway_quota_redis_settle_dropped_total",
 		"maas_gateway_quota_redis_up",
+		"maas_gateway_quota_tier_switches_total",
 		"maas_gateway_ratelimit_rejections_total",
 	}
 	if diff := cmp.Diff(want, names); diff != "" {
@@ -521,22 +565,35 @@ func TestRedisSlowFallsBack(t *testing.T) {
 	})
 	f := newLimiter(t, newClock(), func(o *Options) { o.RedisURL = "redis://" + ln.Addr().String() + "/0" })
 	r := reqOf(0, keySubject(1, Limits{RequestsPerMinute: 10}))
+	// Each of the first FailuresToFallback admissions costs one RedisTimeout; then the
+	// gateway is on the local tier.
+	n := 0
+	for ; f.l.RedisUp(); n++ {
+		if n > DefaultOptions().FailuresToFallback {
+			t.Fatalf("still on the Redis tier after %d timeouts", n)
+		}
+		begin := time.Now()
+		tk, err := f.l.Admit(context.Background(), r)
+		if err != nil || tk.redis {
+			t.Fatalf("admit: %v", err)
+		}
+		if d := time.Since(begin); d > 500*time.Millisecond {
+			t.Errorf("admission took %s with a 50ms Redis timeout", d)
+		}
+	}
+	// A request stops waiting when its own timer fires, a moment before the admitter counts
+	// its round trip as failed: RedisUp may read true once more just after it returns.
+	if want := DefaultOptions().FailuresToFallback; n != want && n != want+1 {
+		t.Errorf("switched to the local tier after %d timeouts, want %d", n, want)
+	}
 	begin := time.Now()
-	tk, err := f.l.Admit(context.Background(), r)
-	if err != nil || tk.redis {
-		t.Fatalf("admit: %v", err)
-	}
-	if d := time.Since(begin); d > 500*time.Millisecond {
-		t.Errorf("first admission took %s with a 50ms Redis timeout", d)
-	}
-	begin = time.Now()
 	for range 20 {
 		f.l.Admit(context.Background(), r)
 	}
 	if d := time.Since(begin); d > 50*time.Millisecond {
 		t.Errorf("20 admissions during the outage took %s: they must not wait on Redis", d)
 	}
-	if f.fallbacks() != 21 || f.l.RedisUp() {
+	if f.fallbacks() != n+20 || f.l.RedisUp() {
 		t.Errorf("fallbacks %d, redis up %v", f.fallbacks(), f.l.RedisUp())
 	}
 }

@@ -1,0 +1,281 @@
+package admit
+
+import (
+	"context"
+	"net/url"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus/testutil"
+	dto "github.com/prometheus/client_model/go"
+)
+
+// proxied returns a Limiter that reaches env's Redis through a proxy the test controls.
+func proxied(t *testing.T, env redisEnv, clk *clock, edit func(*Options)) (fixture, *proxy) {
+	t.Helper()
+	u, err := url.Parse(env.url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := newProxy(t, u.Host)
+	u.Host = p.addr()
+	f := newLimiter(t, clk, func(o *Options) {
+		o.RedisURL = u.String()
+		o.KeyPrefix = env.prefix
+		o.RedisTimeout = 2 * time.Second // a loaded test machine is slow; held replies never come
+		o.ProbeInterval = 10 * time.Millisecond
+		if edit != nil {
+			edit(o)
+		}
+	})
+	return f, p
+}
+
+func (f fixture) switches(tier string) int {
+	return int(testutil.ToFloat64(f.l.m.switches.WithLabelValues(tier)))
+}
+
+// TestRedisLateReplyUndone: a reply that arrives after the timeout (the script ran in Redis)
+// leaves nothing charged in Redis: the request was decided, and charged, by the local tier;
+// its concurrency slot is free at once, its request, tokens and budget are refunded. One slow
+// reply does not switch the gateway to the local tier.
+func TestRedisLateReplyUndone(t *testing.T) {
+	env := newRedisEnv(t)
+	clk := newClock()
+	f, p := proxied(t, env, clk, func(o *Options) {
+		o.RedisTimeout = time.Second
+		o.BudgetUsed = func(context.Context, string, int64, time.Time) (int64, error) { return 0, nil }
+	})
+	sub := userSubject(7, Limits{RequestsPerMinute: 10, TokensPerMinute: 1000, MaxConcurrent: 1, MonthlyTokenBudget: 100000})
+	ctx := context.Background()
+	// A first request seeds the budget counter and leaves the subject's hash in place.
+	tk, err := f.l.Admit(ctx, reqOf(100, sub))
+	if err != nil || !tk.redis {
+		t.Fatalf("first admission: %v (redis %v)", err, tk != nil && tk.redis)
+	}
+	tk.Settle(100)
+	poll(t, "first settlement", func() bool { return env.c.Exists(ctx, env.prefix+"r:"+tk.id).Val() == 0 })
+	zkey := env.prefix + "c:user:7"
+	before := map[string]float64{"r": env.hget(t, "user:7", "r"), "t": env.hget(t, "user:7", "t"), "u": env.hget(t, "user:7", "u")}
+	if before["r"] != 9 || before["t"] != 900 || before["u"] != 100 {
+		t.Fatalf("after one request: %v", before)
+	}
+
+	release := p.hold(t)
+	late, err := f.l.Admit(ctx, reqOf(100, sub))
+	release()
+	if err != nil || late.redis {
+		t.Fatalf("admission with a held reply: %v (redis %v), want the local tier", err, late != nil && late.redis)
+	}
+	if !f.l.RedisUp() {
+		t.Fatal("one slow reply switched the gateway to the local tier")
+	}
+	// The script ran: it charged and took the slot. The undo gives everything back.
+	poll(t, "the late admission to be undone", func() bool {
+		return env.c.Get(ctx, env.prefix+"r:"+late.id).Val() == "x" && env.c.ZCard(ctx, zkey).Val() == 0
+	})
+	for field, want := range before {
+		if got := env.hget(t, "user:7", field); got != want {
+			t.Errorf("field %s = %v after the undo, want %v (charged once, locally)", field, got, want)
+		}
+	}
+	if n := int(testutil.ToFloat64(f.l.m.reconciled)); n != 1 {
+		t.Errorf("reconciled %d, want 1", n)
+	}
+	// The next request is decided by Redis, and the single slot is free there.
+	next, err := f.l.Admit(ctx, reqOf(100, sub))
+	if err != nil || !next.redis {
+		t.Fatalf("after the late reply: %v (redis %v), want admitted by Redis", err, next != nil && next.redis)
+	}
+	next.Settle(100)
+	late.Settle(100)
+	if f.fallbacks() != 1 || f.switches(tierLocal) != 0 {
+		t.Errorf("fallbacks %d, switches to local %d; want 1 and 0", f.fallbacks(), f.switches(tierLocal))
+	}
+}
+
+// TestRedisHysteresis: the gateway leaves Redis only after FailuresToFallback failed round
+// trips in a row, and comes back after ProbesToRecover good probes; each switch is logged and
+// counted once.
+func TestRedisHysteresis(t *testing.T) {
+	env := newRedisEnv(t)
+	f, p := proxied(t, env, newClock(), func(o *Options) {
+		o.FailuresToFallback = 3
+		o.ProbesToRecover = 2
+	})
+	r := reqOf(10, keySubject(1, Limits{RequestsPerMinute: 1000}))
+	admit := func() *Ticket {
+		t.Helper()
+		tk, err := f.l.Admit(context.Background(), r)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return tk
+	}
+	if !admit().redis {
+		t.Fatal("first admission not decided by Redis")
+	}
+	p.setDown(true)
+	for i := 1; i <= 3; i++ {
+		if tk := admit(); tk.redis {
+			t.Fatalf("failure %d: admitted by Redis while it is cut off", i)
+		}
+		if up := f.l.RedisUp(); up != (i < 3) {
+			t.Fatalf("after %d failures redis up = %v", i, up)
+		}
+	}
+	if f.switches(tierLocal) != 1 || f.log.count("quota redis unavailable") != 1 {
+		t.Errorf("switches to local %d, logged %d; want 1 and 1", f.switches(tierLocal), f.log.count("quota redis unavailable"))
+	}
+	for range 5 {
+		admit()
+	}
+	if f.fallbacks() != 8 || f.switches(tierLocal) != 1 {
+		t.Errorf("fallbacks %d, switches %d; want 8 and 1", f.fallbacks(), f.switches(tierLocal))
+	}
+	p.setDown(false)
+	poll(t, "recovery", f.l.RedisUp)
+	if !admit().redis {
+		t.Error("not back on Redis after recovery")
+	}
+	if f.switches(tierRedis) != 1 || f.log.count("quota redis recovered") != 1 {
+		t.Errorf("switches to redis %d, logged %d; want 1 and 1", f.switches(tierRedis), f.log.count("quota redis recovered"))
+	}
+}
+
+// TestHealthHysteresis: the switching rule itself, step by step.
+func TestHealthHysteresis(t *testing.T) {
+	h := newHealth(3, 2)
+	steps := []struct {
+		do      string
+		switch_ bool
+		up      bool
+	}{
+		{"fail", false, true}, {"fail", false, true}, {"ok", false, true}, // a success resets the count
+		{"fail", false, true}, {"fail", false, true}, {"fail", true, false},
+		{"fail", false, false},                                   // already down
+		{"probe-ok", false, false}, {"probe-fail", false, false}, // a failed probe resets
+		{"probe-ok", false, false}, {"probe-ok", true, true},
+		{"fail", false, true}, {"fail", false, true}, {"fail", true, false}, // counts start again
+	}
+	for i, s := range steps {
+		var sw bool
+		switch s.do {
+		case "fail":
+			sw = h.failure()
+		case "ok":
+			h.success()
+		case "probe-ok":
+			sw = h.probe(true)
+		case "probe-fail":
+			sw = h.probe(false)
+		}
+		if sw != s.switch_ || h.up.Load() != s.up {
+			t.Fatalf("step %d (%s): switched %v up %v, want %v %v", i, s.do, sw, h.up.Load(), s.switch_, s.up)
+		}
+	}
+}
+
+// TestRedisPipelinedExact: admissions of concurrent requests share round trips, and a limit
+// holds exactly: 640 concurrent attempts on a limit of 50 requests per minute admit 50.
+func TestRedisPipelinedExact(t *testing.T) {
+	env := newRedisEnv(t)
+	f := env.limiter(t, newClock(), nil)
+	ts := hammer(t, f.l, reqOf(0, keySubject(11, Limits{RequestsPerMinute: 50})), 64, 640)
+	if len(ts) != 50 || redisTickets(ts) != 50 || f.fallbacks() != 0 {
+		t.Fatalf("admitted %d (%d by Redis, %d fallbacks), want exactly 50 by Redis", len(ts), redisTickets(ts), f.fallbacks())
+	}
+	var m dto.Metric
+	if err := f.l.m.batch.Write(&m); err != nil {
+		t.Fatal(err)
+	}
+	rounds, admissions := m.GetHistogram().GetSampleCount(), m.GetHistogram().GetSampleSum()
+	if admissions != 640 {
+		t.Errorf("admissions sent %v, want 640", admissions)
+	}
+	if float64(rounds) > admissions/2 {
+		t.Errorf("%d round trips for %v admissions from 64 goroutines: not pipelined", rounds, admissions)
+	}
+	settleAll(ts, 0)
+}
+
+// TestRedisScriptsExactlyOnce: an admission sent twice with its id charges once; a settlement
+// sent twice corrects once; an undo that reaches Redis before its admission makes the
+// admission charge nothing, and an undo sent twice refunds once.
+func TestRedisScriptsExactlyOnce(t *testing.T) {
+	env := newRedisEnv(t)
+	clk := newClock()
+	f := env.limiter(t, clk, nil)
+	r := f.l.redis
+	ctx := context.Background()
+	sub := keySubject(12, Limits{RequestsPerMinute: 10, TokensPerMinute: 1000, MaxConcurrent: 5})
+	zkey := env.prefix + "c:key:12"
+	ticket := func() *Ticket { // a ticket as Admit builds it, not yet sent
+		tk := &Ticket{l: f.l, reserved: 100, n: 1}
+		tk.inline[0] = charge{st: f.l.states.get(subjectKey{scope: scopeKey, id: 12}), limits: sub.Limits, tpm: -1}
+		return tk
+	}
+
+	tk := ticket()
+	keys, args := r.request(tk, clk.Now())
+	for i := range 2 {
+		res, err := r.call(ctx, keys, args)
+		if err != nil || len(res) != 2 || res[0] != 0 {
+			t.Fatalf("admission %d: %v %v", i, res, err)
+		}
+	}
+	if got := []float64{env.hget(t, "key:12", "r"), env.hget(t, "key:12", "t")}; got[0] != 9 || got[1] != 900 {
+		t.Fatalf("after one admission sent twice: rpm %v tpm %v, want 9 900", got[0], got[1])
+	}
+	// Settle it twice (a batch sent again after a lost acknowledgement).
+	tk.inline[0].tpm, tk.redis, tk.hasLease = 100, true, true
+	tk.month = f.l.monthOf(clk.Now()).idx
+	op := settleOp{t: tk, actual: 10}
+	if err := r.flush([]settleOp{op, op}); err != nil {
+		t.Fatal(err)
+	}
+	if err := r.flush([]settleOp{op}); err != nil {
+		t.Fatal(err)
+	}
+	if got := env.hget(t, "key:12", "t"); got != 990 {
+		t.Errorf("tpm %v after three settlements of 10 of 100 reserved, want 990 (refunded once)", got)
+	}
+	if n := env.c.ZCard(ctx, zkey).Val(); n != 0 {
+		t.Errorf("%d leases after settlement", n)
+	}
+
+	// An undo that arrives first: the admission, when it comes, charges nothing.
+	early := ticket()
+	keys, args = r.request(early, clk.Now())
+	if err := r.flush([]settleOp{{keys: keys, args: append([]any(nil), args...)}}); err != nil {
+		t.Fatal(err)
+	}
+	res, err := r.call(ctx, keys, args)
+	if err != nil || len(res) != 1 || res[0] != 4 {
+		t.Errorf("admission after its undo: %v %v, want {4}", res, err)
+	}
+	if got := env.hget(t, "key:12", "r"); got != 9 {
+		t.Errorf("rpm %v after an undone admission, want 9 (not charged)", got)
+	}
+
+	// An admission undone twice is refunded once.
+	lateTk := ticket()
+	keys, args = r.request(lateTk, clk.Now())
+	if res, err := r.call(ctx, keys, args); err != nil || res[0] != 0 {
+		t.Fatalf("admission: %v %v", res, err)
+	}
+	if got := env.hget(t, "key:12", "r"); got != 8 {
+		t.Fatalf("rpm %v after a second admission, want 8", got)
+	}
+	undo := settleOp{keys: keys, args: append([]any(nil), args...)}
+	if err := r.flush([]settleOp{undo, undo}); err != nil {
+		t.Fatal(err)
+	}
+	got := []float64{env.hget(t, "key:12", "r"), env.hget(t, "key:12", "t")}
+	if got[0] != 9 || got[1] != 990 {
+		t.Errorf("after an undo sent twice: rpm %v tpm %v, want 9 990 (refunded once)", got[0], got[1])
+	}
+	if n := env.c.ZCard(ctx, zkey).Val(); n != 0 {
+		t.Errorf("%d leases after the undo", n)
+	}
+}
