@@ -1,7 +1,9 @@
 // Package apikey generates, parses and hashes the platform's API keys.
 //
 // A key is "sk-" followed by 43 base62 characters that encode 32 random bytes (256 bits).
-// Only its SHA-256 is stored, with a short visible prefix for listings.
+// Only its SHA-256 is stored, with a short visible prefix for listings. A key carries
+// Scopes (scope.go): which endpoint families it may call, checked by the gateway and by
+// control with the same rule.
 package apikey
 
 import (
