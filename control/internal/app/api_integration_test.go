@@ -62,13 +62,10 @@ func TestAPIKeyLifecycle(t *testing.T) {
 		}
 	}
 
-	// The key authenticates on control directly.
-	var me struct {
-		ID int64 `json:"id"`
-	}
-	tc.call("GET", "/api/v1/users/me", created.Key, nil, 200).decode(t, &me)
-	if me.ID != u.ID {
-		t.Errorf("key authenticates as %d, want %d", me.ID, u.ID)
+	// The key authenticates on control directly, but has only the inference scope (the
+	// default): the console API refuses it with 403, not 401.
+	if e := tc.call("GET", "/api/v1/users/me", created.Key, nil, 403).apiErr(t); e.Error.Code == nil || *e.Error.Code != "insufficient_scope" {
+		t.Errorf("inference key on the console API: %+v", e.Error)
 	}
 
 	// Another user cannot see or revoke it; the admin can see it with user_id.
@@ -130,7 +127,8 @@ func TestDisabledUserAndForwardedIdentity(t *testing.T) {
 	tc := startControl(t, nil)
 	admin := tc.adminToken()
 	u := tc.createUser(admin, "user")
-	keyID, key := tc.createKey(u.Token, nil)
+	// A key with the management scope, which only an admin may grant.
+	keyID, key := tc.createKey(admin, map[string]any{"name": "console", "user_id": u.ID, "scopes": []string{"management"}})
 
 	signed := func(userID, keyID int64, token string, at time.Time) map[string]string {
 		return internalauth.Sign(token, internalauth.Identity{UserID: userID, KeyID: keyID, Roles: []string{"admin"}}, at)

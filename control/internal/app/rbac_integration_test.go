@@ -9,6 +9,7 @@ import (
 
 	"github.com/golang-jwt/jwt/v5"
 
+	"github.com/maas-platform/maas/pkg/internalauth"
 	"github.com/maas-platform/maas/pkg/obs"
 )
 
@@ -22,15 +23,52 @@ const (
 	asDev    = "developer"
 	asAdmin  = "admin"
 	internal = "internal token"
+
+	// API keys (scopes in brackets), sent to control directly or as the identity the gateway
+	// signs for a key (via gateway).
+	keyUserInf   = "user key [inference]"
+	keyUserMgmt  = "user key [management]" // granted by an admin
+	keyAdminInf  = "admin key [inference]"
+	keyAdminMgmt = "admin key [management]"
+	keyAdminAll  = "admin key [inference management]"
+	fwdAdminInf  = "admin key [inference] via gateway"
+	fwdAdminMgmt = "admin key [management] via gateway"
 )
 
-var identities = []string{anon, badTok, expired, ended, asUser, asDev, asAdmin, internal}
+var identities = []string{anon, badTok, expired, ended, asUser, asDev, asAdmin, internal,
+	keyUserInf, keyUserMgmt, keyAdminInf, keyAdminMgmt, keyAdminAll, fwdAdminInf, fwdAdminMgmt}
+
+// inferenceOnly are the key identities without the management scope: every console API
+// route that needs credentials refuses them (403, insufficient_scope).
+var inferenceOnly = map[string]bool{keyUserInf: true, keyAdminInf: true, fwdAdminInf: true}
+
+// ownerOf is the user whose roles an identity carries.
+func ownerOf(who string) string {
+	switch who {
+	case keyUserInf, keyUserMgmt:
+		return asUser
+	case keyAdminInf, keyAdminMgmt, keyAdminAll, fwdAdminInf, fwdAdminMgmt:
+		return asAdmin
+	}
+	return who
+}
 
 // expect builds the expected status per identity: the API's usual shape is 401 for the
 // first four (and for the internal token, which is no user credential), then the given
-// statuses for user, developer and admin.
+// statuses for user, developer and admin. Keys without the management scope get 403 on
+// the console API; keys with it get their owner's status.
 func expect(user, dev, admin int) map[string]int {
-	return map[string]int{anon: 401, badTok: 401, expired: 401, ended: 401, internal: 401, asUser: user, asDev: dev, asAdmin: admin}
+	return map[string]int{anon: 401, badTok: 401, expired: 401, ended: 401, internal: 401, asUser: user, asDev: dev, asAdmin: admin,
+		keyUserInf: 403, keyAdminInf: 403, fwdAdminInf: 403,
+		keyUserMgmt: user, keyAdminMgmt: admin, fwdAdminMgmt: admin, keyAdminAll: admin}
+}
+
+// with returns m with the statuses of some identities replaced (pairs of identity, status).
+func with(m map[string]int, pairs ...any) map[string]int {
+	for i := 0; i+1 < len(pairs); i += 2 {
+		m[pairs[i].(string)] = pairs[i+1].(int)
+	}
+	return m
 }
 
 func all(status int) map[string]int {
@@ -58,6 +96,18 @@ type rbacFixture struct {
 	backendID         string
 	passwordOf        map[string]string
 	adminTokForSetups string
+	keyIDs            map[string]int64 // of the key identities
+}
+
+// headers are the credentials of who.
+func (f *rbacFixture) headers(who string) map[string]string {
+	switch who {
+	case fwdAdminInf, fwdAdminMgmt:
+		key := map[string]string{fwdAdminInf: keyAdminInf, fwdAdminMgmt: keyAdminMgmt}[who]
+		return internalauth.Sign(testInternalToken, internalauth.Identity{
+			UserID: f.users[asAdmin].ID, KeyID: f.keyIDs[key], Roles: []string{"admin"}}, time.Now())
+	}
+	return bearer(f.tokens[who])
 }
 
 // matrixCase is one endpoint: route is the router's pattern; req returns the concrete path
@@ -85,8 +135,8 @@ func (f *rbacFixture) freshModel() string {
 
 // ownKey creates a key owned by who (by the user for anonymous callers, who cannot own one).
 func (f *rbacFixture) ownKey(who string) int64 {
-	owner := who
-	if _, ok := f.users[who]; !ok {
+	owner := ownerOf(who)
+	if _, ok := f.users[owner]; !ok {
 		owner = asUser
 	}
 	id, _ := f.tc.createKey(f.users[owner].Token, nil)
@@ -105,7 +155,7 @@ func matrix() []matrixCase {
 		{"GET", "/api/v1/users/me", fixed("/api/v1/users/me", nil), expect(200, 200, 200)},
 		{"POST", "/api/v1/users/me/password", func(f *rbacFixture, who string) (string, any) {
 			pw := "whatever-password"
-			if u, ok := f.users[who]; ok {
+			if u, ok := f.users[ownerOf(who)]; ok {
 				pw = u.Password
 			}
 			return "/api/v1/users/me/password", map[string]string{"current_password": pw, "new_password": pw}
@@ -135,7 +185,9 @@ func matrix() []matrixCase {
 			return fmt.Sprintf("/api/v1/users/%d/quota", f.users[asUser].ID), map[string]any{"requests_per_minute": 60}
 		}, expect(403, 403, 200)},
 
-		{"POST", "/api/v1/api-keys", fixed("/api/v1/api-keys", map[string]any{"name": "matrix"}), expect(201, 201, 201)},
+		// A key without the inference scope cannot create one with it (the default scope).
+		{"POST", "/api/v1/api-keys", fixed("/api/v1/api-keys", map[string]any{"name": "matrix"}),
+			with(expect(201, 201, 201), keyUserMgmt, 403, keyAdminMgmt, 403, fwdAdminMgmt, 403)},
 		{"GET", "/api/v1/api-keys", fixed("/api/v1/api-keys", nil), expect(200, 200, 200)},
 		{"GET", "/api/v1/api-keys/{id}", func(f *rbacFixture, who string) (string, any) {
 			return fmt.Sprintf("/api/v1/api-keys/%d", f.ownKey(who)), nil
@@ -233,6 +285,20 @@ func TestRBACMatrix(t *testing.T) {
 		asAdmin:  adminTok,
 		internal: testInternalToken,
 	}
+	f.keyIDs = map[string]int64{}
+	for who, fields := range map[string]map[string]any{
+		keyUserInf:   nil,
+		keyUserMgmt:  {"name": "granted", "user_id": f.users[asUser].ID, "scopes": []string{"management"}},
+		keyAdminInf:  nil,
+		keyAdminMgmt: {"name": "mgmt", "scopes": []string{"management"}},
+		keyAdminAll:  {"name": "all", "scopes": []string{"inference", "management"}},
+	} {
+		tok := adminTok
+		if who == keyUserInf {
+			tok = f.users[asUser].Token
+		}
+		f.keyIDs[who], f.tokens[who] = tc.createKey(tok, fields)
+	}
 
 	// Every registered route must be in the matrix, and every matrix route registered.
 	srv, _, err := newServer(tc.Pool, tc.Opts, obs.NewLogger(obs.LogOptions{Out: discard{}}), obs.NewRegistry("control"))
@@ -281,21 +347,25 @@ func TestRBACMatrix(t *testing.T) {
 			}
 			t.Run(c.method+" "+c.route+" as "+who, func(t *testing.T) {
 				path, body := c.req(f, who)
-				r := tc.do(c.method, path, body, bearer(f.tokens[who]))
+				r := tc.do(c.method, path, body, f.headers(who))
 				if r.Status != want {
 					t.Fatalf("%s %s as %s: status %d, want %d: %s", c.method, path, who, r.Status, want, r.Body)
 				}
 				if c.route == "/api/v1/users/me/password" && r.Status == 204 {
-					// A password change ends the caller's sessions: log in again.
-					u := f.users[who]
+					// A password change ends the owner's sessions (not its keys): log in again.
+					owner := ownerOf(who)
+					u := f.users[owner]
 					u.Token = tc.login(u.Username, u.Password)
-					f.users[who], f.tokens[who] = u, u.Token
-					if who == asAdmin {
+					f.users[owner], f.tokens[owner] = u, u.Token
+					if owner == asAdmin {
 						f.adminTokForSetups = u.Token
 					}
 				}
 				if r.Status >= 400 {
 					e := r.apiErr(t)
+					if inferenceOnly[who] && r.Status == 403 && (e.Error.Code == nil || *e.Error.Code != "insufficient_scope" || !strings.Contains(e.Error.Message, "management scope")) {
+						t.Errorf("key without the management scope answered %q (code %v), want insufficient_scope", e.Error.Message, e.Error.Code)
+					}
 					if who == ended && r.Status == 401 && strings.HasPrefix(c.route, "/api/v1/") && !strings.Contains(e.Error.Message, "session ended") {
 						t.Errorf("ended session answered %q, want a message about the ended session", e.Error.Message)
 					}

@@ -18,7 +18,7 @@ func TestSessionsEnd(t *testing.T) {
 	t.Run("own password change", func(t *testing.T) {
 		u := tc.createUser(admin, "user")
 		other := tc.login(u.Username, u.Password) // a second session of the same user
-		_, key := tc.createKey(u.Token, nil)
+		_, key := tc.createKey(admin, map[string]any{"name": "console", "user_id": u.ID, "scopes": []string{"management"}})
 		tc.call("POST", "/api/v1/users/me/password", u.Token, map[string]string{"current_password": u.Password, "new_password": "Changed-Pass-1"}, 204)
 		for _, tok := range []string{u.Token, other} {
 			e := tc.call("GET", "/api/v1/users/me", tok, nil, 401).apiErr(t)

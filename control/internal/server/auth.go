@@ -5,6 +5,8 @@ import (
 	"slices"
 
 	"github.com/valyala/fasthttp"
+
+	"github.com/maas-platform/maas/pkg/apikey"
 )
 
 // Role names seeded by the migrations.
@@ -21,6 +23,9 @@ type Principal struct {
 	Roles    []string
 	KeyID    int64  // the API key used, 0 for a session token
 	Method   string // "jwt", "api_key" or "gateway"
+	// Scopes are what the caller may reach (apikey.ScopeFor): the key's scopes, or every
+	// scope for a console session. Routes check them before the handler runs.
+	Scopes apikey.Scopes
 }
 
 // HasRole reports whether p has role.

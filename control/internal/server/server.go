@@ -14,6 +14,7 @@ import (
 	"github.com/valyala/fasthttp"
 
 	"github.com/maas-platform/maas/pkg/apierr"
+	"github.com/maas-platform/maas/pkg/apikey"
 	"github.com/maas-platform/maas/pkg/internalauth"
 	"github.com/maas-platform/maas/pkg/obs"
 )
@@ -181,7 +182,7 @@ func (s *Server) Handle(method, path string, access Access, h HandlerFunc) {
 		ctx, cancel := context.WithTimeout(context.Background(), s.opts.RequestTimeout)
 		defer cancel()
 		c := &Call{Ctx: ctx, RC: rc}
-		err := s.admit(c, access)
+		err := s.admit(c, path, access)
 		if err == nil {
 			err = h(c)
 		}
@@ -197,7 +198,7 @@ func (s *Server) Handle(method, path string, access Access, h HandlerFunc) {
 	})
 }
 
-func (s *Server) admit(c *Call, access Access) error {
+func (s *Server) admit(c *Call, path string, access Access) error {
 	switch access {
 	case Public:
 		return nil
@@ -212,6 +213,9 @@ func (s *Server) admit(c *Call, access Access) error {
 		return err
 	}
 	c.Principal = p
+	if need := apikey.ScopeFor(path); !p.Scopes.Has(need) {
+		return &apierr.Error{Kind: apierr.PermissionDenied, Code: "insufficient_scope", Message: apikey.ScopeError(need)}
+	}
 	if access == AdminOnly && !p.IsAdmin() {
 		return apierr.New(apierr.PermissionDenied, "this endpoint needs the admin role")
 	}

@@ -30,13 +30,15 @@ func (s *Service) Authenticate(ctx context.Context, req *fasthttp.Request) (*ser
 		if err != nil {
 			return nil, unauthenticated("invalid forwarded identity")
 		}
+		scopes := apikey.AllScopes // an identity without a key: a service acting as the user
 		if id.KeyID > 0 {
 			k, err := s.store.KeyByID(ctx, id.KeyID)
 			if err := s.checkKey(ctx, k, err, now, id.UserID); err != nil {
 				return nil, err
 			}
+			scopes = k.Scopes
 		}
-		return s.principal(ctx, id.UserID, id.KeyID, "gateway")
+		return s.principal(ctx, id.UserID, id.KeyID, scopes, "gateway")
 	}
 	auth := string(req.Header.Peek("Authorization"))
 	if auth == "" {
@@ -59,7 +61,7 @@ func (s *Service) Authenticate(ctx context.Context, req *fasthttp.Request) (*ser
 		if err := s.checkKey(ctx, owner, err, now, 0); err != nil {
 			return nil, err
 		}
-		return s.principal(ctx, owner.UserID, owner.KeyID, "api_key")
+		return s.principal(ctx, owner.UserID, owner.KeyID, owner.Scopes, "api_key")
 	}
 	sess, err := s.tokens.Parse(cred)
 	if errors.Is(err, ErrTokenExpired) {
@@ -75,7 +77,7 @@ func (s *Service) Authenticate(ctx context.Context, req *fasthttp.Request) (*ser
 	if u.SessionVersion != sess.Version {
 		return nil, unauthenticated("session ended (password changed or account disabled); log in again")
 	}
-	return principalOf(u, 0, "jwt"), nil
+	return principalOf(u, 0, apikey.AllScopes, "jwt"), nil
 }
 
 func (s *Service) checkKey(_ context.Context, k *KeyOwner, lookupErr error, now time.Time, wantUser int64) error {
@@ -96,12 +98,12 @@ func (s *Service) checkKey(_ context.Context, k *KeyOwner, lookupErr error, now 
 	return nil
 }
 
-func (s *Service) principal(ctx context.Context, userID, keyID int64, method string) (*server.Principal, error) {
+func (s *Service) principal(ctx context.Context, userID, keyID int64, scopes apikey.Scopes, method string) (*server.Principal, error) {
 	u, err := s.activeUser(ctx, userID)
 	if err != nil {
 		return nil, err
 	}
-	return principalOf(u, keyID, method), nil
+	return principalOf(u, keyID, scopes, method), nil
 }
 
 // activeUser loads userID for authentication: roles come from the database on every
@@ -120,8 +122,8 @@ func (s *Service) activeUser(ctx context.Context, userID int64) (*User, error) {
 	return u, nil
 }
 
-func principalOf(u *User, keyID int64, method string) *server.Principal {
-	return &server.Principal{UserID: u.ID, Username: u.Username, Roles: u.Roles, KeyID: keyID, Method: method}
+func principalOf(u *User, keyID int64, scopes apikey.Scopes, method string) *server.Principal {
+	return &server.Principal{UserID: u.ID, Username: u.Username, Roles: u.Roles, KeyID: keyID, Scopes: scopes, Method: method}
 }
 
 // badCredentials is the answer to any failed login: it never says which part was wrong.

@@ -2,6 +2,7 @@ package user
 
 import (
 	"errors"
+	"fmt"
 	"regexp"
 	"strings"
 	"time"
@@ -9,6 +10,7 @@ import (
 
 	"github.com/maas-platform/maas/control/internal/server"
 	"github.com/maas-platform/maas/pkg/apierr"
+	"github.com/maas-platform/maas/pkg/apikey"
 )
 
 // Routes adds the user, session, API key and quota endpoints to srv.
@@ -454,6 +456,7 @@ func (s *Service) handlePutQuota(c *server.Call) error {
 type createKeyRequest struct {
 	Name      string     `json:"name"`
 	Models    []string   `json:"models"`
+	Scopes    []string   `json:"scopes"` // default ["inference"]; "management" needs the admin role
 	ExpiresAt *time.Time `json:"expires_at"`
 	RPM       *int64     `json:"rpm"`
 	TPM       *int64     `json:"tpm"`
@@ -488,13 +491,26 @@ func (s *Service) handleCreateKey(c *server.Call) error {
 	if req.ExpiresAt != nil && !req.ExpiresAt.After(s.now()) {
 		return apierr.Param("expires_at", "expires_at must be in the future")
 	}
-	n := NewKey{UserID: owner, Name: strings.TrimSpace(req.Name), Models: req.Models, ExpiresAt: req.ExpiresAt}
+	n := NewKey{UserID: owner, Name: strings.TrimSpace(req.Name), Models: req.Models, ExpiresAt: req.ExpiresAt, Scopes: apikey.DefaultScopes}
 	var err error
+	if req.Scopes != nil {
+		if n.Scopes, err = apikey.ParseScopes(req.Scopes); err != nil {
+			return apierr.Param("scopes", "%v", err)
+		}
+	}
+	if n.Scopes.Has(apikey.Management) && !c.Principal.IsAdmin() {
+		return &apierr.Error{Kind: apierr.PermissionDenied, Param: "scopes", Message: "only an admin may create a key with the management scope"}
+	}
 	if n.RPM, err = limit32("rpm", req.RPM); err != nil {
 		return err
 	}
 	if n.TPM, err = limit32("tpm", req.TPM); err != nil {
 		return err
+	}
+	if c.Principal.KeyID != 0 {
+		if err := s.narrowToCallerKey(c, &n); err != nil {
+			return err
+		}
 	}
 	k, err := s.CreateKey(c.Ctx, n)
 	if errors.Is(err, ErrForeignKey) {
@@ -505,6 +521,58 @@ func (s *Service) handleCreateKey(c *server.Call) error {
 	}
 	s.log.Info("api key created", "key_id", k.ID, "user_id", owner, "by", c.Principal.UserID)
 	return c.JSON(201, k)
+}
+
+// narrowToCallerKey applies the rule that no key creates a key with more rights than
+// itself, when the caller authenticated with a key: the new key's scopes and models are
+// within the caller key's, its limits are not looser and it expires no later. Fields the
+// request leaves out are inherited from the caller's key.
+func (s *Service) narrowToCallerKey(c *server.Call, n *NewKey) error {
+	parent, err := s.store.GetKey(c.Ctx, c.Principal.KeyID)
+	if err != nil {
+		return storeErr(err, "api key")
+	}
+	deny := func(param, format string, args ...any) error {
+		return &apierr.Error{Kind: apierr.PermissionDenied, Param: param,
+			Message: "a key cannot create a key with more rights than itself: " + fmt.Sprintf(format, args...)}
+	}
+	if have := apikey.ScopesOf(parent.Scopes); !n.Scopes.Within(have) {
+		return deny("scopes", "scopes %q are not within this key's %q", n.Scopes.Names(), have.Names())
+	}
+	if parent.Models != nil {
+		if n.Models == nil {
+			n.Models = parent.Models
+		}
+		for _, m := range n.Models {
+			if !containsString(parent.Models, m) {
+				return deny("models", "model %q is not in this key's models", m)
+			}
+		}
+	}
+	for _, l := range []struct {
+		param  string
+		parent *int32
+		child  **int32
+	}{{"rpm", parent.RPM, &n.RPM}, {"tpm", parent.TPM, &n.TPM}} {
+		if l.parent == nil || *l.parent == 0 { // no limit
+			continue
+		}
+		if *l.child == nil {
+			*l.child = l.parent
+			continue
+		}
+		if v := **l.child; v == 0 || v > *l.parent {
+			return deny(l.param, "%s must be from 1 to this key's %d", l.param, *l.parent)
+		}
+	}
+	if parent.ExpiresAt != nil {
+		if n.ExpiresAt == nil {
+			n.ExpiresAt = parent.ExpiresAt
+		} else if n.ExpiresAt.After(*parent.ExpiresAt) {
+			return deny("expires_at", "expires_at must not be later than this key's (%s)", parent.ExpiresAt.UTC().Format(time.RFC3339))
+		}
+	}
+	return nil
 }
 
 func (s *Service) handleListKeys(c *server.Call) error {

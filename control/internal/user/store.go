@@ -9,6 +9,8 @@ import (
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgxpool"
+
+	"github.com/maas-platform/maas/pkg/apikey"
 )
 
 // DB is what this package needs of PostgreSQL; *pgxpool.Pool satisfies it.
@@ -51,6 +53,7 @@ type Key struct {
 	Name       string     `json:"name"`
 	Prefix     string     `json:"prefix"`
 	Models     []string   `json:"models"` // null = every model the user may use
+	Scopes     []string   `json:"scopes"` // inference, management (apikey.Scopes)
 	RPM        *int32     `json:"rpm"`
 	TPM        *int32     `json:"tpm"`
 	ExpiresAt  *time.Time `json:"expires_at"`
@@ -318,11 +321,11 @@ func (s *Store) IDByUsername(ctx context.Context, username string) (int64, error
 
 // --- API keys ---
 
-const keyColumns = `id, user_id, name, prefix, models, rpm, tpm, expires_at, revoked_at, last_used_at, created_at`
+const keyColumns = `id, user_id, name, prefix, models, scopes, rpm, tpm, expires_at, revoked_at, last_used_at, created_at`
 
 func scanKey(row pgx.Row) (*Key, error) {
 	k := &Key{Object: "api_key"}
-	err := row.Scan(&k.ID, &k.UserID, &k.Name, &k.Prefix, &k.Models, &k.RPM, &k.TPM, &k.ExpiresAt, &k.RevokedAt, &k.LastUsedAt, &k.CreatedAt)
+	err := row.Scan(&k.ID, &k.UserID, &k.Name, &k.Prefix, &k.Models, &k.Scopes, &k.RPM, &k.TPM, &k.ExpiresAt, &k.RevokedAt, &k.LastUsedAt, &k.CreatedAt)
 	if errors.Is(err, pgx.ErrNoRows) {
 		return nil, ErrNotFound
 	}
@@ -336,15 +339,19 @@ type NewKey struct {
 	Prefix    string
 	Hash      []byte
 	Models    []string
+	Scopes    apikey.Scopes // zero: apikey.DefaultScopes
 	RPM, TPM  *int32
 	ExpiresAt *time.Time
 }
 
 // CreateKey inserts a key.
 func (s *Store) CreateKey(ctx context.Context, n NewKey) (*Key, error) {
-	k, err := scanKey(s.db.QueryRow(ctx, `INSERT INTO api_keys (user_id, name, prefix, key_hash, models, rpm, tpm, expires_at)
-		VALUES ($1, $2, $3, $4, $5, $6, $7, $8) RETURNING `+keyColumns,
-		n.UserID, n.Name, n.Prefix, n.Hash, n.Models, n.RPM, n.TPM, n.ExpiresAt))
+	if n.Scopes == 0 {
+		n.Scopes = apikey.DefaultScopes
+	}
+	k, err := scanKey(s.db.QueryRow(ctx, `INSERT INTO api_keys (user_id, name, prefix, key_hash, models, scopes, rpm, tpm, expires_at)
+		VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) RETURNING `+keyColumns,
+		n.UserID, n.Name, n.Prefix, n.Hash, n.Models, n.Scopes.Names(), n.RPM, n.TPM, n.ExpiresAt))
 	if err != nil {
 		return nil, fmt.Errorf("create key: %w", mapErr(err))
 	}
@@ -398,36 +405,43 @@ func (s *Store) RevokeKey(ctx context.Context, id int64) error {
 type KeyOwner struct {
 	KeyID     int64
 	UserID    int64
+	Scopes    apikey.Scopes
 	ExpiresAt *time.Time
 	RevokedAt *time.Time
 }
 
-// KeyByHash finds a key by its digest.
-func (s *Store) KeyByHash(ctx context.Context, hash []byte) (*KeyOwner, error) {
+const keyOwnerColumns = `id, user_id, scopes, expires_at, revoked_at`
+
+func scanKeyOwner(row pgx.Row) (*KeyOwner, error) {
 	var k KeyOwner
-	err := s.db.QueryRow(ctx, `SELECT id, user_id, expires_at, revoked_at FROM api_keys WHERE key_hash = $1`, hash).
-		Scan(&k.KeyID, &k.UserID, &k.ExpiresAt, &k.RevokedAt)
+	var scopes []string
+	err := row.Scan(&k.KeyID, &k.UserID, &scopes, &k.ExpiresAt, &k.RevokedAt)
 	if errors.Is(err, pgx.ErrNoRows) {
 		return nil, ErrNotFound
 	}
 	if err != nil {
+		return nil, err
+	}
+	k.Scopes = apikey.ScopesOf(scopes)
+	return &k, nil
+}
+
+// KeyByHash finds a key by its digest.
+func (s *Store) KeyByHash(ctx context.Context, hash []byte) (*KeyOwner, error) {
+	k, err := scanKeyOwner(s.db.QueryRow(ctx, `SELECT `+keyOwnerColumns+` FROM api_keys WHERE key_hash = $1`, hash))
+	if err != nil && !errors.Is(err, ErrNotFound) {
 		return nil, fmt.Errorf("look up key: %w", err)
 	}
-	return &k, nil
+	return k, err
 }
 
 // KeyByID is KeyByHash by id (for identities forwarded by the gateway).
 func (s *Store) KeyByID(ctx context.Context, id int64) (*KeyOwner, error) {
-	var k KeyOwner
-	err := s.db.QueryRow(ctx, `SELECT id, user_id, expires_at, revoked_at FROM api_keys WHERE id = $1`, id).
-		Scan(&k.KeyID, &k.UserID, &k.ExpiresAt, &k.RevokedAt)
-	if errors.Is(err, pgx.ErrNoRows) {
-		return nil, ErrNotFound
-	}
-	if err != nil {
+	k, err := scanKeyOwner(s.db.QueryRow(ctx, `SELECT `+keyOwnerColumns+` FROM api_keys WHERE id = $1`, id))
+	if err != nil && !errors.Is(err, ErrNotFound) {
 		return nil, fmt.Errorf("look up key %d: %w", id, err)
 	}
-	return &k, nil
+	return k, err
 }
 
 // --- quotas ---
