@@ -7,6 +7,7 @@ import (
 	"github.com/valyala/fasthttp"
 
 	"github.com/maas-platform/maas/pkg/apierr"
+	"github.com/maas-platform/maas/pkg/apikey"
 	"github.com/maas-platform/maas/pkg/internalauth"
 )
 
@@ -42,7 +43,8 @@ var identityHeaders = []string{internalauth.HeaderUserID, internalauth.HeaderKey
 	internalauth.HeaderTimestamp, internalauth.HeaderSignature}
 
 // Forward passes a control-plane request (/api/v1/*, /v1/files*, /v1/fine_tuning/*,
-// /v1/vector_stores/*, /v1/apps/*) to control. An API key is authenticated here and
+// /v1/vector_stores/*, /v1/apps/*) to control. An API key is authenticated here (it needs
+// the scope apikey.ScopeFor names for the path: management for /api/v1) and
 // replaced by the caller's identity in headers signed with the internal token; any other
 // bearer (a console JWT) goes through untouched for control to check. Identity headers
 // sent by the client are always removed.
@@ -62,7 +64,8 @@ func (h *Handler) Forward(ctx *fasthttp.RequestCtx) {
 			h.writeError(ctx, notReady())
 			return
 		}
-		k, err := h.authenticate(snap, req.Header.Peek("Authorization"), h.o.Now())
+		// The scope the path needs (management for /api/v1) is checked here and again by control.
+		k, err := h.authenticateFor(snap, req.Header.Peek("Authorization"), h.o.Now(), apikey.ScopeFor(string(ctx.Path())))
 		if err != nil {
 			h.writeError(ctx, err)
 			return

@@ -5,6 +5,13 @@
 // reads it without locks and never waits on PostgreSQL. The Store reloads it when control
 // sends NOTIFY maas_changes, every ReloadInterval as a safety net, and re-reads backends'
 // load figures every LoadRefreshInterval.
+//
+// A key created a moment ago may not be in the snapshot yet (the reload after its NOTIFY
+// takes a few milliseconds). Store.FindKey looks such a key up in PostgreSQL once, with the
+// loader's own SQL and rules (lookup.go): one query per key hash at a time, a short
+// negative cache, and a rate limit per gateway so that a flood of random keys cannot reach
+// the database. Keys found that way are kept beside the snapshot until a snapshot read
+// after them replaces them.
 package snapshot
 
 import (
@@ -61,6 +68,8 @@ type Key struct {
 	RequestsPerMinute int
 	TokensPerMinute   int
 	ExpiresAt         time.Time // zero: never
+	// Scopes are the endpoint families the key may call (apikey.ScopeFor).
+	Scopes apikey.Scopes
 }
 
 // Expired reports whether k has expired at now.
@@ -204,11 +213,15 @@ func (b *Builder) AddUser(u *User) {
 	b.s.users[u.ID] = u
 }
 
-// AddKey adds k under hash h; keys whose user is unknown or inactive are left out.
+// AddKey adds k under hash h; keys whose user is unknown or inactive are left out. A key
+// without scopes gets apikey.DefaultScopes (stored keys always have at least one).
 func (b *Builder) AddKey(h apikey.Hash, k *Key) {
 	u := b.s.users[k.UserID]
 	if u == nil || !u.Active {
 		return
+	}
+	if k.Scopes == 0 {
+		k.Scopes = apikey.DefaultScopes
 	}
 	k.User = u
 	b.s.keys[h] = k

@@ -36,7 +36,22 @@ type Options struct {
 	// goroutine).
 	OnSnapshot func(*Snapshot)
 	// OnLoad is called with fresh load figures of every backend.
-	OnLoad     func([]Load)
+	OnLoad func([]Load)
+
+	// KeyLookupRate bounds FindKey's PostgreSQL look-ups of keys the snapshot does not know,
+	// per second and per gateway; 0 turns look-ups off (an unknown key is refused at once).
+	KeyLookupRate int
+	// KeyLookupBurst is the rate limiter's burst (0: KeyLookupRate/5, at least 1).
+	KeyLookupBurst int
+	// KeyLookupMaxWait is how long a look-up may wait for the rate limiter before it is
+	// refused.
+	KeyLookupMaxWait time.Duration
+	// KeyLookupTimeout bounds one look-up's queries (PostgreSQL down: refused after this).
+	KeyLookupTimeout time.Duration
+	// KeyNegativeTTL is how long a key that a look-up did not find is refused without
+	// asking PostgreSQL again.
+	KeyNegativeTTL time.Duration
+
 	Logger     *slog.Logger
 	Registerer prometheus.Registerer
 	Now        func() time.Time
@@ -48,6 +63,10 @@ func DefaultOptions() Options {
 		ReloadInterval:      30 * time.Second,
 		LoadRefreshInterval: time.Second,
 		Debounce:            20 * time.Millisecond,
+		KeyLookupRate:       50,
+		KeyLookupMaxWait:    250 * time.Millisecond,
+		KeyLookupTimeout:    500 * time.Millisecond,
+		KeyNegativeTTL:      2 * time.Second,
 		Now:                 time.Now,
 	}
 }
@@ -62,6 +81,7 @@ type Store struct {
 	reloads *prometheus.CounterVec
 	ready   chan struct{}
 	once    sync.Once
+	keys    *keyLookup // nil when look-ups are off
 }
 
 // New returns a Store; call Run to load and keep the snapshot fresh.
@@ -72,6 +92,12 @@ func New(o Options) (*Store, error) {
 	if o.ReloadInterval <= 0 || o.LoadRefreshInterval <= 0 {
 		return nil, errors.New("snapshot: intervals must be positive")
 	}
+	if o.KeyLookupRate < 0 {
+		return nil, errors.New("snapshot: KeyLookupRate must not be negative")
+	}
+	if o.KeyLookupRate > 0 && (o.KeyLookupTimeout <= 0 || o.KeyNegativeTTL <= 0 || o.KeyLookupMaxWait < 0) {
+		return nil, errors.New("snapshot: key look-up timeout and negative TTL must be positive")
+	}
 	if o.Logger == nil {
 		o.Logger = slog.New(slog.DiscardHandler)
 	}
@@ -79,6 +105,9 @@ func New(o Options) (*Store, error) {
 		o.Now = time.Now
 	}
 	s := &Store{o: o, reload: make(chan struct{}, 1), ready: make(chan struct{})}
+	if o.KeyLookupRate > 0 {
+		s.keys = newKeyLookup(o, o.Pool)
+	}
 	s.reloads = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "maas_gateway_snapshot_reloads_total",
 		Help: "Snapshot reloads from PostgreSQL by result (ok, error).",
@@ -98,6 +127,11 @@ func New(o Options) (*Store, error) {
 		}
 		if err := o.Registerer.Register(s.reloads); err != nil {
 			return nil, fmt.Errorf("snapshot: register metrics: %w", err)
+		}
+		if s.keys != nil {
+			if err := o.Registerer.Register(s.keys.results); err != nil {
+				return nil, fmt.Errorf("snapshot: register metrics: %w", err)
+			}
 		}
 	}
 	return s, nil
@@ -158,6 +192,9 @@ func (s *Store) ReloadNow(ctx context.Context) error {
 	}
 	s.reloads.WithLabelValues("ok").Inc()
 	s.cur.Store(snap)
+	if s.keys != nil {
+		s.keys.replaced(snap)
+	}
 	s.once.Do(func() { close(s.ready) })
 	if s.o.OnSnapshot != nil {
 		s.o.OnSnapshot(snap)
@@ -338,63 +375,14 @@ func Read(ctx context.Context, q Querier, now time.Time) (*Snapshot, error) {
 	defer tx.Rollback(ctx) //nolint:errcheck
 	b := NewBuilder(now)
 
-	rows, err := tx.Query(ctx, `SELECT u.id, u.username, u.is_active,
-		COALESCE(array_agg(r.name) FILTER (WHERE r.name IS NOT NULL), '{}'),
-		q.requests_per_minute, q.tokens_per_minute, q.max_concurrent, q.monthly_token_budget
-		FROM users u
-		LEFT JOIN user_roles ur ON ur.user_id = u.id
-		LEFT JOIN roles r ON r.id = ur.role_id
-		LEFT JOIN user_quotas q ON q.user_id = u.id
-		GROUP BY u.id, q.user_id`)
-	if err != nil {
-		return nil, fmt.Errorf("load users: %w", err)
+	if err := readUsers(ctx, tx, b, usersSQL); err != nil {
+		return nil, err
 	}
-	for rows.Next() {
-		u := &User{}
-		var rpm, tpm, conc *int32
-		var budget *int64
-		if err := rows.Scan(&u.ID, &u.Username, &u.Active, &u.Roles, &rpm, &tpm, &conc, &budget); err != nil {
-			rows.Close()
-			return nil, fmt.Errorf("load users: %w", err)
-		}
-		u.Quota = Quota{RequestsPerMinute: deref32(rpm), TokensPerMinute: deref32(tpm), MaxConcurrent: deref32(conc)}
-		if budget != nil {
-			u.Quota.MonthlyTokenBudget = *budget
-		}
-		b.AddUser(u)
-	}
-	if err := rows.Err(); err != nil {
-		return nil, fmt.Errorf("load users: %w", err)
+	if err := readKeys(ctx, tx, b, keysSQL); err != nil {
+		return nil, err
 	}
 
-	rows, err = tx.Query(ctx, `SELECT id, user_id, key_hash, models, rpm, tpm, expires_at
-		FROM api_keys WHERE revoked_at IS NULL AND (expires_at IS NULL OR expires_at > now())`)
-	if err != nil {
-		return nil, fmt.Errorf("load keys: %w", err)
-	}
-	for rows.Next() {
-		k := &Key{}
-		var hash []byte
-		var rpm, tpm *int32
-		var exp *time.Time
-		if err := rows.Scan(&k.ID, &k.UserID, &hash, &k.Models, &rpm, &tpm, &exp); err != nil {
-			rows.Close()
-			return nil, fmt.Errorf("load keys: %w", err)
-		}
-		if len(hash) != len(apikey.Hash{}) {
-			continue
-		}
-		k.RequestsPerMinute, k.TokensPerMinute = deref32(rpm), deref32(tpm)
-		if exp != nil {
-			k.ExpiresAt = *exp
-		}
-		b.AddKey(apikey.Hash(hash), k)
-	}
-	if err := rows.Err(); err != nil {
-		return nil, fmt.Errorf("load keys: %w", err)
-	}
-
-	rows, err = tx.Query(ctx, `SELECT id, name, type, context_window, max_output_tokens, visibility,
+	rows, err := tx.Query(ctx, `SELECT id, name, type, context_window, max_output_tokens, visibility,
 		allowed_roles, allowed_users, routing_policy, enabled, EXTRACT(EPOCH FROM created_at)::bigint
 		FROM models`)
 	if err != nil {
@@ -457,6 +445,84 @@ func Read(ctx context.Context, q Querier, now time.Time) (*Snapshot, error) {
 		return nil, fmt.Errorf("load backends: %w", err)
 	}
 	return b.Build(), nil
+}
+
+// The users and keys of a snapshot. FindKey runs the same statements narrowed to one key and
+// its user (lookup.go), so both paths apply the same rules.
+const (
+	usersSQL = `SELECT u.id, u.username, u.is_active,
+		COALESCE(array_agg(r.name) FILTER (WHERE r.name IS NOT NULL), '{}'),
+		q.requests_per_minute, q.tokens_per_minute, q.max_concurrent, q.monthly_token_budget
+		FROM users u
+		LEFT JOIN user_roles ur ON ur.user_id = u.id
+		LEFT JOIN roles r ON r.id = ur.role_id
+		LEFT JOIN user_quotas q ON q.user_id = u.id`
+	usersGroup = ` GROUP BY u.id, q.user_id`
+	keysSQL    = `SELECT id, user_id, key_hash, models, rpm, tpm, expires_at, scopes
+		FROM api_keys WHERE revoked_at IS NULL AND (expires_at IS NULL OR expires_at > now())`
+)
+
+type rowQuerier interface {
+	Query(ctx context.Context, sql string, args ...any) (pgx.Rows, error)
+}
+
+// readUsers adds to b the users selected by sql (usersSQL, optionally with a WHERE clause).
+func readUsers(ctx context.Context, q rowQuerier, b *Builder, sql string, args ...any) error {
+	rows, err := q.Query(ctx, sql+usersGroup, args...)
+	if err != nil {
+		return fmt.Errorf("load users: %w", err)
+	}
+	for rows.Next() {
+		u := &User{}
+		var rpm, tpm, conc *int32
+		var budget *int64
+		if err := rows.Scan(&u.ID, &u.Username, &u.Active, &u.Roles, &rpm, &tpm, &conc, &budget); err != nil {
+			rows.Close()
+			return fmt.Errorf("load users: %w", err)
+		}
+		u.Quota = Quota{RequestsPerMinute: deref32(rpm), TokensPerMinute: deref32(tpm), MaxConcurrent: deref32(conc)}
+		if budget != nil {
+			u.Quota.MonthlyTokenBudget = *budget
+		}
+		b.AddUser(u)
+	}
+	if err := rows.Err(); err != nil {
+		return fmt.Errorf("load users: %w", err)
+	}
+	return nil
+}
+
+// readKeys adds to b the usable keys selected by sql (keysSQL, optionally narrowed); b must
+// already hold their users.
+func readKeys(ctx context.Context, q rowQuerier, b *Builder, sql string, args ...any) error {
+	rows, err := q.Query(ctx, sql, args...)
+	if err != nil {
+		return fmt.Errorf("load keys: %w", err)
+	}
+	for rows.Next() {
+		k := &Key{}
+		var hash []byte
+		var rpm, tpm *int32
+		var exp *time.Time
+		var scopes []string
+		if err := rows.Scan(&k.ID, &k.UserID, &hash, &k.Models, &rpm, &tpm, &exp, &scopes); err != nil {
+			rows.Close()
+			return fmt.Errorf("load keys: %w", err)
+		}
+		if len(hash) != len(apikey.Hash{}) {
+			continue
+		}
+		k.RequestsPerMinute, k.TokensPerMinute = deref32(rpm), deref32(tpm)
+		k.Scopes = apikey.ScopesOf(scopes)
+		if exp != nil {
+			k.ExpiresAt = *exp
+		}
+		b.AddKey(apikey.Hash(hash), k)
+	}
+	if err := rows.Err(); err != nil {
+		return fmt.Errorf("load keys: %w", err)
+	}
+	return nil
 }
 
 func deref32(p *int32) int {
