@@ -4,7 +4,7 @@ BIN := bin
 VERSION ?= $(shell git describe --always --dirty 2>/dev/null || echo dev)
 LDFLAGS := -s -w -X github.com/maas-platform/maas/pkg/obs.Version=$(VERSION)
 
-.PHONY: help build run test bench fmt vet lint clean
+.PHONY: help build run test bench faults fmt vet lint clean
 
 help: ## show this help
 	@grep -E '^[a-z]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-8s %s\n", $$1, $$2}'
@@ -21,6 +21,9 @@ test: ## vet + every test (unit, integration, end to end) against real PostgreSQ
 
 bench: build ## the standard benchmark suite (bench/results/)
 	@bash deploy/local/bench.sh $(BENCH_ARGS)
+
+faults: build ## the fault suite with full outages and the 10-minute soak (bench/results/faults.md)
+	@bash deploy/local/faults.sh $(FAULTS_ARGS)
 
 fmt: ## gofmt the tree
 	gofmt -w $$(git ls-files '*.go')

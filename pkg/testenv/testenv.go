@@ -37,10 +37,26 @@ var (
 )
 
 // Build compiles the three binaries once per test process (without -race: they are the
-// system under test, not the test) and returns their paths.
+// system under test, not the test) and returns their paths. When MAAS_TEST_BIN_DIR names a
+// directory holding gateway, control and worker already built (e.g. bin/ after `make
+// build`), those are used instead.
 func Build(t testing.TB) Binaries {
 	t.Helper()
 	buildOnce.Do(func() {
+		if dir := os.Getenv("MAAS_TEST_BIN_DIR"); dir != "" {
+			dir, buildErr = filepath.Abs(dir)
+			built = Binaries{
+				Gateway: filepath.Join(dir, "gateway"),
+				Control: filepath.Join(dir, "control"),
+				Worker:  filepath.Join(dir, "worker"),
+			}
+			for _, p := range []string{built.Gateway, built.Control, built.Worker} {
+				if _, err := os.Stat(p); err != nil && buildErr == nil {
+					buildErr = fmt.Errorf("MAAS_TEST_BIN_DIR: %w", err)
+				}
+			}
+			return
+		}
 		dir, err := os.MkdirTemp("", "maas-bin-")
 		if err != nil {
 			buildErr = err
@@ -223,13 +239,19 @@ type Platform struct {
 
 	AdminPassword string
 
-	ControlURL string
-	Control    *Proc
+	ControlURL  string
+	Control     *Proc
+	controlAddr string
 }
 
 // Options selects what NewPlatform provides.
 type Options struct {
 	Redis bool // also hand out the test Redis (MAAS_TEST_REDIS_URL)
+	// DatabaseURL, when set, is used instead of a fresh database on the shared test
+	// server (e.g. a private cluster from StartPostgres); control migrates it at start.
+	DatabaseURL string
+	// RedisURL, when set, is handed out instead of the shared test Redis (e.g. StartRedis).
+	RedisURL string
 }
 
 // NewPlatform creates a fresh migrated database and builds the binaries; start processes
@@ -239,12 +261,16 @@ func NewPlatform(t testing.TB, o Options) *Platform {
 	p := &Platform{
 		t:             t,
 		Bin:           Build(t),
-		DBURL:         pgtest.NewDatabase(t),
+		DBURL:         o.DatabaseURL,
+		RedisURL:      o.RedisURL,
 		Token:         "test-internal-token-0123456789",
 		Secret:        "test-secret-key-0123456789abcdef0123456789",
 		AdminPassword: "Admin-Pass-12345",
 	}
-	if o.Redis {
+	if p.DBURL == "" {
+		p.DBURL = pgtest.NewDatabase(t)
+	}
+	if o.Redis && p.RedisURL == "" {
 		p.RedisURL = pgtest.RedisURL(t)
 	}
 	return p
@@ -267,10 +293,15 @@ func (p *Platform) Env(extra ...string) []string {
 	return append(env, extra...)
 }
 
-// StartControl starts control on a free port and waits for /ready.
+// StartControl starts control on a free port and waits for /ready. Called again (after
+// the first control stopped), it starts control on the same address, so workers and
+// gateways configured with ControlURL find it again.
 func (p *Platform) StartControl(extraEnv ...string) *Proc {
 	p.t.Helper()
-	addr := FreeAddr(p.t)
+	if p.controlAddr == "" {
+		p.controlAddr = FreeAddr(p.t)
+	}
+	addr := p.controlAddr
 	p.ControlURL = "http://" + addr
 	proc := Start(p.t, "control", p.Bin.Control, nil, p.Env(append([]string{"MAAS_CONTROL_ADDR=" + addr}, extraEnv...)...)...)
 	WaitHTTP(p.t, proc, p.ControlURL+"/ready", 30*time.Second)
