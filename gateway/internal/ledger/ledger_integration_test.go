@@ -14,7 +14,7 @@ import (
 
 func TestCopyIntoUsageRecords(t *testing.T) {
 	pool, _ := pgtest.NewPool(t)
-	w, err := New(Options{DB: pool, Batch: 100, FlushInterval: 10 * time.Millisecond, Buffer: 10000})
+	w, err := New(Options{DB: pool, DataDir: t.TempDir(), Batch: 100, FlushInterval: 10 * time.Millisecond, Buffer: 10000})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -85,7 +85,7 @@ func TestLastUsedAtOnRealDatabase(t *testing.T) {
 	}
 	before := version()
 
-	w, err := New(Options{DB: pool, Batch: 4, FlushInterval: 10 * time.Millisecond, Buffer: 1000})
+	w, err := New(Options{DB: pool, DataDir: t.TempDir(), Batch: 4, FlushInterval: 10 * time.Millisecond, Buffer: 1000})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -166,7 +166,7 @@ func TestConcurrentWritersShareKeys(t *testing.T) {
 	latest := time.Date(2026, 11, 27, 12, 0, 0, 0, time.UTC).Add(each * time.Millisecond)
 	var writers []*Writer
 	for range 2 {
-		w, err := New(Options{DB: pool, Batch: 50, FlushInterval: time.Millisecond, Buffer: 10 * each})
+		w, err := New(Options{DB: pool, DataDir: t.TempDir(), Batch: 50, FlushInterval: time.Millisecond, Buffer: 10 * each})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -177,7 +177,7 @@ func TestConcurrentWritersShareKeys(t *testing.T) {
 	for g, w := range writers {
 		wg.Go(func() {
 			for i := range each {
-				r := rec(i)
+				r := rec(g*each + i)
 				k := i % nKeys
 				if g == 1 {
 					k = nKeys - 1 - k // the other order

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"slices"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -13,16 +14,25 @@ import (
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/maas-platform/maas/gateway/internal/panics"
 )
 
-// flakyDB fails while down is true and keeps what it was given otherwise.
-type flakyDB struct {
-	mu      sync.Mutex
-	down    bool
-	rows    int
-	batches []int
-	fails   int
-	touches []touch // committed last_used_at updates, one per batch with keys
+// fakeDB keeps committed rows by request id, like usage_records with its unique index. It
+// fails while down is true; failCommit makes commits apply and then report an error (a lost
+// acknowledgement); panics makes the next Begin panic.
+type fakeDB struct {
+	mu         sync.Mutex
+	down       bool
+	failCommit int
+	panics     int
+	refuse     string // a model value refused with a data error (SQLSTATE 22021)
+	ids        map[string]int
+	order      []string
+	batches    []int
+	fails      int
+	touches    []touch // committed last_used_at updates, one per batch with keys
+	block      chan struct{}
 }
 
 // touch is one last_used_at update: its key ids and times.
@@ -31,14 +41,28 @@ type touch struct {
 	Ats []time.Time
 }
 
-func (f *flakyDB) setDown(d bool) { f.mu.Lock(); f.down = d; f.mu.Unlock() }
+func (f *fakeDB) setDown(d bool) { f.mu.Lock(); f.down = d; f.mu.Unlock() }
 
-func (f *flakyDB) Begin(ctx context.Context) (pgx.Tx, error) {
+func (f *fakeDB) Begin(ctx context.Context) (pgx.Tx, error) {
 	f.mu.Lock()
-	defer f.mu.Unlock()
+	block := f.block
+	if f.panics > 0 {
+		f.panics--
+		f.mu.Unlock()
+		panic("injected")
+	}
 	if f.down {
 		f.fails++
-		return nil, errors.New("connection refused")
+		f.mu.Unlock()
+		return nil, errors.New("dial tcp 127.0.0.1:5432: connection refused")
+	}
+	f.mu.Unlock()
+	if block != nil {
+		select {
+		case <-block:
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		}
 	}
 	return &fakeTx{db: f}, nil
 }
@@ -46,30 +70,47 @@ func (f *flakyDB) Begin(ctx context.Context) (pgx.Tx, error) {
 // fakeTx keeps a batch until Commit. Methods the Writer does not use panic (nil pgx.Tx).
 type fakeTx struct {
 	pgx.Tx
-	db      *flakyDB
-	rows    int
+	db      *fakeDB
+	staged  []string
 	touches []touch
 }
 
 func (tx *fakeTx) CopyFrom(ctx context.Context, table pgx.Identifier, cols []string, src pgx.CopyFromSource) (int64, error) {
 	n := 0
 	for src.Next() {
-		if _, err := src.Values(); err != nil {
+		v, err := src.Values()
+		if err != nil {
 			return 0, err
 		}
+		if tx.db.refuse != "" && v[4] == tx.db.refuse {
+			return 0, &pgconn.PgError{Code: "22021", Message: "invalid byte sequence for encoding \"UTF8\""}
+		}
+		tx.staged = append(tx.staged, v[0].(string))
 		n++
 	}
-	tx.rows += n
 	return int64(n), nil
 }
 
 func (tx *fakeTx) Exec(ctx context.Context, sql string, args ...any) (pgconn.CommandTag, error) {
-	if sql != touchKeys || len(args) != 2 {
-		return pgconn.CommandTag{}, fmt.Errorf("unexpected statement %q with %d arguments", sql, len(args))
+	switch sql {
+	case createStage:
+		return pgconn.NewCommandTag("CREATE TABLE"), nil
+	case insertStaged:
+		tx.db.mu.Lock()
+		defer tx.db.mu.Unlock()
+		n := 0
+		for _, id := range tx.staged {
+			if tx.db.ids[id] == 0 && !slices.Contains(tx.staged[:n], id) {
+				n++
+			}
+		}
+		return pgconn.NewCommandTag(fmt.Sprintf("INSERT 0 %d", n)), nil
+	case touchKeys:
+		// The Writer reuses its slices: copy.
+		tx.touches = append(tx.touches, touch{IDs: slices.Clone(args[0].([]int64)), Ats: slices.Clone(args[1].([]time.Time))})
+		return pgconn.NewCommandTag("UPDATE 0"), nil
 	}
-	// The Writer reuses its slices: copy.
-	tx.touches = append(tx.touches, touch{IDs: slices.Clone(args[0].([]int64)), Ats: slices.Clone(args[1].([]time.Time))})
-	return pgconn.NewCommandTag("UPDATE 0"), nil
+	return pgconn.CommandTag{}, fmt.Errorf("unexpected statement %q", sql)
 }
 
 func (tx *fakeTx) Commit(ctx context.Context) error {
@@ -78,40 +119,70 @@ func (tx *fakeTx) Commit(ctx context.Context) error {
 	defer f.mu.Unlock()
 	if f.down {
 		f.fails++
-		return errors.New("connection reset")
+		return errors.New("connection reset by peer")
 	}
-	f.rows += tx.rows
-	f.batches = append(f.batches, tx.rows)
+	if f.ids == nil {
+		f.ids = map[string]int{}
+	}
+	for _, id := range tx.staged {
+		if f.ids[id] == 0 {
+			f.order = append(f.order, id)
+		}
+		f.ids[id]++
+	}
+	f.batches = append(f.batches, len(tx.staged))
 	f.touches = append(f.touches, tx.touches...)
+	if f.failCommit > 0 {
+		f.failCommit--
+		return errors.New("read tcp: connection reset by peer") // applied, but not acknowledged
+	}
 	return nil
 }
 
 func (tx *fakeTx) Rollback(ctx context.Context) error { return nil }
 
-func (f *flakyDB) count() int { f.mu.Lock(); defer f.mu.Unlock(); return f.rows }
+// count returns the distinct rows committed.
+func (f *fakeDB) count() int { f.mu.Lock(); defer f.mu.Unlock(); return len(f.order) }
 
 func rec(i int) Record {
 	return Record{RequestID: fmt.Sprint("r", i), CreatedAt: time.Now(), UserID: 1, KeyID: 2, Model: "m", Status: 200,
 		PromptTokens: 3, CompletionTokens: 4, TTFT: -1, Duration: time.Millisecond}
 }
 
-func TestBatchesBySizeAndTime(t *testing.T) {
-	db := &flakyDB{}
-	reg := prometheus.NewRegistry()
-	w, err := New(Options{DB: db, Batch: 10, FlushInterval: 20 * time.Millisecond, Buffer: 1000, Registerer: reg})
+func newWriter(t *testing.T, o Options) *Writer {
+	t.Helper()
+	if o.DataDir == "" {
+		o.DataDir = t.TempDir()
+	}
+	w, err := New(o)
 	if err != nil {
 		t.Fatal(err)
 	}
+	return w
+}
+
+// waitFor polls cond until it holds or 10 s pass.
+func waitFor(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for %s", what)
+		}
+		time.Sleep(2 * time.Millisecond)
+	}
+}
+
+func counter(c prometheus.Counter) float64 { return dtoCounter{}.read(c) }
+
+func TestBatchesBySizeAndTime(t *testing.T) {
+	db := &fakeDB{}
+	reg := prometheus.NewRegistry()
+	w := newWriter(t, Options{DB: db, Batch: 10, FlushInterval: 20 * time.Millisecond, Buffer: 1000, Registerer: reg})
 	for i := range 25 {
 		w.Add(rec(i))
 	}
-	deadline := time.Now().Add(2 * time.Second)
-	for db.count() < 25 {
-		if time.Now().After(deadline) {
-			t.Fatalf("%d of 25 written", db.count())
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
+	waitFor(t, "25 rows", func() bool { return db.count() == 25 })
 	for _, b := range db.batches {
 		if b > 10 {
 			t.Errorf("batch of %d, limit 10", b)
@@ -136,60 +207,127 @@ func TestBatchesBySizeAndTime(t *testing.T) {
 	}
 }
 
-func TestOutageIsBufferedAndRetried(t *testing.T) {
-	db := &flakyDB{down: true}
-	w, err := New(Options{DB: db, Batch: 50, FlushInterval: 10 * time.Millisecond, Buffer: 1000})
-	if err != nil {
-		t.Fatal(err)
-	}
+func TestOutageIsSpooledAndReplayedInOrder(t *testing.T) {
+	db := &fakeDB{down: true}
+	// Buffer 20: without a spool, 300 records during an outage could not be held.
+	w := newWriter(t, Options{DB: db, Batch: 50, FlushInterval: 5 * time.Millisecond, Buffer: 20})
 	for i := range 300 {
 		w.Add(rec(i))
 	}
-	time.Sleep(100 * time.Millisecond) // several failed attempts
-	db.mu.Lock()
-	fails := db.fails
-	db.mu.Unlock()
-	if db.count() != 0 || fails == 0 {
-		t.Fatalf("rows %d fails %d during the outage", db.count(), fails)
+	waitFor(t, "the records in the spool, a failed attempt", func() bool {
+		db.mu.Lock()
+		defer db.mu.Unlock()
+		return w.sp.records.Load() == 300 && db.fails > 0
+	})
+	if db.count() != 0 {
+		t.Fatalf("rows %d during the outage", db.count())
+	}
+	if w.held.Load() != 0 {
+		t.Errorf("%d records held in memory during the outage", w.held.Load())
 	}
 	db.setDown(false)
-	deadline := time.Now().Add(10 * time.Second)
-	for db.count() < 300 {
-		if time.Now().After(deadline) {
-			t.Fatalf("%d of 300 written after the outage", db.count())
+	waitFor(t, "300 rows after the outage", func() bool { return db.count() == 300 })
+	w.Stop(context.Background())
+	if w.Dropped() != 0 {
+		t.Errorf("dropped %v", w.Dropped())
+	}
+	for i, id := range db.order {
+		if id != fmt.Sprint("r", i) {
+			t.Fatalf("row %d is %s: replayed out of order", i, id)
 		}
-		time.Sleep(10 * time.Millisecond)
+	}
+	if w.sp.records.Load() != 0 || w.sp.bytes.Load() != 0 {
+		t.Errorf("spool after replay: %d records, %d bytes", w.sp.records.Load(), w.sp.bytes.Load())
+	}
+}
+
+func TestStopWithDatabaseDownSpoolsAndNextStartReplays(t *testing.T) {
+	dir := t.TempDir()
+	db := &fakeDB{down: true}
+	w := newWriter(t, Options{DB: db, DataDir: dir, Batch: 10, FlushInterval: time.Hour, Buffer: 1000})
+	for i := range 25 {
+		w.Add(rec(i))
 	}
 	w.Stop(context.Background())
+	if w.Dropped() != 0 {
+		t.Errorf("dropped %v at stop with the database down", w.Dropped())
+	}
+	w.Add(rec(99))
+	if got := w.Dropped(); got != 1 {
+		t.Errorf("add after stop: dropped %v, want 1", got)
+	}
+
+	db.setDown(false)
+	w2 := newWriter(t, Options{DB: db, DataDir: dir, Batch: 10, FlushInterval: 5 * time.Millisecond, Buffer: 1000})
+	waitFor(t, "the spool replayed", func() bool { return db.count() == 25 })
+	w2.Stop(context.Background())
+	if n := counter(w2.lost); n != 0 {
+		t.Errorf("lost %v after a clean stop", n)
+	}
+}
+
+func TestLostAcknowledgementWritesNothingTwice(t *testing.T) {
+	db := &fakeDB{failCommit: 1}
+	w := newWriter(t, Options{DB: db, Batch: 10, FlushInterval: 5 * time.Millisecond, Buffer: 1000})
+	for i := range 10 {
+		w.Add(rec(i))
+	}
+	waitFor(t, "the retry", func() bool { return counter(w.duplicates) == 10 })
+	w.Stop(context.Background())
+	for id, n := range db.ids {
+		if n != 2 {
+			t.Errorf("%s written %d times, want 2 (once, then again as a duplicate)", id, n)
+		}
+	}
+	if db.count() != 10 {
+		t.Errorf("%d distinct rows, want 10", db.count())
+	}
+}
+
+func TestPoisonIsDeadLettered(t *testing.T) {
+	db := &fakeDB{refuse: "poison"}
+	w := newWriter(t, Options{DB: db, Batch: 100, FlushInterval: 5 * time.Millisecond, Buffer: 1000})
+	for i := range 100 {
+		r := rec(i)
+		if i == 37 || i == 80 {
+			r.Model = "poison"
+		}
+		w.Add(r)
+	}
+	waitFor(t, "98 rows", func() bool { return db.count() == 98 })
+	w.Stop(context.Background())
+	if got := counter(w.deadLetters); got != 2 {
+		t.Errorf("dead letters %v, want 2", got)
+	}
+	lines := readLines(t, w.deadPath)
+	if len(lines) != 2 || !strings.Contains(lines[0], `"request_id":"r37"`) || !strings.Contains(lines[1], `"sqlstate":"22021"`) {
+		t.Errorf("dead-letter file:\n%s", strings.Join(lines, "\n"))
+	}
+}
+
+func TestPanicInWriterKeepsTheBatch(t *testing.T) {
+	db := &fakeDB{panics: 1}
+	rec0, err := panics.New(nil, prometheus.NewRegistry())
+	if err != nil {
+		t.Fatal(err)
+	}
+	w := newWriter(t, Options{DB: db, Batch: 10, FlushInterval: 5 * time.Millisecond, Buffer: 1000, Panics: rec0})
+	for i := range 25 {
+		w.Add(rec(i))
+	}
+	waitFor(t, "25 rows", func() bool { return db.count() == 25 })
+	w.Stop(context.Background())
+	if got := rec0.Count(panics.Ledger); got != 1 {
+		t.Errorf("panics counted %v, want 1", got)
+	}
 	if w.Dropped() != 0 {
 		t.Errorf("dropped %v", w.Dropped())
 	}
 }
 
-func TestBufferBoundCountsDrops(t *testing.T) {
-	db := &flakyDB{down: true}
-	w, err := New(Options{DB: db, Batch: 10, FlushInterval: 10 * time.Millisecond, Buffer: 20})
-	if err != nil {
-		t.Fatal(err)
-	}
-	for i := range 50 {
-		w.Add(rec(i))
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), 100*time.Millisecond)
-	defer cancel()
-	w.Stop(ctx) // cannot flush: the buffered 20 are counted too
-	if got := w.Dropped(); got != 50 {
-		t.Errorf("dropped %v, want 50 (30 over the bound + 20 unflushable at shutdown)", got)
-	}
-	w.Add(rec(99))
-	if got := w.Dropped(); got != 51 {
-		t.Errorf("add after stop: dropped %v, want 51", got)
-	}
-}
-
 func TestStopFlushes(t *testing.T) {
-	db := &flakyDB{}
-	w, _ := New(Options{DB: db, Batch: 1000, FlushInterval: time.Hour, Buffer: 1000})
+	db := &fakeDB{}
+	w := newWriter(t, Options{DB: db, Batch: 1000, FlushInterval: time.Hour, Buffer: 1000})
 	for i := range 7 {
 		w.Add(rec(i))
 	}
@@ -200,35 +338,42 @@ func TestStopFlushes(t *testing.T) {
 	}
 }
 
-// slowDB takes a while per batch, like a busy database.
-type slowDB struct {
-	flakyDB
-	delay time.Duration
-}
-
-func (s *slowDB) Begin(ctx context.Context) (pgx.Tx, error) {
-	time.Sleep(s.delay)
-	return s.flakyDB.Begin(ctx)
+func TestStopWhileTheDatabaseHangs(t *testing.T) {
+	// A COMMIT that never answers: Stop's context ends, the batch goes to the spool.
+	dir := t.TempDir()
+	db := &fakeDB{block: make(chan struct{})}
+	w := newWriter(t, Options{DB: db, DataDir: dir, Batch: 5, FlushInterval: time.Millisecond, Buffer: 1000})
+	for i := range 5 {
+		w.Add(rec(i))
+	}
+	waitFor(t, "a batch in flight", func() bool { return w.held.Load() == 5 })
+	ctx, cancel := context.WithTimeout(context.Background(), 50*time.Millisecond)
+	defer cancel()
+	w.Stop(ctx)
+	if w.Dropped() != 0 {
+		t.Fatalf("dropped %v", w.Dropped())
+	}
+	close(db.block)
+	db.mu.Lock()
+	db.block = nil
+	db.mu.Unlock()
+	w2 := newWriter(t, Options{DB: db, DataDir: dir, Batch: 5, FlushInterval: time.Millisecond, Buffer: 1000})
+	waitFor(t, "the spool replayed", func() bool { return db.count() == 5 })
+	w2.Stop(context.Background())
 }
 
 func TestBurstWithinBufferIsNotDropped(t *testing.T) {
-	// 10,000 streams ending at once while a COPY is running: every record is within the
-	// buffer bound, so none may be dropped.
-	db := &slowDB{delay: 20 * time.Millisecond}
-	w, err := New(Options{DB: db, Batch: 1000, FlushInterval: 10 * time.Millisecond, Buffer: 200000})
-	if err != nil {
-		t.Fatal(err)
-	}
+	// 20,000 records from 8 goroutines at once while batches are being written.
+	db := &fakeDB{}
+	w := newWriter(t, Options{DB: db, Batch: 1000, FlushInterval: 10 * time.Millisecond, Buffer: 5000})
 	const writers, each = 8, 2500
 	var wg sync.WaitGroup
 	for g := range writers {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
+		wg.Go(func() {
 			for i := range each {
 				w.Add(rec(g*each + i))
 			}
-		}()
+		})
 	}
 	wg.Wait()
 	if err := w.Stop(context.Background()); err != nil {
@@ -242,11 +387,24 @@ func TestBurstWithinBufferIsNotDropped(t *testing.T) {
 	}
 }
 
+func TestSlotsOfASharedDataDirectory(t *testing.T) {
+	dir := t.TempDir()
+	a := newWriter(t, Options{DB: &fakeDB{}, DataDir: dir, Batch: 10, FlushInterval: time.Hour, Buffer: 100})
+	b := newWriter(t, Options{DB: &fakeDB{}, DataDir: dir, Batch: 10, FlushInterval: time.Hour, Buffer: 100})
+	if a.Dir() == b.Dir() {
+		t.Errorf("two writers share %s", a.Dir())
+	}
+	a.Stop(context.Background())
+	b.Stop(context.Background())
+}
+
 func TestLastUsedOncePerBatch(t *testing.T) {
 	t0 := time.Date(2026, 11, 27, 12, 0, 0, 0, time.UTC)
 	at := func(s int) time.Time { return t0.Add(time.Duration(s) * time.Second) }
+	n := 0
 	keyed := func(key int64, sec int) Record {
-		r := rec(sec)
+		r := rec(n)
+		n++
 		r.KeyID, r.CreatedAt = key, at(sec)
 		return r
 	}
@@ -266,22 +424,13 @@ func TestLastUsedOncePerBatch(t *testing.T) {
 		{"no key, no update", 10, []Record{keyed(0, 1), keyed(0, 2)}, nil},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			db := &flakyDB{}
+			db := &fakeDB{}
 			// FlushInterval: the batches below are cut by size or by Stop only.
-			w, err := New(Options{DB: db, Batch: tc.batch, FlushInterval: time.Hour, Buffer: 1000})
-			if err != nil {
-				t.Fatal(err)
-			}
+			w := newWriter(t, Options{DB: db, Batch: tc.batch, FlushInterval: time.Hour, Buffer: 1000})
 			for _, r := range tc.recs {
 				// One batch at a time, so that the batches are the records in order.
 				w.Add(r)
-				deadline := time.Now().Add(5 * time.Second)
-				for w.queued() >= tc.batch {
-					if time.Now().After(deadline) {
-						t.Fatal("a full batch was not written")
-					}
-					time.Sleep(time.Millisecond)
-				}
+				waitFor(t, "a full batch written", func() bool { return w.queued() < tc.batch })
 			}
 			if err := w.Stop(context.Background()); err != nil {
 				t.Fatal(err)
@@ -297,5 +446,5 @@ func TestLastUsedOncePerBatch(t *testing.T) {
 func (w *Writer) queued() int {
 	w.mu.Lock()
 	defer w.mu.Unlock()
-	return len(w.intake) + w.pending
+	return len(w.intake) + int(w.held.Load())
 }

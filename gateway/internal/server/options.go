@@ -61,9 +61,14 @@ type Options struct {
 	// LedgerFlushInterval is the longest a usage record waits before it is written
 	// (MAAS_LEDGER_FLUSH_INTERVAL).
 	LedgerFlushInterval time.Duration
-	// LedgerBuffer bounds the records held in memory while PostgreSQL is unreachable
-	// (MAAS_LEDGER_BUFFER); beyond it records are dropped and counted.
+	// LedgerBuffer is how many usage records may wait in memory (MAAS_LEDGER_BUFFER): beyond
+	// it, and whenever PostgreSQL fails, records go to the spool under DataDir. It bounds
+	// what a kill -9 can lose (see README, usage ledger).
 	LedgerBuffer int
+	// DataDir is the gateway's data directory (MAAS_GATEWAY_DATA_DIR), created at start: the
+	// usage ledger's spool, dead letters and state file live in DataDir/ledger. Relative
+	// paths are relative to the working directory. Give each gateway of a host its own.
+	DataDir string
 
 	// QuotaKeyPrefix starts every Redis key of the global quota tier; platforms sharing a
 	// Redis need different prefixes (MAAS_QUOTA_KEY_PREFIX).
@@ -103,7 +108,8 @@ func DefaultOptions() Options {
 		LoadRefreshInterval: time.Second,
 		LedgerBatch:         1000,
 		LedgerFlushInterval: 200 * time.Millisecond,
-		LedgerBuffer:        200000,
+		LedgerBuffer:        5000,
+		DataDir:             ".data/gateway",
 		QuotaKeyPrefix:      "maas:quota:",
 		AccessLog:           true,
 	}
@@ -131,7 +137,8 @@ func (o *Options) Bind(l *config.Loader) {
 	l.Duration(&o.LoadRefreshInterval, "MAAS_LOAD_REFRESH_INTERVAL", "load-refresh-interval", o.LoadRefreshInterval, "backend load refresh period")
 	l.Int(&o.LedgerBatch, "MAAS_LEDGER_BATCH", "ledger-batch", o.LedgerBatch, "usage records per COPY")
 	l.Duration(&o.LedgerFlushInterval, "MAAS_LEDGER_FLUSH_INTERVAL", "ledger-flush-interval", o.LedgerFlushInterval, "longest wait before usage records are written")
-	l.Int(&o.LedgerBuffer, "MAAS_LEDGER_BUFFER", "ledger-buffer", o.LedgerBuffer, "usage records held while PostgreSQL is down")
+	l.Int(&o.LedgerBuffer, "MAAS_LEDGER_BUFFER", "ledger-buffer", o.LedgerBuffer, "usage records held in memory before they go to the spool")
+	l.String(&o.DataDir, "MAAS_GATEWAY_DATA_DIR", "data-dir", o.DataDir, "data directory (usage spool, dead letters)")
 	l.String(&o.QuotaKeyPrefix, "MAAS_QUOTA_KEY_PREFIX", "quota-key-prefix", o.QuotaKeyPrefix, "prefix of the quota keys in Redis")
 	l.String(&o.PprofAddr, "MAAS_PPROF_ADDR", "pprof-addr", o.PprofAddr, "address of the /debug/pprof server (empty: off)")
 	l.Bool(&o.AccessLog, "MAAS_ACCESS_LOG", "access-log", o.AccessLog, "one log line per request")
@@ -177,6 +184,9 @@ func (o *Options) Validate() error {
 	}
 	if o.QueueSize < 0 {
 		return &config.Error{Name: "MAAS_QUEUE_SIZE", Msg: "must not be negative"}
+	}
+	if o.DataDir == "" {
+		return &config.Error{Name: "MAAS_GATEWAY_DATA_DIR", Msg: "is empty"}
 	}
 	if o.MaxHeaderBytes < 1024 {
 		return &config.Error{Name: "MAAS_MAX_HEADER_BYTES", Msg: "must be at least 1024"}

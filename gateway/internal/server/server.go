@@ -81,8 +81,14 @@ func Run(ctx context.Context, o Options) error {
 		return fmt.Errorf("quota limiter: %w", err)
 	}
 
-	lw, err := ledger.New(ledger.Options{DB: pool, Batch: o.LedgerBatch, FlushInterval: o.LedgerFlushInterval,
-		Buffer: o.LedgerBuffer, Logger: log, Registerer: reg})
+	if err := os.MkdirAll(o.DataDir, 0o755); err != nil {
+		limiter.Close()
+		return fmt.Errorf("data directory: %w", err)
+	}
+	lo := ledger.DefaultOptions()
+	lo.DB, lo.DataDir, lo.Batch, lo.FlushInterval, lo.Buffer = pool, o.DataDir, o.LedgerBatch, o.LedgerFlushInterval, o.LedgerBuffer
+	lo.Logger, lo.Registerer = log, reg
+	lw, err := ledger.New(lo)
 	if err != nil {
 		limiter.Close()
 		return fmt.Errorf("usage ledger: %w", err)

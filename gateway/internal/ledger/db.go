@@ -1,0 +1,170 @@
+package ledger
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"slices"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
+)
+
+// DB is what the Writer needs of a pool (pgxpool.Pool implements it): each batch is one
+// transaction.
+type DB interface {
+	Begin(ctx context.Context) (pgx.Tx, error)
+}
+
+// columns are usage_records' columns the ledger writes, in copy order.
+var columns = []string{"request_id", "created_at", "user_id", "api_key_id", "model", "backend_id", "endpoint",
+	"status", "prompt_tokens", "completion_tokens", "estimated", "streamed", "ttft_ms", "duration_ms", "error_type",
+	"client_request_id"}
+
+// createStage makes the session's staging table once per connection: rows are COPYed
+// there, then inserted into usage_records with ON CONFLICT, and vanish at commit.
+const createStage = `CREATE TEMP TABLE IF NOT EXISTS usage_stage (
+    request_id text, created_at timestamptz, user_id bigint, api_key_id bigint, model text, backend_id text,
+    endpoint text, status integer, prompt_tokens integer, completion_tokens integer, estimated boolean,
+    streamed boolean, ttft_ms double precision, duration_ms double precision, error_type text,
+    client_request_id text) ON COMMIT DELETE ROWS`
+
+// insertStaged moves the staged rows into the ledger; a request id already written (a
+// replayed or retried batch) is skipped, so a batch written twice counts once.
+const insertStaged = `INSERT INTO usage_records (request_id, created_at, user_id, api_key_id, model, backend_id,
+    endpoint, status, prompt_tokens, completion_tokens, estimated, streamed, ttft_ms, duration_ms, error_type,
+    client_request_id)
+SELECT request_id, created_at, user_id, api_key_id, model, backend_id, endpoint, status, prompt_tokens,
+    completion_tokens, estimated, streamed, ttft_ms, duration_ms, error_type, client_request_id
+FROM usage_stage
+ON CONFLICT (request_id) DO NOTHING`
+
+// touchKeys moves api_keys.last_used_at forward: $1 are key ids (sorted, distinct), $2
+// the latest request time of each. Rows are locked in id order first, so that gateways
+// flushing overlapping keys at the same time wait for each other instead of deadlocking;
+// rows already as recent are neither locked nor written. Only last_used_at is set: the
+// api_keys NOTIFY trigger ignores that column, so this causes no snapshot reload.
+const touchKeys = `WITH used AS (
+    SELECT k.id, t.at
+    FROM unnest($1::bigint[], $2::timestamptz[]) AS t (id, at)
+    JOIN api_keys AS k ON k.id = t.id
+    WHERE k.last_used_at IS NULL OR k.last_used_at < t.at
+    ORDER BY k.id
+    FOR NO KEY UPDATE OF k
+)
+UPDATE api_keys AS k SET last_used_at = greatest(k.last_used_at, used.at)
+FROM used WHERE k.id = used.id`
+
+// batchTimeout bounds one transaction.
+const batchTimeout = 10 * time.Second
+
+// rowSource feeds recs to COPY.
+func rowSource(recs []Record) pgx.CopyFromSource {
+	i := 0
+	return pgx.CopyFromFunc(func() ([]any, error) {
+		if i >= len(recs) {
+			return nil, nil
+		}
+		r := &recs[i]
+		i++
+		var user, key, ttft any
+		if r.UserID != 0 {
+			user = r.UserID
+		}
+		if r.KeyID != 0 {
+			key = r.KeyID
+		}
+		if r.TTFT >= 0 {
+			ttft = float64(r.TTFT) / float64(time.Millisecond)
+		}
+		return []any{r.RequestID, r.CreatedAt, user, key, r.Model, r.Backend, r.Endpoint, int32(r.Status),
+			int32(r.PromptTokens), int32(r.CompletionTokens), r.Estimated, r.Streamed, ttft,
+			float64(r.Duration) / float64(time.Millisecond), r.ErrorType, r.ClientRequestID}, nil
+	})
+}
+
+// commit writes recs and their keys' last_used_at in one transaction and returns how many
+// rows were new. before runs just before COMMIT is sent, after just after it succeeded
+// (the crash accounting of the Writer).
+func (w *Writer) commit(ctx context.Context, recs []Record, before func(), after func(int64)) (int64, error) {
+	start := time.Now()
+	ctx, cancel := context.WithTimeout(ctx, batchTimeout)
+	defer cancel()
+	tx, err := w.o.DB.Begin(ctx)
+	if err != nil {
+		return 0, fmt.Errorf("begin usage batch: %w", err)
+	}
+	defer func() { _ = tx.Rollback(ctx) }() // no-op once committed
+	if _, err := tx.Exec(ctx, createStage); err != nil {
+		return 0, fmt.Errorf("create usage staging table: %w", err)
+	}
+	if _, err := tx.CopyFrom(ctx, pgx.Identifier{"usage_stage"}, columns, rowSource(recs)); err != nil {
+		return 0, fmt.Errorf("copy usage records: %w", err)
+	}
+	tag, err := tx.Exec(ctx, insertStaged)
+	if err != nil {
+		return 0, fmt.Errorf("insert usage records: %w", err)
+	}
+	if ids, ats := w.keysUsed(recs); len(ids) > 0 {
+		if _, err := tx.Exec(ctx, touchKeys, ids, ats); err != nil {
+			return 0, fmt.Errorf("set last_used_at of %d keys: %w", len(ids), err)
+		}
+	}
+	if before != nil {
+		before()
+	}
+	if err := tx.Commit(ctx); err != nil {
+		return 0, fmt.Errorf("commit usage batch: %w", err)
+	}
+	if after != nil {
+		after(tag.RowsAffected())
+	}
+	w.flushes.Observe(time.Since(start).Seconds())
+	return tag.RowsAffected(), nil
+}
+
+// permanent reports whether err is about the data of the batch, so that retrying the same
+// records can never succeed: PostgreSQL's data exceptions (SQLSTATE class 22), integrity
+// violations (23) and program limits (54). Everything else (connection errors, timeouts,
+// a missing table, a server shutting down) is transient: the batch is kept and retried,
+// since dead-lettering records for a fault of the database would lose them all.
+func permanent(err error) bool {
+	var pe *pgconn.PgError
+	if !errors.As(err, &pe) || len(pe.Code) < 2 {
+		return false
+	}
+	switch pe.Code[:2] {
+	case "22", "23", "54":
+		return true
+	}
+	return false
+}
+
+// keysUsed returns the keys of recs, sorted by id, with the latest CreatedAt of each.
+// The slices are the Writer's scratch, valid until the next call (one batch is written
+// at a time).
+func (w *Writer) keysUsed(recs []Record) ([]int64, []time.Time) {
+	if w.lastUsed == nil {
+		w.lastUsed = map[int64]time.Time{}
+	}
+	clear(w.lastUsed)
+	for i := range recs {
+		r := &recs[i]
+		if r.KeyID == 0 {
+			continue
+		}
+		if at, ok := w.lastUsed[r.KeyID]; !ok || r.CreatedAt.After(at) {
+			w.lastUsed[r.KeyID] = r.CreatedAt
+		}
+	}
+	w.keyIDs, w.keyTimes = w.keyIDs[:0], w.keyTimes[:0]
+	for id := range w.lastUsed {
+		w.keyIDs = append(w.keyIDs, id)
+	}
+	slices.Sort(w.keyIDs)
+	for _, id := range w.keyIDs {
+		w.keyTimes = append(w.keyTimes, w.lastUsed[id])
+	}
+	return w.keyIDs, w.keyTimes
+}

@@ -1,0 +1,49 @@
+// Package ledger writes the usage ledger: one usage_records row per request, so that
+// nothing a client used goes unbilled, whatever PostgreSQL, the disk or the process do.
+//
+// What it decides and guarantees:
+//
+//   - Sanitised on entry. Add makes every text field valid UTF-8 (invalid bytes become
+//     U+FFFD), removes NUL and cuts it to a bound (ids 128 bytes, model 256, backend and
+//     endpoint 128, error type 64); token counts are clamped to INTEGER. A value a client
+//     chose can no longer make PostgreSQL refuse a batch.
+//   - Idempotent writes. request_id is unique (migration 00005); a batch is COPYed into a
+//     temporary staging table and inserted with ON CONFLICT (request_id) DO NOTHING, in the
+//     same transaction as the api_keys.last_used_at update. A batch retried after a lost
+//     COMMIT acknowledgement, or replayed from the spool, writes nothing twice
+//     (maas_gateway_usage_records_duplicate_total counts what was skipped).
+//   - Poison isolated. A batch refused for its content (SQLSTATE classes 22, 23, 54) is
+//     split in halves until each refused record is alone; those go to the dead-letter file
+//     (DataDir/ledger/dead-letters.jsonl, one JSON line each, with the error) and to
+//     maas_gateway_usage_dead_letters_total, the rest is written. Any other failure
+//     (connection, timeout, missing table) is transient: the batch is kept and retried with
+//     backoff (100 ms doubling to 5 s), never dead-lettered.
+//   - Nothing dropped for lack of memory. Records wait in memory up to Buffer; beyond it, and
+//     whenever PostgreSQL fails, they are appended to the spool (DataDir/ledger/spool), an
+//     append-only queue of segment files with a CRC-32C per record, replayed in order (the
+//     spool first, then newer records) as soon as PostgreSQL answers, and at the next start.
+//     A torn tail (a crash in the middle of a write) is detected, skipped and counted.
+//     maas_usage_records_dropped_total counts only records neither PostgreSQL nor the spool
+//     could take (a full or failing disk while PostgreSQL is down), or added after Stop.
+//   - Durability. Every spool append is one write followed by fsync, from the writer loop
+//     (never from Add); a new segment also syncs the directory. A kill -9 keeps the spool
+//     and everything committed; it loses the records still in memory: at most about
+//     Buffer + 2 × Batch (in practice the records of the last FlushInterval plus the batch
+//     being committed). Those are counted: a state file mapped into memory
+//     (DataDir/ledger/state) holds the records accepted and settled (committed, spooled or
+//     dead-lettered); it lives in the page cache, so it survives the kill, and the next
+//     start sets maas_gateway_usage_records_lost_total to accepted − settled and logs it at
+//     error level. A batch whose COMMIT was in flight at the kill is looked up by its first
+//     request id, so the count is exact. A crash of the machine can lose the page-cache
+//     part of the state file; the spool, fsynced, is kept.
+//   - Stop writes what is held to PostgreSQL until its context ends or PostgreSQL fails,
+//     then spools the rest. Panics in the writer are recovered and counted
+//     (maas_gateway_panics_total{where="ledger"}); the batch is kept.
+//
+// Several gateways may share one data directory: each locks the first free slot (ledger,
+// ledger-1, … ledger-7) and replays only its own spool.
+//
+// Costs: Add is a mutex, an append and an atomic increment of the mapped counter (see
+// BenchmarkAdd); the staged insert costs PostgreSQL more CPU per record than a plain COPY
+// (see BenchmarkInsertCost and README).
+package ledger
