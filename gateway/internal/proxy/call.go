@@ -67,7 +67,7 @@ func (h *Handler) serve(ctx *fasthttp.RequestCtx, ep endpoint) {
 	h.m.inFlight.Inc()
 	snap, err := c.authenticate(ctx)
 	if err == nil {
-		c.fields, err = readRequest(ctx.PostBody(), ep)
+		c.fields, err = readRequest(ctx.PostBody(), ep, h.o.Limits)
 	}
 	if err == nil {
 		err = c.authorize(snap)

@@ -19,6 +19,7 @@ import (
 	"github.com/valyala/fasthttp"
 
 	"github.com/maas-platform/maas/gateway/internal/ledger"
+	"github.com/maas-platform/maas/gateway/internal/reqbody"
 	"github.com/maas-platform/maas/gateway/internal/snapshot"
 	"github.com/maas-platform/maas/gateway/internal/upstream"
 	"github.com/maas-platform/maas/pkg/apierr"
@@ -69,6 +70,9 @@ type Options struct {
 	RequestTimeout    time.Duration
 	// MaxEventBytes bounds one SSE event from a backend.
 	MaxEventBytes int
+	// Limits bound what one request may ask for (n, messages, embeddings inputs); a
+	// request past one gets a 400 naming the field.
+	Limits reqbody.Limits
 
 	// BaseContext ends when streams must stop (shutdown grace over).
 	BaseContext context.Context
@@ -90,6 +94,7 @@ func DefaultOptions() Options {
 		StreamIdleTimeout: 60 * time.Second,
 		RequestTimeout:    10 * time.Minute,
 		MaxEventBytes:     4 << 20,
+		Limits:            reqbody.DefaultLimits(),
 		AccessLog:         true,
 		Now:               time.Now,
 	}

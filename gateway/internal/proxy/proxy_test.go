@@ -103,7 +103,7 @@ func streamer(n int) func(w http.ResponseWriter, body []byte) {
 			io.WriteString(w, "data: "+chunk("t"+itoa(i))+"\n\n")
 			fl.Flush()
 		}
-		if includesUsage(member(body, "stream_options")) {
+		if string(member(member(body, "stream_options"), "include_usage")) == "true" {
 			io.WriteString(w, `data: {"id":"c1","object":"chat.completion.chunk","created":1,"model":"m","choices":[],"usage":{"prompt_tokens":7,"completion_tokens":`+itoa(n)+`,"total_tokens":9}}`+"\n\n")
 		}
 		io.WriteString(w, "data: [DONE]\n\n")

@@ -5,9 +5,10 @@ import (
 	"strconv"
 )
 
-// The hot path reads only a few top-level fields of a request or response body. These
-// helpers scan JSON bytes without decoding them; they assume the input is valid JSON
-// (requests are checked with json.Valid first) and never allocate.
+// The stream relay reads only a few top-level fields of a backend's answer or stream chunk.
+// These helpers scan JSON bytes without decoding them and never allocate; they assume the
+// input is valid JSON from a backend (requests are read by reqbody, with a decoder's
+// semantics).
 
 func isSpace(c byte) bool { return c == ' ' || c == '\t' || c == '\n' || c == '\r' }
 
@@ -203,19 +204,6 @@ func member(b []byte, key string) []byte {
 		return true
 	})
 	return out
-}
-
-// stringValue returns the contents of a JSON string value without quotes; ok is false
-// when v is not a string or holds escapes (callers then decode it properly).
-func stringValue(v []byte) (s []byte, ok bool) {
-	if len(v) < 2 || v[0] != '"' || v[len(v)-1] != '"' {
-		return nil, false
-	}
-	s = v[1 : len(v)-1]
-	if bytes.IndexByte(s, '\\') >= 0 {
-		return nil, false
-	}
-	return s, true
 }
 
 // intValue parses an integer value; ok is false for anything else.
