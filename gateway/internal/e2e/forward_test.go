@@ -43,11 +43,17 @@ func TestForwardToControl(t *testing.T) {
 	if st != 200 || json.Unmarshal(body, &login) != nil || login.AccessToken == "" {
 		t.Fatalf("login through the gateway: %d %s", st, body)
 	}
-	for name, auth := range map[string]string{"jwt": login.AccessToken, "api key": key} {
+	// The console API takes a key with the management scope (the default key has only
+	// inference: the gateway refuses it before control sees it).
+	mgmt := e.key(url, map[string]any{"scopes": []string{"inference", "management"}})
+	for name, auth := range map[string]string{"jwt": login.AccessToken, "management key": mgmt} {
 		st, b := get(auth)
 		if st != 200 || !strings.Contains(string(b), `"admin"`) {
 			t.Errorf("%s: status %d %s", name, st, b)
 		}
+	}
+	if st, b := get(key); st != 403 || !strings.Contains(string(b), "insufficient_scope") {
+		t.Errorf("inference key on the console API: status %d %s, want 403 insufficient_scope", st, b)
 	}
 	// Identity headers from a client are dropped, even well-formed ones.
 	spoof := internalauth.Sign("not-the-real-token-000", internalauth.Identity{UserID: 1, KeyID: 1, Roles: []string{"admin"}}, time.Now())

@@ -55,6 +55,9 @@ type Options struct {
 	// LoadRefreshInterval is the period at which backends' load figures and heartbeats are
 	// re-read (MAAS_LOAD_REFRESH_INTERVAL).
 	LoadRefreshInterval time.Duration
+	// KeyLookupRate bounds, per second, the PostgreSQL look-ups of API keys the snapshot does
+	// not know yet (a key created a moment ago); 0 turns them off (MAAS_KEY_LOOKUP_RATE).
+	KeyLookupRate int
 
 	// LedgerBatch is the largest COPY batch of usage records (MAAS_LEDGER_BATCH).
 	LedgerBatch int
@@ -106,6 +109,7 @@ func DefaultOptions() Options {
 		QueueSize:           4096,
 		ReloadInterval:      30 * time.Second,
 		LoadRefreshInterval: time.Second,
+		KeyLookupRate:       50,
 		LedgerBatch:         1000,
 		LedgerFlushInterval: 200 * time.Millisecond,
 		LedgerBuffer:        5000,
@@ -135,6 +139,7 @@ func (o *Options) Bind(l *config.Loader) {
 	l.Int(&o.QueueSize, "MAAS_QUEUE_SIZE", "queue-size", o.QueueSize, "requests that may wait for a backend slot")
 	l.Duration(&o.ReloadInterval, "MAAS_SNAPSHOT_RELOAD_INTERVAL", "snapshot-reload-interval", o.ReloadInterval, "full snapshot reload period")
 	l.Duration(&o.LoadRefreshInterval, "MAAS_LOAD_REFRESH_INTERVAL", "load-refresh-interval", o.LoadRefreshInterval, "backend load refresh period")
+	l.Int(&o.KeyLookupRate, "MAAS_KEY_LOOKUP_RATE", "key-lookup-rate", o.KeyLookupRate, "database look-ups per second of keys not yet in the snapshot (0: off)")
 	l.Int(&o.LedgerBatch, "MAAS_LEDGER_BATCH", "ledger-batch", o.LedgerBatch, "usage records per COPY")
 	l.Duration(&o.LedgerFlushInterval, "MAAS_LEDGER_FLUSH_INTERVAL", "ledger-flush-interval", o.LedgerFlushInterval, "longest wait before usage records are written")
 	l.Int(&o.LedgerBuffer, "MAAS_LEDGER_BUFFER", "ledger-buffer", o.LedgerBuffer, "usage records held in memory before they go to the spool")
@@ -181,6 +186,9 @@ func (o *Options) Validate() error {
 		if p.v <= 0 {
 			return &config.Error{Name: p.name, Msg: "must be positive"}
 		}
+	}
+	if o.KeyLookupRate < 0 {
+		return &config.Error{Name: "MAAS_KEY_LOOKUP_RATE", Msg: "must not be negative"}
 	}
 	if o.QueueSize < 0 {
 		return &config.Error{Name: "MAAS_QUEUE_SIZE", Msg: "must not be negative"}

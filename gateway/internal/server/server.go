@@ -64,6 +64,7 @@ func Run(ctx context.Context, o Options) error {
 	so := snapshot.DefaultOptions()
 	so.Pool, so.DatabaseURL = pool, o.Common.DatabaseURL
 	so.ReloadInterval, so.LoadRefreshInterval = o.ReloadInterval, o.LoadRefreshInterval
+	so.KeyLookupRate = o.KeyLookupRate
 	so.OnSnapshot, so.OnLoad = ups.Sync, ups.UpdateLoad
 	so.Logger, so.Registerer = log, reg
 	store, err := snapshot.New(so)
