@@ -18,6 +18,15 @@ type Options struct {
 	MaxBodyBytes int
 	// MaxHeaderBytes bounds the request line plus headers (MAAS_MAX_HEADER_BYTES).
 	MaxHeaderBytes int
+	// MaxN is the most choices (n) one chat or completions request may ask for; more is a
+	// 400 (MAAS_MAX_N; 0: no limit).
+	MaxN int
+	// MaxMessages is the most messages one chat request may carry (MAAS_MAX_MESSAGES; 0: no
+	// limit).
+	MaxMessages int
+	// MaxInputs is the most items of one embeddings request's input array
+	// (MAAS_MAX_INPUTS; 0: no limit).
+	MaxInputs int
 	// ReadTimeout bounds reading one request, headers and body (MAAS_READ_TIMEOUT).
 	ReadTimeout time.Duration
 	// WriteTimeout bounds writing a non-streamed response (MAAS_WRITE_TIMEOUT). Streams are
@@ -96,6 +105,9 @@ func DefaultOptions() Options {
 		Addr:                "127.0.0.1:8000",
 		MaxBodyBytes:        10 << 20,
 		MaxHeaderBytes:      8 << 10,
+		MaxN:                16,
+		MaxMessages:         2048,
+		MaxInputs:           2048,
 		ReadTimeout:         60 * time.Second,
 		WriteTimeout:        60 * time.Second,
 		IdleTimeout:         120 * time.Second,
@@ -125,6 +137,9 @@ func (o *Options) Bind(l *config.Loader) {
 	l.String(&o.Addr, "MAAS_GATEWAY_ADDR", "addr", o.Addr, "listen address")
 	l.Int(&o.MaxBodyBytes, "MAAS_MAX_BODY_BYTES", "max-body-bytes", o.MaxBodyBytes, "largest request body (413 beyond)")
 	l.Int(&o.MaxHeaderBytes, "MAAS_MAX_HEADER_BYTES", "max-header-bytes", o.MaxHeaderBytes, "largest request header block")
+	l.Int(&o.MaxN, "MAAS_MAX_N", "max-n", o.MaxN, "most choices (n) per request (0: no limit)")
+	l.Int(&o.MaxMessages, "MAAS_MAX_MESSAGES", "max-messages", o.MaxMessages, "most messages per chat request (0: no limit)")
+	l.Int(&o.MaxInputs, "MAAS_MAX_INPUTS", "max-inputs", o.MaxInputs, "most input items per embeddings request (0: no limit)")
 	l.Duration(&o.ReadTimeout, "MAAS_READ_TIMEOUT", "read-timeout", o.ReadTimeout, "time to read one request")
 	l.Duration(&o.WriteTimeout, "MAAS_WRITE_TIMEOUT", "write-timeout", o.WriteTimeout, "time to write a non-streamed response")
 	l.Duration(&o.IdleTimeout, "MAAS_IDLE_TIMEOUT", "idle-timeout", o.IdleTimeout, "keep-alive idle timeout")
@@ -185,6 +200,14 @@ func (o *Options) Validate() error {
 	for _, p := range positive {
 		if p.v <= 0 {
 			return &config.Error{Name: p.name, Msg: "must be positive"}
+		}
+	}
+	for _, nn := range []struct {
+		name string
+		v    int
+	}{{"MAAS_MAX_N", o.MaxN}, {"MAAS_MAX_MESSAGES", o.MaxMessages}, {"MAAS_MAX_INPUTS", o.MaxInputs}} {
+		if nn.v < 0 {
+			return &config.Error{Name: nn.name, Msg: "must not be negative"}
 		}
 	}
 	if o.KeyLookupRate < 0 {

@@ -25,6 +25,7 @@ import (
 	"github.com/maas-platform/maas/gateway/internal/apidocs"
 	"github.com/maas-platform/maas/gateway/internal/ledger"
 	"github.com/maas-platform/maas/gateway/internal/proxy"
+	"github.com/maas-platform/maas/gateway/internal/reqbody"
 	"github.com/maas-platform/maas/gateway/internal/snapshot"
 	"github.com/maas-platform/maas/gateway/internal/upstream"
 	"github.com/maas-platform/maas/pkg/apierr"
@@ -105,6 +106,7 @@ func Run(ctx context.Context, o Options) error {
 	po.ControlURL, po.InternalToken = o.Common.ControlURL, o.Common.InternalToken
 	po.MaxAttempts, po.FirstByteTimeout, po.StreamIdleTimeout, po.RequestTimeout = o.MaxAttempts, o.FirstByteTimeout, o.StreamIdleTimeout, o.RequestTimeout
 	po.BaseContext, po.AccessLog, po.Logger, po.Registerer = streamCtx, o.AccessLog, log, reg
+	po.Limits = reqbody.Limits{MaxN: int64(o.MaxN), MaxMessages: o.MaxMessages, MaxInputs: o.MaxInputs}
 	if o.ForwardHeaders != "" {
 		po.ForwardHeaders = strings.Split(o.ForwardHeaders, ",")
 	}

@@ -74,6 +74,9 @@ func TestOptionsValidate(t *testing.T) {
 		{"zero attempts", map[string]string{"MAAS_MAX_ATTEMPTS": "0"}, "MAAS_MAX_ATTEMPTS"},
 		{"tiny headers", map[string]string{"MAAS_MAX_HEADER_BYTES": "100"}, "MAAS_MAX_HEADER_BYTES"},
 		{"body not a number", map[string]string{"MAAS_MAX_BODY_BYTES": "lots"}, "MAAS_MAX_BODY_BYTES"},
+		{"negative n limit", map[string]string{"MAAS_MAX_N": "-1"}, "MAAS_MAX_N"},
+		{"messages limit not a number", map[string]string{"MAAS_MAX_MESSAGES": "many"}, "MAAS_MAX_MESSAGES"},
+		{"negative inputs limit", map[string]string{"MAAS_MAX_INPUTS": "-5"}, "MAAS_MAX_INPUTS"},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
