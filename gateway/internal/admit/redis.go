@@ -58,8 +58,15 @@ local day, halfday = 86400000, 43200000
 `
 
 // admitScript checks every limit of every subject (in the local tier's order: concurrency,
-// budget, requests, tokens), then charges them all and writes the admission's record,
-// atomically. An admission whose record exists charges nothing again.
+// budget, requests, tokens), then writes the admission's record and charges them all,
+// atomically. An admission whose record exists already charges nothing: it returns the first
+// decision, or {4} if it was undone. (A repeated admission that the limits now refuse says
+// so; it charges nothing either way.)
+//
+// Every redis.call costs a few µs, more than the Lua around it, so the script makes as few
+// as it can: one HMGET and one HSET per subject; the lease set is pruned only when it looks
+// full and its expiry refreshed only when it runs short (cx in the hash); one SET NX GET
+// both checks and writes the record.
 //
 // KEYS: 2 per subject (hash, leases), then the record.
 // ARGV: now ms (0 = Redis server time), reserved tokens, lease ms, ticket id, month YYYYMM,
@@ -73,21 +80,15 @@ local n = tonumber(ARGV[2])
 local lease = tonumber(ARGV[3])
 local tid = ARGV[4]
 local mon = ARGV[5]
-local rec = KEYS[#KEYS]
 local ns = (#KEYS - 1) / 2
-local prev = redis.call('GET', rec)
-if prev then
-  if prev == 'x' then return {4} end
-  return {0, tonumber(prev)}
-end
-local st, missing = {}, {}
+local st, missing, mask = {}, {}, 0
 for i = 1, ns do
   local a = 6 + (i - 1) * 6
   local rpm, tpm, cc, bud = tonumber(ARGV[a+1]), tonumber(ARGV[a+2]), tonumber(ARGV[a+3]), tonumber(ARGV[a+4])
   local charge = tonumber(ARGV[a+5])
-  local h = redis.call('HMGET', KEYS[i*2-1], 'r', 'rt', 't', 'tt', 'm', 'u', 'x')
-  local s = {x = tonumber(h[7]), cc = cc}
-  if cc > 0 then
+  local h = redis.call('HMGET', KEYS[i*2-1], 'r', 'rt', 't', 'tt', 'm', 'u', 'x', 'cx')
+  local s = {x = tonumber(h[7]), cx = tonumber(h[8]), cc = cc}
+  if cc > 0 and redis.call('ZCARD', KEYS[i*2]) >= cc then
     redis.call('ZREMRANGEBYSCORE', KEYS[i*2], '-inf', now)
     if redis.call('ZCARD', KEYS[i*2]) >= cc then return {1, i, 2, 1000, 0} end
   end
@@ -96,6 +97,7 @@ for i = 1, ns do
       local u = tonumber(h[6])
       if u >= bud or u + n > bud then return {1, i, 3, 0, u} end
       s.u = u
+      mask = mask + 2 ^ (i - 1)
     elseif tonumber(ARGV[a+6]) == -1 then
       missing[#missing + 1] = i
     end
@@ -116,26 +118,28 @@ if #missing > 0 then
   table.insert(missing, 1, 3)
   return missing
 end
-local mask = 0
+local prev = redis.call('SET', KEYS[#KEYS], mask, 'NX', 'GET', 'PX', ARGV[6])
+if prev then
+  if prev == 'x' then return {4} end
+  return {0, tonumber(prev)}
+end
 for i = 1, ns do
   local s = st[i]
   local f = {}
   if s.r then f[#f+1] = 'r'; f[#f+1] = s.r - 1; f[#f+1] = 'rt'; f[#f+1] = now end
   if s.t then f[#f+1] = 't'; f[#f+1] = s.t; f[#f+1] = 'tt'; f[#f+1] = now end
-  if s.u then
-    f[#f+1] = 'u'; f[#f+1] = s.u + n
-    mask = mask + 2 ^ (i - 1)
-  end
+  if s.u then f[#f+1] = 'u'; f[#f+1] = s.u + n end
+  local zexp = s.cc > 0 and (s.cx == nil or s.cx - now < lease)
+  if zexp then f[#f+1] = 'cx'; f[#f+1] = now + 2 * lease end
   local renew = #f > 0 and (s.x == nil or s.x - now < halfday)
   if renew then f[#f+1] = 'x'; f[#f+1] = now + day end
   if #f > 0 then redis.call('HSET', KEYS[i*2-1], unpack(f)) end
   if renew then redis.call('PEXPIRE', KEYS[i*2-1], day) end
   if s.cc > 0 then
     redis.call('ZADD', KEYS[i*2], now + lease, tid)
-    redis.call('PEXPIRE', KEYS[i*2], lease * 2)
+    if zexp then redis.call('PEXPIRE', KEYS[i*2], lease * 2) end
   end
 end
-redis.call('SET', rec, mask, 'PX', ARGV[6])
 return {0, mask}
 `
 
