@@ -5,7 +5,7 @@
 //	control [serve]              run the server (applies migrations and bootstraps the first admin)
 //	control migrate up|down [N]|status|version|create NAME
 //	control bootstrap
-//	control keys create --username U --name N [--models a,b]
+//	control keys create --username U --name N [--models a,b] [--scopes inference,management]
 package main
 
 import (

@@ -20,6 +20,7 @@ import (
 	"github.com/maas-platform/maas/control/internal/model"
 	"github.com/maas-platform/maas/control/internal/server"
 	"github.com/maas-platform/maas/control/internal/user"
+	"github.com/maas-platform/maas/pkg/apikey"
 	"github.com/maas-platform/maas/pkg/config"
 	"github.com/maas-platform/maas/pkg/obs"
 	"github.com/maas-platform/maas/pkg/pgdb"
@@ -36,7 +37,7 @@ commands:
   migrate version            print the current schema version
   migrate create NAME        write a new empty migration into --dir (default ./migrations)
   bootstrap                  migrate and create the first admin if there is none
-  keys create --username U --name N [--models a,b]
+  keys create --username U --name N [--models a,b] [--scopes inference,management]
                              create an API key and print only the key
   help                       show this text
 
@@ -69,13 +70,20 @@ func Exec(ctx context.Context, cmd string, o Options, pos []string, out io.Write
 		})
 	case "keys":
 		if len(pos) != 1 || pos[0] != "create" {
-			return usageErr("keys: expected `keys create --username U --name N [--models a,b]`")
+			return usageErr("keys: expected `keys create --username U --name N [--models a,b] [--scopes inference,management]`")
 		}
 		if o.Username == "" {
 			return &config.Error{Name: "--username", Msg: "is required"}
 		}
 		if o.KeyName == "" {
 			return &config.Error{Name: "--name", Msg: "is required"}
+		}
+		scopes := apikey.DefaultScopes
+		if o.Scopes != "" {
+			var err error
+			if scopes, err = apikey.ParseScopes(o.ScopeList()); err != nil {
+				return &config.Error{Name: "--scopes", Msg: err.Error()}
+			}
 		}
 		if err := o.validate(false); err != nil {
 			return err
@@ -85,7 +93,7 @@ func Exec(ctx context.Context, cmd string, o Options, pos []string, out io.Write
 			if err != nil {
 				return err
 			}
-			key, err := svc.CreateKeyForUsername(ctx, o.Username, o.KeyName, o.ModelList())
+			key, err := svc.CreateKeyForUsername(ctx, o.Username, o.KeyName, o.ModelList(), scopes)
 			if err != nil {
 				return fmt.Errorf("keys create: %w", err)
 			}

@@ -230,6 +230,24 @@ func TestKeysCreateCommand(t *testing.T) {
 	if strings.Join(models, ",") != "sim-chat,sim-embedding" {
 		t.Errorf("models %v", models)
 	}
+	// --scopes (default inference).
+	for flag, want := range map[string]string{"": "inference", "management, inference": "inference,management"} {
+		o.Scopes = flag
+		key := strings.TrimSpace(mustRun(t, o, "keys", "create"))
+		var scopes []string
+		sum := apikey.Sum([]byte(key))
+		if err := pool.QueryRow(context.Background(), `SELECT scopes FROM api_keys WHERE key_hash = $1`, sum[:]).Scan(&scopes); err != nil {
+			t.Fatal(err)
+		}
+		if strings.Join(scopes, ",") != want {
+			t.Errorf("--scopes %q: stored %v, want %s", flag, scopes, want)
+		}
+	}
+	o.Scopes = "root"
+	if _, err := run(t, o, "keys", "create"); !IsUsage(err) || !strings.Contains(err.Error(), "--scopes") {
+		t.Errorf("bad --scopes: %v", err)
+	}
+	o.Scopes = ""
 	o.Username = "nobody"
 	if _, err := run(t, o, "keys", "create"); !errors.Is(err, user.ErrNotFound) {
 		t.Errorf("unknown user: %v", err)

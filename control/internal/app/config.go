@@ -53,6 +53,7 @@ type Options struct {
 	Username string // keys create
 	KeyName  string // keys create
 	Models   string // keys create: comma-separated
+	Scopes   string // keys create: comma-separated (default inference)
 
 	// Redacted is the effective configuration for the start-up log line.
 	Redacted []any
@@ -80,6 +81,7 @@ func Load(args []string) (Options, []string, error) {
 	fs.StringVar(&o.Username, "username", "", "keys create: owner of the new key")
 	fs.StringVar(&o.KeyName, "name", "", "keys create: name of the new key")
 	fs.StringVar(&o.Models, "models", "", "keys create: comma-separated models the key may use (default: all)")
+	fs.StringVar(&o.Scopes, "scopes", "", "keys create: comma-separated scopes, inference and/or management (default: inference)")
 
 	var pos []string
 	for {
@@ -138,9 +140,14 @@ func ParsePrefixes(list string) ([]netip.Prefix, error) {
 }
 
 // ModelList splits the --models flag.
-func (o Options) ModelList() []string {
+func (o Options) ModelList() []string { return splitList(o.Models) }
+
+// ScopeList splits the --scopes flag.
+func (o Options) ScopeList() []string { return splitList(o.Scopes) }
+
+func splitList(s string) []string {
 	var out []string
-	for _, m := range strings.Split(o.Models, ",") {
+	for _, m := range strings.Split(s, ",") {
 		if m = strings.TrimSpace(m); m != "" {
 			out = append(out, m)
 		}

@@ -125,8 +125,9 @@ func (s *Service) CreateKey(ctx context.Context, n NewKey) (*CreatedKey, error) 
 	return &CreatedKey{Key: *k, Secret: secret}, nil
 }
 
-// CreateKeyForUsername is CreateKey by username (the `control keys create` command).
-func (s *Service) CreateKeyForUsername(ctx context.Context, username, name string, models []string) (string, error) {
+// CreateKeyForUsername is CreateKey by username (the `control keys create` command, run by
+// an operator: any scopes may be given).
+func (s *Service) CreateKeyForUsername(ctx context.Context, username, name string, models []string, scopes apikey.Scopes) (string, error) {
 	id, err := s.store.IDByUsername(ctx, username)
 	if err != nil {
 		return "", err
@@ -140,7 +141,7 @@ func (s *Service) CreateKeyForUsername(ctx context.Context, username, name strin
 	if len(models) == 0 {
 		models = nil
 	}
-	k, err := s.CreateKey(ctx, NewKey{UserID: id, Name: name, Models: models})
+	k, err := s.CreateKey(ctx, NewKey{UserID: id, Name: name, Models: models, Scopes: scopes})
 	if err != nil {
 		return "", err
 	}
