@@ -4,6 +4,7 @@ import (
 	"github.com/valyala/bytebufferpool"
 
 	"github.com/maas-platform/maas/gateway/internal/ledger"
+	"github.com/maas-platform/maas/gateway/internal/panics"
 	"github.com/maas-platform/maas/gateway/internal/upstream"
 )
 
@@ -29,23 +30,14 @@ func (c *call) partialUsage() {
 // and returns the call to the pool.
 func (c *call) finish() {
 	h := c.h
+	c.finishing = true
 	now := h.o.Now()
 	dur := now.Sub(c.start)
-	if c.lease != nil {
-		c.lease.Release(upstream.Neutral)
-		c.lease = nil
-	}
-	if c.cancelBase != nil {
-		c.cancelBase()
-		c.cancelBase, c.base = nil, nil
-	}
+	c.abandonBackend()
 	if c.status == 0 {
 		c.status = 200
 	}
-	total := c.use.prompt + c.use.completion
-	if c.ticket != nil {
-		c.ticket.Settle(total)
-	}
+	c.settle(c.use.prompt + c.use.completion)
 	label := c.label
 	if label == "" {
 		label = unknownModel
@@ -61,7 +53,7 @@ func (c *call) finish() {
 		mm.completion.Add(float64(c.use.completion))
 	}
 	if c.key != nil && h.o.Ledger != nil {
-		h.o.Ledger.Add(ledger.Record{
+		c.record(ledger.Record{
 			RequestID: c.reqID, ClientRequestID: c.clientReqID, CreatedAt: c.start, UserID: c.key.UserID, KeyID: c.key.ID,
 			Model: c.reqModel, Backend: c.backend, Endpoint: c.path(), Status: c.status,
 			PromptTokens: c.use.prompt, CompletionTokens: c.use.completion, Estimated: c.estimated,
@@ -81,4 +73,41 @@ func (c *call) finish() {
 	}
 	c.reset()
 	h.calls.Put(c)
+}
+
+// record hands the usage record to the ledger; a panic there is recorded and costs this
+// record only.
+func (c *call) record(r ledger.Record) {
+	defer func() {
+		if v := recover(); v != nil {
+			c.h.o.Panics.Record(panics.Ledger, v, "request_id", r.RequestID)
+		}
+	}()
+	c.h.o.Ledger.Add(r)
+}
+
+// abandonBackend returns the backend slot (no health signal) and ends the base context.
+func (c *call) abandonBackend() {
+	if c.lease != nil {
+		l := c.lease
+		c.lease = nil
+		l.Release(upstream.Neutral)
+	}
+	if c.cancelBase != nil {
+		c.cancelBase()
+		c.cancelBase, c.base = nil, nil
+	}
+}
+
+// abandon releases what a call still holds after a panic in finish itself: the backend
+// slot, the quota ticket (settled with the reservation's tokens used so far) and the body
+// buffer. The call is not pooled again (its state is unknown); metrics are not retried.
+func (c *call) abandon() {
+	c.abandonBackend()
+	c.settle(c.use.prompt + c.use.completion)
+	if c.body != nil {
+		b := c.body
+		c.body = nil
+		bytebufferpool.Put(b)
+	}
 }

@@ -7,8 +7,10 @@ import (
 	"github.com/valyala/bytebufferpool"
 	"github.com/valyala/fasthttp"
 
+	"github.com/maas-platform/maas/gateway/internal/panics"
 	"github.com/maas-platform/maas/gateway/internal/snapshot"
 	"github.com/maas-platform/maas/gateway/internal/upstream"
+	"github.com/maas-platform/maas/pkg/apierr"
 )
 
 // call is one inference request. It is pooled; a streamed call lives until its stream
@@ -51,6 +53,7 @@ type call struct {
 	ttft      time.Duration
 	chunks    int64 // token events seen (fallback count)
 	lastTok   time.Time
+	finishing bool // finish has started: a panic from here on only releases what is held
 }
 
 func (c *call) reset() { *c = call{} }
@@ -65,6 +68,13 @@ func (h *Handler) serve(ctx *fasthttp.RequestCtx, ep endpoint) {
 	c.reqID = h.RequestID(ctx)
 	c.clientReqID = ClientRequestID(ctx)
 	h.m.inFlight.Inc()
+	streaming := false
+	defer func() {
+		if v := recover(); v != nil && !streaming {
+			h.o.Panics.Record(panics.Handler, v, "request_id", c.reqID)
+			c.recovered(ctx)
+		}
+	}()
 	snap, err := c.authenticate(ctx)
 	if err == nil {
 		c.fields, err = readRequest(ctx.PostBody(), ep, h.o.Limits)
@@ -77,7 +87,6 @@ func (h *Handler) serve(ctx *fasthttp.RequestCtx, ep endpoint) {
 	}
 	if err == nil {
 		c.rewrite(ctx.PostBody())
-		var streaming bool
 		streaming, err = c.dispatch(ctx)
 		if streaming {
 			return // the stream writer finishes the call
@@ -91,4 +100,25 @@ func (h *Handler) serve(ctx *fasthttp.RequestCtx, ep endpoint) {
 		}
 	}
 	c.finish()
+}
+
+// recovered answers a request whose handler panicked with a 500 and ends the call; the
+// panic was recorded.
+func (c *call) recovered(ctx *fasthttp.RequestCtx) {
+	ctx.Response.Reset()
+	ctx.Response.Header.Set("X-Request-Id", c.reqID)
+	apierr.WriteFast(ctx, apierr.New(apierr.Internal, "internal error"))
+	if c.finishing {
+		c.abandon()
+		return
+	}
+	c.status, c.errType = 500, apierr.Internal.Type()
+	c.finish()
+}
+
+// hook runs the test hook at where (a test's panic injector); nil in production.
+func (c *call) hook(where string) {
+	if c.h.testHook != nil {
+		c.h.testHook(where)
+	}
 }

@@ -98,6 +98,7 @@ func (c *call) exchange(ctx *fasthttp.RequestCtx, l *upstream.Lease, deadline ti
 	req.SetRequestURIBytes(uri)
 	c.setHeaders(&req.Header, &ctx.Request.Header)
 	req.SetBodyRaw(c.body.B)
+	c.hook("exchange")
 	if err := l.U.Client.DoDeadline(req, resp, deadline); err != nil {
 		return false, c.judge(failure{err: err})
 	}
@@ -124,7 +125,7 @@ func (c *call) exchange(ctx *fasthttp.RequestCtx, l *upstream.Lease, deadline ti
 // success the stream is committed: the client's response body is the stream's writer.
 func (c *call) openStream(ctx *fasthttp.RequestCtx, l *upstream.Lease) (bool, verdict) {
 	h := c.h
-	st := &streamState{c: c, l: l, resp: fasthttp.AcquireResponse()}
+	st := &streamState{c: c, l: l, resp: fasthttp.AcquireResponse(), idleFor: h.o.StreamIdleTimeout}
 	st.resp.StreamBody = true
 	st.timer = time.AfterFunc(h.o.FirstByteTimeout, st.timeout)
 	st.stopBase = context.AfterFunc(c.base, st.closeStream)

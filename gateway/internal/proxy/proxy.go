@@ -19,6 +19,7 @@ import (
 	"github.com/valyala/fasthttp"
 
 	"github.com/maas-platform/maas/gateway/internal/ledger"
+	"github.com/maas-platform/maas/gateway/internal/panics"
 	"github.com/maas-platform/maas/gateway/internal/reqbody"
 	"github.com/maas-platform/maas/gateway/internal/snapshot"
 	"github.com/maas-platform/maas/gateway/internal/upstream"
@@ -83,7 +84,10 @@ type Options struct {
 	AccessLogJSON bool
 	Logger        *slog.Logger
 	Registerer    prometheus.Registerer
-	Now           func() time.Time
+	// Panics records panics recovered in a request's life (nil: not recorded, still
+	// recovered).
+	Panics *panics.Recorder
+	Now    func() time.Time
 }
 
 // DefaultOptions returns the defaults.
@@ -108,8 +112,10 @@ type Handler struct {
 	idBase  string
 	idSeq   atomic.Uint64
 	forward []string // client headers passed to backends
-	calls   sync.Pool
-	access  *accessLog
+	// testHook, when set by a test, runs at named points of a request (a panic injector).
+	testHook func(where string)
+	calls    sync.Pool
+	access   *accessLog
 }
 
 // New returns a Handler.

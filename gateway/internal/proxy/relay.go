@@ -2,6 +2,7 @@ package proxy
 
 import (
 	"bytes"
+	"errors"
 	"io"
 	"sync"
 	"sync/atomic"
@@ -9,8 +10,10 @@ import (
 
 	"github.com/valyala/fasthttp"
 
+	"github.com/maas-platform/maas/gateway/internal/panics"
 	"github.com/maas-platform/maas/gateway/internal/sse"
 	"github.com/maas-platform/maas/gateway/internal/upstream"
+	"github.com/maas-platform/maas/pkg/apierr"
 )
 
 // relayUnary copies a backend's non-streamed answer to the client and reads its usage.
@@ -71,11 +74,12 @@ type streamState struct {
 	// not reset per event: it fires after the idle timeout and re-arms itself for the rest
 	// when an event came meanwhile.
 	timer     *time.Timer
-	idle      atomic.Bool  // the timer bounds the gap between events (not the first event)
-	epoch     time.Time    // start of the idle phase
-	lastEvent atomic.Int64 // time of the last event, since epoch
-	timedOut  atomic.Bool  // the timer closed the stream
-	stopBase  func() bool  // unregisters the close on end of the call's base context
+	idleFor   time.Duration // the idle timeout (the timer's callback never reads the call)
+	idle      atomic.Bool   // the timer bounds the gap between events (not the first event)
+	epoch     time.Time     // start of the idle phase
+	lastEvent atomic.Int64  // time of the last event, since epoch
+	timedOut  atomic.Bool   // the timer closed the stream
+	stopBase  func() bool   // unregisters the close on end of the call's base context
 
 	closeMu sync.Mutex // guards body and resp against the timer and base callbacks
 	bodyAt  bodyState
@@ -126,8 +130,7 @@ func (st *streamState) headersIn() {
 // timeout is the timer's callback: first-byte timeout, or idle timeout between events.
 func (st *streamState) timeout() {
 	if st.idle.Load() {
-		idle := st.c.h.o.StreamIdleTimeout
-		if rest := idle - (time.Since(st.epoch) - time.Duration(st.lastEvent.Load())); rest > 0 {
+		if rest := st.idleFor - (time.Since(st.epoch) - time.Duration(st.lastEvent.Load())); rest > 0 {
 			st.closeMu.Lock()
 			if st.bodyAt < bodyClosing {
 				st.timer.Reset(rest)
@@ -155,7 +158,9 @@ func (st *streamState) release() {
 	resp := st.resp
 	st.resp = nil
 	st.closeMu.Unlock()
-	fasthttp.ReleaseResponse(resp)
+	if resp != nil {
+		fasthttp.ReleaseResponse(resp)
+	}
 }
 
 // open sends the request and reads the first event; in are the client's headers.
@@ -211,8 +216,12 @@ func (st *streamState) SupportsBodyWriteTo() bool { return true }
 
 // WriteTo relays events to w until the stream ends, the backend fails, or the client goes
 // away (a failed write), which cancels the backend request at once.
-func (st *streamState) WriteTo(w io.Writer) (int64, error) {
-	var n int64
+func (st *streamState) WriteTo(w io.Writer) (n int64, err error) {
+	defer func() {
+		if v := recover(); v != nil {
+			err = st.panicked(v, w)
+		}
+	}()
 	for {
 		last := st.produce()
 		if len(st.out) > 0 {
@@ -233,7 +242,12 @@ func (st *streamState) WriteTo(w io.Writer) (int64, error) {
 
 // Read is the io.Reader form of WriteTo, for a server that does not use WriteTo; a client
 // that went away is then seen in CloseWithError.
-func (st *streamState) Read(p []byte) (int, error) {
+func (st *streamState) Read(p []byte) (n int, err error) {
+	defer func() {
+		if v := recover(); v != nil {
+			err = st.panicked(v, nil)
+		}
+	}()
 	for st.outPos >= len(st.out) {
 		if st.state >= relayOver {
 			return 0, io.EOF
@@ -241,14 +255,19 @@ func (st *streamState) Read(p []byte) (int, error) {
 		st.produce()
 		st.outPos = 0
 	}
-	n := copy(p, st.out[st.outPos:])
+	n = copy(p, st.out[st.outPos:])
 	st.outPos += n
 	return n, nil
 }
 
 // CloseWithError is called by fasthttp once the response is written (err nil) or failed,
 // and also when the response is dropped unwritten: it finishes the call if WriteTo did not.
-func (st *streamState) CloseWithError(err error) error {
+func (st *streamState) CloseWithError(err error) (out error) {
+	defer func() {
+		if v := recover(); v != nil {
+			out = st.panicked(v, nil)
+		}
+	}()
 	if st.state < relayOver {
 		st.clientGone()
 	}
@@ -269,7 +288,7 @@ func (st *streamState) produce() (last bool) {
 		st.mm = st.c.h.m.model(st.c.label)
 		st.epoch = time.Now()
 		st.idle.Store(true)
-		st.timer.Reset(st.c.h.o.StreamIdleTimeout)
+		st.timer.Reset(st.idleFor)
 		st.emit(st.firstRaw, st.first)
 		if len(st.out) > 0 && !st.rd.Ready() {
 			return false
@@ -335,16 +354,54 @@ func (st *streamState) end() {
 	// The connection goes back before the slot, so that the connections in use never
 	// outnumber the backend's in-flight slots.
 	st.release()
-	c.lease.Release(st.outcome)
-	c.lease = nil
+	if l := c.lease; l != nil {
+		c.lease = nil
+		l.Release(st.outcome)
+	}
 	h.m.streams.Dec()
 	c.finish()
+	st.c = nil // pooled again: never touched by this stream after this
+}
+
+// errStreamPanic ends a stream whose writer panicked.
+var errStreamPanic = errors.New("proxy: stream writer panicked")
+
+// panicked handles a panic of the stream writer (WriteTo, Read, CloseWithError), which
+// runs on fasthttp's connection goroutine after the handler returned and which fasthttp
+// would swallow without closing the stream: it records the panic, ends the client's
+// stream with an error event when it can (w non-nil), and returns everything the call
+// holds.
+func (st *streamState) panicked(v any, w io.Writer) error {
+	c := st.c
+	if c == nil { // the call was finished: nothing is held any more
+		return errStreamPanic
+	}
+	c.h.o.Panics.Record(panics.Stream, v, "request_id", c.reqID)
+	if st.state == relayEnded { // the panic came from end itself
+		st.release()
+		c.abandon()
+		st.c = nil
+		return errStreamPanic
+	}
+	e := apierr.New(apierr.Internal, "internal error")
+	c.status, c.errType = e.Kind.Status(), e.Kind.Type()
+	st.outcome = upstream.Neutral
+	c.partialUsage()
+	st.end()
+	if w != nil {
+		func() {
+			defer func() { _ = recover() }() // the writer itself may be what failed
+			_, _ = w.Write(sse.AppendData(nil, e.Envelope()))
+		}()
+	}
+	return errStreamPanic
 }
 
 // event inspects one data event: usage, token timing. It returns false when the event
 // must not reach the client (the usage chunk we asked for).
 func (st *streamState) event(data []byte, mm *modelMetrics) bool {
 	c := st.c
+	c.hook("event")
 	emptyChoices, usageRaw := chunkFields(data)
 	if len(usageRaw) > 0 && usageRaw[0] == '{' {
 		if u := parseUsage(usageRaw); u.ok {

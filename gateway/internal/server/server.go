@@ -12,7 +12,6 @@ import (
 	"net/http"
 	"net/http/pprof"
 	"os"
-	"runtime/debug"
 	"strings"
 	"sync"
 	"time"
@@ -24,6 +23,7 @@ import (
 	"github.com/maas-platform/maas/gateway/internal/admit"
 	"github.com/maas-platform/maas/gateway/internal/apidocs"
 	"github.com/maas-platform/maas/gateway/internal/ledger"
+	"github.com/maas-platform/maas/gateway/internal/panics"
 	"github.com/maas-platform/maas/gateway/internal/proxy"
 	"github.com/maas-platform/maas/gateway/internal/reqbody"
 	"github.com/maas-platform/maas/gateway/internal/snapshot"
@@ -43,6 +43,11 @@ func Run(ctx context.Context, o Options) error {
 	}
 	log := o.Logger
 	reg := obs.NewRegistry("gateway")
+	// One recorder counts every recovered panic: handler, stream writer, admission, ledger.
+	rec, err := panics.New(log, reg)
+	if err != nil {
+		return err
+	}
 
 	pool, err := pgdb.Connect(ctx, o.Common.DatabaseURL)
 	if err != nil {
@@ -102,6 +107,7 @@ func Run(ctx context.Context, o Options) error {
 
 	po := proxy.DefaultOptions()
 	po.Snapshots, po.Pool = store, ups
+	po.Panics = rec
 	po.Quota, po.Ledger = quota{limiter}, lw
 	po.ControlURL, po.InternalToken = o.Common.ControlURL, o.Common.InternalToken
 	po.MaxAttempts, po.FirstByteTimeout, po.StreamIdleTimeout, po.RequestTimeout = o.MaxAttempts, o.FirstByteTimeout, o.StreamIdleTimeout, o.RequestTimeout
@@ -124,7 +130,7 @@ func Run(ctx context.Context, o Options) error {
 		return err
 	}
 
-	srv := New(o, Deps{Proxy: ph, Store: store, Registry: reg})
+	srv := New(o, Deps{Proxy: ph, Store: store, Registry: reg, Panics: rec})
 
 	loops, stopLoops := context.WithCancel(context.Background())
 	var wg sync.WaitGroup
@@ -193,6 +199,8 @@ type Deps struct {
 	Proxy    *proxy.Handler
 	Store    interface{ Status() (bool, string) }
 	Registry *prometheus.Registry
+	// Panics counts recovered panics; nil: New registers its own on Registry.
+	Panics *panics.Recorder
 }
 
 // forwardPaths are forwarded to control as they are.
@@ -245,14 +253,18 @@ func routes(d Deps) *router.Router {
 func New(o Options, d Deps) *fasthttp.Server {
 	r := routes(d)
 	ph := d.Proxy
-	panics := prometheus.NewCounter(prometheus.CounterOpts{Name: "maas_gateway_panics_total",
-		Help: "Request handlers that panicked (recovered; the process keeps serving)."})
-	d.Registry.MustRegister(panics)
 	log := o.Logger
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	recovered := recoverer(r.Handler, panics, log, ph.RequestID)
+	rec := d.Panics
+	if rec == nil {
+		var err error
+		if rec, err = panics.New(log, d.Registry); err != nil {
+			panic(err) // a second registration: a wiring bug
+		}
+	}
+	recovered := recoverer(r.Handler, rec, ph.RequestID)
 
 	return &fasthttp.Server{
 		Handler:                       recovered,
@@ -309,12 +321,11 @@ func servePprof(addr string, log *slog.Logger) (func(), error) {
 
 // recoverer turns a panic in next into a 500 in the OpenAI shape (never a stack trace to
 // the client), logs it with its stack and counts it.
-func recoverer(next fasthttp.RequestHandler, panics prometheus.Counter, log *slog.Logger, reqID func(*fasthttp.RequestCtx) string) fasthttp.RequestHandler {
+func recoverer(next fasthttp.RequestHandler, rec *panics.Recorder, reqID func(*fasthttp.RequestCtx) string) fasthttp.RequestHandler {
 	return func(ctx *fasthttp.RequestCtx) {
 		defer func() {
 			if v := recover(); v != nil {
-				panics.Inc()
-				log.Error("handler panicked", "request_id", reqID(ctx), "panic", fmt.Sprint(v), "stack", string(debug.Stack()))
+				rec.Record(panics.Handler, v, "request_id", reqID(ctx))
 				ctx.Response.Reset()
 				reqID(ctx)
 				apierr.WriteFast(ctx, apierr.New(apierr.Internal, "internal error"))

@@ -2,26 +2,28 @@ package server
 
 import (
 	"errors"
-	"log/slog"
 	"strings"
 	"testing"
 
 	"github.com/prometheus/client_golang/prometheus"
-	"github.com/prometheus/client_golang/prometheus/testutil"
 	"github.com/valyala/fasthttp"
 
 	"github.com/maas-platform/maas/gateway/internal/apidocs"
+	"github.com/maas-platform/maas/gateway/internal/panics"
 	"github.com/maas-platform/maas/pkg/config"
 )
 
 func TestRecovererKeepsServing(t *testing.T) {
-	panics := prometheus.NewCounter(prometheus.CounterOpts{Name: "p"})
+	rec, err := panics.New(nil, prometheus.NewRegistry())
+	if err != nil {
+		t.Fatal(err)
+	}
 	h := recoverer(func(ctx *fasthttp.RequestCtx) {
 		if string(ctx.Path()) == "/boom" {
 			panic("secret internal detail")
 		}
 		ctx.SetBodyString("ok")
-	}, panics, slog.New(slog.DiscardHandler), func(ctx *fasthttp.RequestCtx) string {
+	}, rec, func(ctx *fasthttp.RequestCtx) string {
 		ctx.Response.Header.Set("X-Request-Id", "r1")
 		return "r1"
 	})
@@ -33,7 +35,7 @@ func TestRecovererKeepsServing(t *testing.T) {
 		!strings.Contains(body, `"type":"api_error"`) || string(ctx.Response.Header.Peek("X-Request-Id")) != "r1" {
 		t.Errorf("status %d body %s", ctx.Response.StatusCode(), body)
 	}
-	if testutil.ToFloat64(panics) != 1 {
+	if rec.Count(panics.Handler) != 1 {
 		t.Error("panic not counted")
 	}
 	var ok fasthttp.RequestCtx
