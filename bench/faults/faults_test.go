@@ -85,13 +85,14 @@ func TestPostgresDown(t *testing.T) {
 	load.waitOK(t, 200, 10*time.Second)
 	during(2 * time.Second)
 	stopped := time.Now()
+	stopAt := load.at()
 	s.pg.Stop()
 	fig.add(t, "PostgreSQL stop took", "%v", time.Since(stopped).Round(time.Millisecond))
 	sentBefore, _ := load.counts()
 	during(down)
 	sentDuring, _ := load.counts()
 	s.pg.Start()
-	fig.add(t, "PostgreSQL down for", "%v", time.Since(stopped).Round(100*time.Millisecond))
+	fig.add(t, "PostgreSQL down", "for %v, from %v to %v into the run", time.Since(stopped).Round(100*time.Millisecond), stopAt, load.at())
 	during(3 * time.Second)
 	load.stop()
 	sent, ok := load.counts()
@@ -127,11 +128,13 @@ func TestRedisDown(t *testing.T) {
 		t.Fatalf("the gateway does not use Redis before the outage (DBSIZE %q, %v)", n, err)
 	}
 	fbBefore, _ := metricSum(gw, "maas_gateway_quota_redis_fallback_total")
+	stopAt := load.at()
 	s.redis.Stop()
 	during(down)
 	fbDuring, _ := metricSum(gw, "maas_gateway_quota_redis_fallback_total")
 	s.redis.Start()
 	restarted := time.Now()
+	fig.add(t, "Redis down", "from %v to %v into the run", stopAt, load.at())
 	// Back on Redis: the empty Redis gets the gateway's quota keys again and the fallback
 	// counter stops moving.
 	var back time.Duration
@@ -153,6 +156,14 @@ func TestRedisDown(t *testing.T) {
 	fig.add(t, "requests", "%d sent, %d answered 200, %d failed", sent, ok, load.failed)
 	fig.add(t, "requests decided locally (maas_gateway_quota_redis_fallback_total)", "%.0f before the outage, %.0f at its end, %.0f after", fbBefore, fbDuring, last)
 	fig.add(t, "quota keys back in Redis", "%v after it restarted", back.Round(10*time.Millisecond))
+	toLocal, found1 := metricSum(gw, `maas_gateway_quota_tier_switches_total{tier="local"}`)
+	toRedis, found2 := metricSum(gw, `maas_gateway_quota_tier_switches_total{tier="redis"}`)
+	if found1 && found2 {
+		fig.add(t, "tier switches (maas_gateway_quota_tier_switches_total)", "%.0f to local, %.0f back to Redis", toLocal, toRedis)
+		if toLocal < 1 || toRedis < 1 {
+			t.Errorf("tier switches: %.0f to local, %.0f to Redis; want at least one each", toLocal, toRedis)
+		}
+	}
 	fig.add(t, "load", "%s", load.summary())
 	if load.failed != 0 {
 		t.Errorf("%d requests failed while Redis was away: %s", load.failed, load.summary())
@@ -351,6 +362,7 @@ func TestControlDown(t *testing.T) {
 		t.Fatalf("key B not refused after its revocation: %v", err)
 	}
 	stopped := time.Now()
+	stopAt := load.at()
 	s.p.Control.Stop(10 * time.Second)
 	if _, err := s.db.Exec(context.Background(), `UPDATE api_keys SET revoked_at = now() WHERE id = $1`, idC); err != nil {
 		t.Fatal(err)
@@ -361,7 +373,7 @@ func TestControlDown(t *testing.T) {
 	during(down - time.Since(stopped))
 	failedDown := func() int { load.mu.Lock(); defer load.mu.Unlock(); return load.failed }()
 	s.p.StartControl()
-	fig.add(t, "control down for", "%v", time.Since(stopped).Round(100*time.Millisecond))
+	fig.add(t, "control down", "for %v, from %v to %v into the run", time.Since(stopped).Round(100*time.Millisecond), stopAt, load.at())
 	during(2 * time.Second)
 	load.stop()
 	sent, ok := load.counts()

@@ -314,6 +314,8 @@ type loadRun struct {
 	firstErr string
 	slowest  time.Duration
 	slow     int // requests that took 500 ms or more (a failover after a timeout, a queue)
+	// failFrom and failTo bound when failed requests were sent, since start.
+	failFrom, failTo time.Duration
 }
 
 func startLoad(spec loadSpec) *loadRun {
@@ -380,6 +382,13 @@ func (r *loadRun) one(client *http.Client, id string) {
 	if took >= 500*time.Millisecond {
 		r.slow++
 	}
+	if err != nil || resp.StatusCode != 200 {
+		at := began.Sub(r.start)
+		if r.failed == 0 || at < r.failFrom {
+			r.failFrom = at
+		}
+		r.failTo = max(r.failTo, at)
+	}
 	if err != nil {
 		r.failed++
 		msg := err.Error()
@@ -412,6 +421,9 @@ func (r *loadRun) stop() *loadRun {
 	r.end = time.Now()
 	return r
 }
+
+// at is how far into the run we are.
+func (r *loadRun) at() time.Duration { return time.Since(r.start).Round(100 * time.Millisecond) }
 
 // counts returns requests sent and answered with 200 so far.
 func (r *loadRun) counts() (sent, ok int) {
@@ -480,6 +492,9 @@ func (r *loadRun) summary() string {
 	sort.Strings(st)
 	s := fmt.Sprintf("%d sent in %.1f s (%.0f/s), %d failed, statuses [%s], %d took ≥ 500 ms, slowest %v",
 		r.sent, secs, float64(r.sent)/secs, r.failed, strings.Join(st, " "), r.slow, r.slowest.Round(time.Millisecond))
+	if r.failed > 0 {
+		s += fmt.Sprintf(", failures sent from %.1f s to %.1f s into the run", r.failFrom.Seconds(), r.failTo.Seconds())
+	}
 	if r.firstErr != "" {
 		s += ", first error: " + truncate(r.firstErr, 300)
 	}
