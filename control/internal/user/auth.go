@@ -22,7 +22,8 @@ func unauthenticated(format string, args ...any) *apierr.Error {
 // Authenticate implements server.Authenticator. It accepts, in this order: an identity
 // signed by the gateway (X-Maas-Identity-Sig), a bearer API key ("sk-…"), or a bearer
 // session token (JWT). The user must exist and be active; a key must be neither revoked
-// nor expired.
+// nor expired. The Principal carries the key's scopes, read from the database (a session
+// has every scope); the server checks them against the route (apikey.ScopeFor).
 func (s *Service) Authenticate(ctx context.Context, req *fasthttp.Request) (*server.Principal, error) {
 	now := s.now()
 	if len(req.Header.Peek(internalauth.HeaderSignature)) > 0 {
