@@ -90,9 +90,11 @@ func TestDuplicateKeysRefused(t *testing.T) {
 			t.Errorf("%s: status %d, %s; want 400 with param %q", tc.body, st, b, tc.param)
 		}
 	}
+	be.mu.Lock()
 	if len(be.bodies) != 0 {
 		t.Errorf("%d requests reached the engine", len(be.bodies))
 	}
+	be.mu.Unlock()
 	// Refused before the model is resolved: nothing is recorded under an unchecked name.
 	for _, rec := range r.rec.wait(t, 6) {
 		if rec.Model != "" || rec.Status != 400 {
@@ -135,10 +137,12 @@ type settleNothing struct{}
 func (settleNothing) Settle(int64) {}
 
 // The reservation is n × the larger output limit (engines prefer max_completion_tokens)
-// plus the prompt estimate; without a limit, n × the model's output cap.
+// plus the prompt estimate; without a limit, n × the model's output cap, which is then set
+// as max_tokens for the engine.
 func TestReservationCountsNAndLargerLimit(t *testing.T) {
 	q := &reservations{}
-	r := newRigWith(t, func(_ *upstream.Options, o *Options) { o.Quota = q }, &fakeBackend{handle: engineLike(1)})
+	be := &fakeBackend{handle: engineLike(1)}
+	r := newRigWith(t, func(_ *upstream.Options, o *Options) { o.Quota = q }, be)
 	messages := `[{"role":"user","content":"` + strings.Repeat("x", 77) + `"}]` // 108 bytes: 27 tokens
 	for _, body := range []string{
 		`{"model":"m","n":4,"max_completion_tokens":30000,"max_tokens":9,"messages":` + messages + `}`,
@@ -151,6 +155,17 @@ func TestReservationCountsNAndLargerLimit(t *testing.T) {
 	want := []int64{4*30000 + 27, 2*snapshot.DefaultMaxOutputTokens + 27}
 	if q.got[0] != want[0] || q.got[1] != want[1] {
 		t.Errorf("reservations %v, want %v", q.got, want)
+	}
+	// The output cap the reservation counted on is the engine's limit too.
+	var sent map[string]json.RawMessage
+	if err := json.Unmarshal(be.last(), &sent); err != nil || string(sent["max_tokens"]) != itoa(snapshot.DefaultMaxOutputTokens) {
+		t.Errorf("backend received %s, want max_tokens %d", be.last(), snapshot.DefaultMaxOutputTokens)
+	}
+	be.mu.Lock()
+	first := string(be.bodies[0])
+	be.mu.Unlock()
+	if strings.Contains(first, `"max_tokens":1024`) {
+		t.Errorf("a body with limits was changed: %s", first)
 	}
 }
 

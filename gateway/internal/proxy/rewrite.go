@@ -3,22 +3,27 @@ package proxy
 import (
 	"github.com/valyala/bytebufferpool"
 	"github.com/valyala/fasthttp"
+
+	"github.com/maas-platform/maas/gateway/internal/reqbody"
 )
 
-// rewrite builds the body a backend receives: the client's bytes unchanged, unless a
-// stream needs stream_options.include_usage (the gateway counts tokens from the usage
-// chunk, and strips that chunk from the client's stream when it asked for it itself).
-// Only the bytes of include_usage change (reqbody.Fields.AppendIncludeUsage).
+// rewrite builds the body a backend receives: the client's bytes unchanged, except two
+// members the gateway needs (reqbody.Fields.Rewrites), whose bytes alone change:
+//   - stream_options.include_usage for a stream that did not ask for it: the gateway
+//     counts tokens from the usage chunk, and strips that chunk from the client's stream;
+//   - max_tokens = the model's output cap when the body gives no output limit, so that
+//     the engine cannot produce more than the reservation counted.
 //
 // Seam: a retrieval step (an app's knowledge base → system prompt) edits the body here,
 // after admission and before dispatch; it must parse the edited body again
-// (reqbody.Parse) if the reservation or the include_usage rewrite is to follow, and keep
-// every other field byte for byte.
+// (reqbody.Parse) if the reservation or these rewrites are to follow, and keep every other
+// field byte for byte.
 func (c *call) rewrite(body []byte) {
 	c.body = bytebufferpool.Get()
-	if c.fields.stream && !c.fields.read.IncludeUsage {
-		c.injected = true
-		c.body.B = c.fields.read.AppendIncludeUsage(c.body.B[:0], body)
+	r := c.fields.read.Rewrites(int64(c.model.MaxOutputTokens))
+	c.injected = r.IncludeUsage
+	if r != (reqbody.Rewrite{}) {
+		c.body.B = c.fields.read.AppendRewrite(c.body.B[:0], body, r)
 	} else {
 		c.body.B = append(c.body.B[:0], body...)
 	}

@@ -51,38 +51,32 @@ func agree(t *testing.T, body []byte, ep Endpoint, lim Limits) {
 	if f.PromptBytes != wantLen || !bytes.Equal(f.Prefix, wantPrefix) {
 		t.Fatalf("Parse(%q, %d): prompt %d bytes, prefix %q; want prefix %q", body, ep, f.PromptBytes, f.Prefix, wantPrefix)
 	}
-	if f.Stream {
-		rewritten(t, body, ep, lim, &f)
+	if r := f.Rewrites(77); r != (Rewrite{}) {
+		rewritten(t, body, ep, lim, &f, r)
 	}
 }
 
-// rewritten checks AppendIncludeUsage: the result is read as the same request with
-// include_usage true, every other member unchanged.
-func rewritten(t *testing.T, body []byte, ep Endpoint, lim Limits, f *Fields) {
+// rewritten checks AppendRewrite: the result is read as the same request with
+// include_usage true and max_tokens set as r asks, every other member unchanged.
+func rewritten(t *testing.T, body []byte, ep Endpoint, lim Limits, f *Fields, r Rewrite) {
 	t.Helper()
-	out := f.AppendIncludeUsage([]byte("prefix"), body)
+	out := f.AppendRewrite([]byte("prefix"), body, r)
 	if !bytes.HasPrefix(out, []byte("prefix")) {
-		t.Fatalf("AppendIncludeUsage lost dst")
+		t.Fatalf("AppendRewrite lost dst")
 	}
 	out = out[len("prefix"):]
 	g, err := Parse(out, ep, lim)
-	if err != nil || !g.IncludeUsage {
-		t.Fatalf("AppendIncludeUsage(%q) = %q: %v, include_usage %v", body, out, err, g.IncludeUsage)
+	if err != nil || r.IncludeUsage && !g.IncludeUsage || r.MaxTokens > 0 && g.MaxTokens != r.MaxTokens {
+		t.Fatalf("AppendRewrite(%q, %+v) = %q: %v, include_usage %v, max_tokens %d", body, r, out, err, g.IncludeUsage, g.MaxTokens)
+	}
+	if string(g.Model) != string(f.Model) || g.Stream != f.Stream || g.N != f.N || g.MaxCompletionTokens != f.MaxCompletionTokens ||
+		g.Messages != f.Messages || g.Inputs != f.Inputs || g.PromptBytes != f.PromptBytes || !bytes.Equal(g.Prefix, f.Prefix) {
+		t.Fatalf("AppendRewrite(%q, %+v) = %q: read as %+v, was %+v", body, r, out, g, *f)
 	}
 	before, after := map[string]json.RawMessage{}, map[string]json.RawMessage{}
 	if json.Unmarshal(body, &before) != nil || json.Unmarshal(out, &after) != nil {
-		t.Fatalf("AppendIncludeUsage(%q) = %q: not an object", body, out)
+		t.Fatalf("AppendRewrite(%q) = %q: not an object", body, out)
 	}
-	soBefore, soAfter := map[string]json.RawMessage{}, map[string]json.RawMessage{}
-	_ = json.Unmarshal(before["stream_options"], &soBefore)
-	_ = json.Unmarshal(after["stream_options"], &soAfter)
-	delete(before, "stream_options")
-	delete(after, "stream_options")
-	if string(soAfter[includeUsage]) != "true" {
-		t.Fatalf("AppendIncludeUsage(%q) = %q: include_usage %s", body, out, soAfter[includeUsage])
-	}
-	delete(soBefore, includeUsage)
-	delete(soAfter, includeUsage)
 	same := func(a, b map[string]json.RawMessage) bool {
 		if len(a) != len(b) {
 			return false
@@ -94,8 +88,27 @@ func rewritten(t *testing.T, body []byte, ep Endpoint, lim Limits, f *Fields) {
 		}
 		return true
 	}
-	if !same(before, after) || !same(soBefore, soAfter) {
-		t.Fatalf("AppendIncludeUsage(%q) = %q: other members changed", body, out)
+	if r.IncludeUsage {
+		soBefore, soAfter := map[string]json.RawMessage{}, map[string]json.RawMessage{}
+		_ = json.Unmarshal(before["stream_options"], &soBefore)
+		_ = json.Unmarshal(after["stream_options"], &soAfter)
+		delete(before, "stream_options")
+		delete(after, "stream_options")
+		if string(soAfter[includeUsage]) != "true" {
+			t.Fatalf("AppendRewrite(%q) = %q: include_usage %s", body, out, soAfter[includeUsage])
+		}
+		delete(soBefore, includeUsage)
+		delete(soAfter, includeUsage)
+		if !same(soBefore, soAfter) {
+			t.Fatalf("AppendRewrite(%q) = %q: stream_options changed", body, out)
+		}
+	}
+	if r.MaxTokens > 0 {
+		delete(before, "max_tokens")
+		delete(after, "max_tokens")
+	}
+	if !same(before, after) {
+		t.Fatalf("AppendRewrite(%q) = %q: other members changed", body, out)
 	}
 }
 

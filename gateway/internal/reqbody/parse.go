@@ -66,6 +66,8 @@ type Fields struct {
 	soNull, soZero bool
 	// include_usage's value span inside stream_options (iu < 0: absent).
 	iu, iuEnd int
+	// max_tokens' value span (mt < 0: absent).
+	mt, mtEnd int
 }
 
 // Interpreted keys.
@@ -144,7 +146,7 @@ func Parse(body []byte, ep Endpoint, lim Limits) (Fields, error) {
 	p.b, p.ep = body, ep
 	f := &p.f
 	f.MaxTokens, f.MaxCompletionTokens, f.N, f.ep = -1, -1, 1, ep
-	f.so, f.soEnd, f.iu, f.iuEnd = -1, -1, -1, -1
+	f.so, f.soEnd, f.iu, f.iuEnd, f.mt, f.mtEnd = -1, -1, -1, -1, -1, -1
 	b := body
 	i := skipSpace(b, 0)
 	if i >= len(b) {
@@ -407,6 +409,9 @@ func (p *parser) member(id, i int) (int, bool) {
 	case kMaxTokens, kMaxCompletionTokens, kN:
 		e, ok := p.value(i, 1)
 		v := b[i:e]
+		if id == kMaxTokens {
+			f.mt, f.mtEnd = i, e
+		}
 		if !ok || string(v) == "null" {
 			return e, ok
 		}

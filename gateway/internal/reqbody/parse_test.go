@@ -229,7 +229,45 @@ func TestAppendIncludeUsage(t *testing.T) {
 		if got := string(f.AppendIncludeUsage(nil, []byte(tc.in))); got != tc.want {
 			t.Errorf("AppendIncludeUsage(%s)\n got %s\nwant %s", tc.in, got, tc.want)
 		}
-		rewritten(t, []byte(tc.in), Chat, DefaultLimits(), &f)
+		rewritten(t, []byte(tc.in), Chat, DefaultLimits(), &f, Rewrite{IncludeUsage: true})
+	}
+}
+
+func TestAppendRewriteMaxTokens(t *testing.T) {
+	tests := []struct {
+		ep      Endpoint
+		in      string
+		cap     int64
+		want    Rewrite
+		wantOut string
+	}{
+		{Chat, `{"model":"m","messages":[]}`, 1024, Rewrite{MaxTokens: 1024}, `{"max_tokens":1024,"model":"m","messages":[]}`},
+		{Chat, `{"model":"m","max_tokens":null,"max_completion_tokens":null}`, 300, Rewrite{MaxTokens: 300}, `{"model":"m","max_tokens":300,"max_completion_tokens":null}`},
+		{Chat, `{"model":"m","max_tok\u0065ns" : null ,"stream":true}`, 5, Rewrite{IncludeUsage: true, MaxTokens: 5}, `{"stream_options":{"include_usage":true},"model":"m","max_tok\u0065ns" : 5 ,"stream":true}`},
+		{Completions, `{"stream":true,"model":"m","stream_options":{"x":1},"max_tokens":null}`, 7, Rewrite{IncludeUsage: true, MaxTokens: 7}, `{"stream":true,"model":"m","stream_options":{"include_usage":true,"x":1},"max_tokens":7}`},
+		{Completions, `{"model":"m","max_tokens":null,"stream":true,"stream_options":null}`, 7, Rewrite{IncludeUsage: true, MaxTokens: 7}, `{"model":"m","max_tokens":7,"stream":true,"stream_options":{"include_usage":true}}`},
+		{Chat, `{"model":"m","max_completion_tokens":10}`, 1024, Rewrite{}, ``},
+		{Chat, `{"model":"m","max_tokens":0}`, 1024, Rewrite{}, ``},
+		{Chat, `{"model":"m"}`, 0, Rewrite{}, ``},
+		{Embeddings, `{"model":"m","input":"x"}`, 1024, Rewrite{}, ``},
+	}
+	for _, tc := range tests {
+		f, err := Parse([]byte(tc.in), tc.ep, DefaultLimits())
+		if err != nil {
+			t.Fatalf("%s: %v", tc.in, err)
+		}
+		r := f.Rewrites(tc.cap)
+		if r != tc.want {
+			t.Errorf("Rewrites(%s, %d) = %+v, want %+v", tc.in, tc.cap, r, tc.want)
+			continue
+		}
+		if r == (Rewrite{}) {
+			continue
+		}
+		if got := string(f.AppendRewrite(nil, []byte(tc.in), r)); got != tc.wantOut {
+			t.Errorf("AppendRewrite(%s)\n got %s\nwant %s", tc.in, got, tc.wantOut)
+		}
+		rewritten(t, []byte(tc.in), tc.ep, DefaultLimits(), &f, r)
 	}
 }
 
