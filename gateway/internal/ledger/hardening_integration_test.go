@@ -155,18 +155,18 @@ func TestPoisonRecordIsIsolatedOnRealDatabase(t *testing.T) {
 	if _, err := pool.Exec(ctx, `ALTER TABLE usage_records ADD CONSTRAINT no_poison CHECK (model <> 'poison')`); err != nil {
 		t.Fatal(err)
 	}
-	w := newWriter(t, Options{DB: pool, Batch: 200, FlushInterval: 5 * time.Millisecond, Buffer: 1000})
-	for i := range 500 {
+	w := newWriter(t, Options{DB: pool, Batch: 100, FlushInterval: 5 * time.Millisecond, Buffer: 1000})
+	for i := range 200 {
 		r := rec(i)
-		if i == 3 || i == 250 || i == 251 {
+		if i == 3 || i == 150 || i == 151 {
 			r.Model = "poison"
 		}
 		w.Add(r)
 	}
-	waitFor(t, "497 rows", func() bool { n, _ := rows(t, pool); return n == 497 })
+	waitFor(t, "197 rows", func() bool { n, _ := rows(t, pool); return n == 197 })
 	// Nothing blocks: a record added after the poison is written too.
 	w.Add(rec(1000))
-	waitFor(t, "498 rows", func() bool { n, _ := rows(t, pool); return n == 498 })
+	waitFor(t, "198 rows", func() bool { n, _ := rows(t, pool); return n == 198 })
 	w.Stop(ctx)
 	if got := counter(w.deadLetters); got != 3 {
 		t.Errorf("dead letters %v, want 3", got)
@@ -184,7 +184,7 @@ func TestOutageIsSpooledAndReplayedOnRealDatabase(t *testing.T) {
 	reg := prometheus.NewRegistry()
 	// Buffer 100: far fewer than the records of the outage.
 	w := newWriter(t, Options{DB: db, Batch: 100, FlushInterval: 5 * time.Millisecond, Buffer: 100, Registerer: reg})
-	const n = 3000
+	const n = 1000
 	for i := range n {
 		w.Add(rec(i))
 	}
@@ -301,7 +301,7 @@ func TestKilledWriterCountsWhatItLost(t *testing.T) {
 			t.Fatalf("child: %q %v", line, err)
 		}
 		// Kill it while it adds and writes.
-		waitFor(t, "rows from the child", func() bool { got, _ := rows(t, pool); return got > 2000*(round+1) })
+		waitFor(t, "rows from the child", func() bool { got, _ := rows(t, pool); return got > 500*(round+1) })
 		if err := cmd.Process.Signal(syscall.SIGKILL); err != nil {
 			t.Fatal(err)
 		}

@@ -91,7 +91,8 @@ type Writer struct {
 
 	// Owned by the loop.
 	spare    []Record // the loop's empty slice, swapped with intake
-	mem      []Record // taken, to be written, newer than anything in the spool
+	memBuf   []Record // memBuf[memHead:]: taken, to be written, newer than anything in the spool
+	memHead  int
 	inflight *batch
 	results  chan result
 	backoff  time.Duration
@@ -372,7 +373,7 @@ func (w *Writer) guard(f func()) {
 func (w *Writer) step(tick bool) {
 	w.guard(func() {
 		w.take()
-		if w.backoff > 0 || len(w.mem) >= w.o.Buffer {
+		if w.backoff > 0 || len(w.pending()) >= w.o.Buffer {
 			w.spill()
 		}
 		if w.inflight == nil && !time.Now().Before(w.retryAt) {
@@ -388,7 +389,7 @@ func (w *Writer) take() {
 	in := w.intake
 	w.intake = w.spare
 	w.mu.Unlock()
-	w.mem = append(w.mem, in...)
+	w.memBuf = append(w.memBuf, in...)
 	clear(in)
 	if cap(in) > 4*w.o.Batch { // grown in a burst: let it go
 		in = nil
@@ -397,7 +398,7 @@ func (w *Writer) take() {
 }
 
 func (w *Writer) updateHeld() {
-	n := len(w.mem)
+	n := len(w.pending())
 	if b := w.inflight; b != nil && !b.fromSpool {
 		n += len(b.recs)
 	}
@@ -415,20 +416,39 @@ func (w *Writer) spill() {
 			return
 		}
 	}
-	if len(w.mem) == 0 {
+	p := w.pending()
+	if len(p) == 0 {
 		return
 	}
-	err := w.toSpool(w.mem, len(w.mem))
+	err := w.toSpool(p, len(p))
 	if err != nil && !errors.Is(err, errSyncSpool) {
 		w.spoolFailed(err)
 		return
 	}
 	w.spoolDone(err)
-	clear(w.mem)
-	w.mem = w.mem[:0]
-	if cap(w.mem) > 4*w.o.Buffer {
-		w.mem = nil
+	clear(w.memBuf)
+	w.memBuf, w.memHead = w.memBuf[:0], 0
+	if cap(w.memBuf) > 4*w.o.Buffer {
+		w.memBuf = nil
 	}
+}
+
+// pending returns the records held in memory, oldest first.
+func (w *Writer) pending() []Record { return w.memBuf[w.memHead:] }
+
+// popPending removes and returns a copy of the n oldest records held in memory. The
+// buffer is compacted once half of it is consumed: amortised O(1) a record.
+func (w *Writer) popPending(n int) []Record {
+	p := w.pending()
+	out := slices.Clone(p[:n])
+	clear(p[:n])
+	w.memHead += n
+	if w.memHead >= len(w.memBuf)/2 {
+		live := copy(w.memBuf, w.memBuf[w.memHead:])
+		clear(w.memBuf[live:])
+		w.memBuf, w.memHead = w.memBuf[:live], 0
+	}
+	return out
 }
 
 // spoolBatch appends a batch from memory to the spool unless it is there already; b.mu
@@ -465,13 +485,13 @@ func (w *Writer) spoolFailed(err error) {
 		w.o.Logger.Error("ledger: cannot write the usage spool; holding records in memory", "err", err, "dir", w.dir)
 		w.spoolErr = true
 	}
-	if limit := 20 * w.o.Buffer; len(w.mem) > limit {
-		n := len(w.mem) - limit
+	if limit := 20 * w.o.Buffer; len(w.pending()) > limit {
+		n := len(w.pending()) - limit
 		w.dropped.Add(float64(n))
 		w.st.settled(n) // known and counted now: not lost at the next start
 		w.o.Logger.Error("ledger: dropped usage records: neither PostgreSQL nor the spool takes them", "records", n)
-		clear(w.mem[limit:])
-		w.mem = w.mem[:limit]
+		clear(w.memBuf[w.memHead+limit:])
+		w.memBuf = w.memBuf[:w.memHead+limit]
 	}
 }
 
@@ -514,14 +534,11 @@ func (w *Writer) dispatch(force bool) bool {
 		}
 		b = &batch{recs: recs, fromSpool: true, end: end}
 	} else {
-		if len(w.mem) == 0 || (!force && len(w.mem) < w.o.Batch) {
+		n := len(w.pending())
+		if n == 0 || (!force && n < w.o.Batch) {
 			return false
 		}
-		n := min(len(w.mem), w.o.Batch)
-		b = &batch{recs: slices.Clone(w.mem[:n])}
-		rest := copy(w.mem, w.mem[n:])
-		clear(w.mem[rest:])
-		w.mem = w.mem[:rest]
+		b = &batch{recs: w.popPending(min(n, w.o.Batch))}
 	}
 	w.inflight = b
 	go func() { w.results <- w.write(b) }()
@@ -608,7 +625,7 @@ func (w *Writer) finish(res result) {
 			ok := w.spoolBatch(b)
 			b.mu.Unlock()
 			if !ok { // back to memory, in front
-				w.mem = append(b.recs, w.mem...)
+				w.memBuf, w.memHead = append(slices.Clone(b.recs), w.pending()...), 0
 			}
 		}
 		return
@@ -661,7 +678,7 @@ func (w *Writer) shutdown(ctx context.Context) {
 		w.guard(func() { w.finish(res) })
 	}
 	w.guard(w.spill)
-	if n := len(w.mem); n > 0 {
+	if n := len(w.pending()); n > 0 {
 		w.dropped.Add(float64(n))
 		w.st.settled(n)
 		w.o.Logger.Error("ledger: shutdown could neither write nor spool usage records", "lost", n)
