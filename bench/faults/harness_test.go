@@ -559,9 +559,11 @@ func writeReport(path string) error {
 	if full {
 		mode = "full (make faults, MAAS_FAULTS_FULL=1)"
 	}
-	host, _ := os.Hostname()
-	_ = host
-	fmt.Fprintf(&b, "# Fault suite results\n\nWritten by `make faults` (bench/faults) on %s; mode: %s.\n", time.Now().UTC().Format("2006-01-02 15:04 MST"), mode)
+	version := os.Getenv("MAAS_FAULTS_VERSION")
+	if version == "" {
+		version = "unknown"
+	}
+	fmt.Fprintf(&b, "# Fault suite results\n\nWritten by `make faults` (bench/faults) on %s at %s; mode: %s.\n", time.Now().UTC().Format("2006-01-02 15:04 MST"), version, mode)
 	fmt.Fprintf(&b, "Real gateway, control and worker processes with the simulator engine, real PostgreSQL and Redis, all on loopback on one machine.\n\n")
 	fmt.Fprintf(&b, "| case | result | duration |\n|---|---|---|\n")
 	for _, f := range figures {

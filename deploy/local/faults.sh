@@ -15,8 +15,9 @@ if [ -z "$REDIS_URL" ]; then
 fi
 export MAAS_TEST_DATABASE_URL=$PG_URL
 export MAAS_TEST_REDIS_URL=$REDIS_URL
-export MAAS_TEST_BIN_DIR=bin
+export MAAS_TEST_BIN_DIR=$PWD/bin
 export MAAS_FAULTS_FULL=1
+export MAAS_FAULTS_VERSION=$(git describe --always --dirty 2>/dev/null || echo unknown)
 export MAAS_FAULTS_OUT=$PWD/bench/results/faults.md
 # 200 streams and 1,000 req/s through a proxy need a few thousand descriptors.
 ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
