@@ -54,9 +54,14 @@ type call struct {
 	chunks    int64 // token events seen (fallback count)
 	lastTok   time.Time
 	finishing bool // finish has started: a panic from here on only releases what is held
+
+	// guard aborts a non-streamed exchange in flight; watch notices a client that leaves
+	// (roundtrip.go, watch.go). watch lives as long as the pooled call object.
+	guard backendGuard
+	watch *clientWatch
 }
 
-func (c *call) reset() { *c = call{} }
+func (c *call) reset() { *c = call{watch: c.watch} }
 
 func (c *call) path() string { return endpointPaths[c.ep] }
 

@@ -99,8 +99,14 @@ func (c *call) exchange(ctx *fasthttp.RequestCtx, l *upstream.Lease, deadline ti
 	c.setHeaders(&req.Header, &ctx.Request.Header)
 	req.SetBodyRaw(c.body.B)
 	c.hook("exchange")
-	if err := l.U.Client.DoDeadline(req, resp, deadline); err != nil {
-		return false, c.judge(failure{err: err})
+	if c.watch == nil {
+		c.watch = newClientWatch(&c.guard)
+	}
+	c.watch.arm(ctx)
+	f := c.roundTrip(l.U, req, resp, deadline)
+	c.watch.disarm()
+	if f.err != nil {
+		return false, c.judge(f)
 	}
 	status := resp.StatusCode()
 	outcome := upstream.Success

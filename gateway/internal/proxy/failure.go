@@ -19,6 +19,8 @@ type failure struct {
 	timedOut  bool   // one of our timers fired (first byte, idle)
 	midStream bool   // the client has already received bytes
 	shutdown  bool   // the gateway is cutting requests (shutdown grace over)
+	// clientGone: the client closed its connection, and the exchange was aborted for it.
+	clientGone bool
 }
 
 // verdict is what a failure means for the request.
@@ -29,11 +31,15 @@ type verdict struct {
 	outcome upstream.Outcome // for the backend's circuit breaker
 }
 
-// judge is the one mapping from a backend failure to the client's error: shutdown → 503,
+// judge is the one mapping from a backend failure to the client's error: the client gone →
+// 499 (no health signal), shutdown → 503,
 // timeout → 504, anything else from the transport → 502, and 502/503/504 from a backend
 // are retried elsewhere; any other refusal (a 400, say) is the client's error, relayed.
 func judge(f failure) verdict {
 	switch {
+	case f.clientGone:
+		return verdict{err: &apierr.Error{Kind: apierr.ClientClosed, Message: "the client closed the request", Err: f.err},
+			outcome: upstream.Neutral}
 	case f.shutdown:
 		return verdict{err: &apierr.Error{Kind: apierr.Unavailable, Message: "the gateway is shutting down", Err: f.err},
 			outcome: upstream.Neutral}

@@ -69,6 +69,12 @@ type Options struct {
 	FirstByteTimeout  time.Duration
 	StreamIdleTimeout time.Duration
 	RequestTimeout    time.Duration
+	// ResponseHeaderTimeout, when positive, bounds the wait of a non-streamed request for
+	// its final response headers (engines send them when the whole answer is ready, so it
+	// must exceed the longest non-streamed generation); 0: only RequestTimeout bounds it.
+	// FirstByteTimeout bounds the wait for the backend's first byte, "100 Continue"
+	// included (roundtrip.go).
+	ResponseHeaderTimeout time.Duration
 	// MaxEventBytes bounds one SSE event from a backend.
 	MaxEventBytes int
 	// Limits bound what one request may ask for (n, messages, embeddings inputs); a
@@ -112,6 +118,9 @@ type Handler struct {
 	idBase  string
 	idSeq   atomic.Uint64
 	forward []string // client headers passed to backends
+	// noContinue holds the backends (*upstream.Upstream) seen answering a non-streamed
+	// request without "100 Continue": they get no first-byte bound (roundtrip.go).
+	noContinue sync.Map
 	// testHook, when set by a test, runs at named points of a request (a panic injector).
 	testHook func(where string)
 	calls    sync.Pool

@@ -40,8 +40,15 @@ type Options struct {
 
 	// ConnectTimeout bounds dialing a backend (MAAS_CONNECT_TIMEOUT).
 	ConnectTimeout time.Duration
-	// FirstByteTimeout bounds the wait for a stream's first event (MAAS_FIRST_BYTE_TIMEOUT).
+	// FirstByteTimeout bounds the wait for a stream's first event, and for the first byte of a
+	// backend's answer to a non-streamed request, an interim "100 Continue" included (engines
+	// send it when they read the request); past it the request fails over to another
+	// backend and counts against the first one's breaker (MAAS_FIRST_BYTE_TIMEOUT).
 	FirstByteTimeout time.Duration
+	// ResponseHeaderTimeout, when set, bounds the wait of a non-streamed request for the
+	// backend's whole answer, counted from the request sent; it must exceed the longest
+	// non-streamed generation. 0: only RequestTimeout (MAAS_RESPONSE_HEADER_TIMEOUT).
+	ResponseHeaderTimeout time.Duration
 	// StreamIdleTimeout bounds the gap between two events of a stream (MAAS_STREAM_IDLE_TIMEOUT).
 	StreamIdleTimeout time.Duration
 	// RequestTimeout bounds a whole request, streamed or not (MAAS_REQUEST_TIMEOUT).
@@ -145,7 +152,8 @@ func (o *Options) Bind(l *config.Loader) {
 	l.Duration(&o.IdleTimeout, "MAAS_IDLE_TIMEOUT", "idle-timeout", o.IdleTimeout, "keep-alive idle timeout")
 	l.Duration(&o.ShutdownGrace, "MAAS_SHUTDOWN_GRACE", "shutdown-grace", o.ShutdownGrace, "time in-flight requests may finish after SIGTERM")
 	l.Duration(&o.ConnectTimeout, "MAAS_CONNECT_TIMEOUT", "connect-timeout", o.ConnectTimeout, "backend dial timeout")
-	l.Duration(&o.FirstByteTimeout, "MAAS_FIRST_BYTE_TIMEOUT", "first-byte-timeout", o.FirstByteTimeout, "wait for a stream's first event")
+	l.Duration(&o.FirstByteTimeout, "MAAS_FIRST_BYTE_TIMEOUT", "first-byte-timeout", o.FirstByteTimeout, "wait for a backend's first byte (a stream's first event)")
+	l.Duration(&o.ResponseHeaderTimeout, "MAAS_RESPONSE_HEADER_TIMEOUT", "response-header-timeout", o.ResponseHeaderTimeout, "wait for a non-streamed answer (0: the request timeout)")
 	l.Duration(&o.StreamIdleTimeout, "MAAS_STREAM_IDLE_TIMEOUT", "stream-idle-timeout", o.StreamIdleTimeout, "largest gap between stream events")
 	l.Duration(&o.RequestTimeout, "MAAS_REQUEST_TIMEOUT", "request-timeout", o.RequestTimeout, "total time of one request")
 	l.String(&o.ForwardHeaders, "MAAS_FORWARD_HEADERS", "forward-headers", o.ForwardHeaders, "extra client headers passed to engines (comma-separated)")
@@ -212,6 +220,9 @@ func (o *Options) Validate() error {
 	}
 	if o.KeyLookupRate < 0 {
 		return &config.Error{Name: "MAAS_KEY_LOOKUP_RATE", Msg: "must not be negative"}
+	}
+	if o.ResponseHeaderTimeout < 0 {
+		return &config.Error{Name: "MAAS_RESPONSE_HEADER_TIMEOUT", Msg: "must not be negative"}
 	}
 	if o.QueueSize < 0 {
 		return &config.Error{Name: "MAAS_QUEUE_SIZE", Msg: "must not be negative"}

@@ -108,6 +108,7 @@ func Run(ctx context.Context, o Options) error {
 	po := proxy.DefaultOptions()
 	po.Snapshots, po.Pool = store, ups
 	po.Panics = rec
+	po.ResponseHeaderTimeout = o.ResponseHeaderTimeout
 	po.Quota, po.Ledger = quota{limiter}, lw
 	po.ControlURL, po.InternalToken = o.Common.ControlURL, o.Common.InternalToken
 	po.MaxAttempts, po.FirstByteTimeout, po.StreamIdleTimeout, po.RequestTimeout = o.MaxAttempts, o.FirstByteTimeout, o.StreamIdleTimeout, o.RequestTimeout

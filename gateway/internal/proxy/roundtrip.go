@@ -1,0 +1,179 @@
+package proxy
+
+import (
+	"bytes"
+	"net"
+	"sync"
+	"time"
+
+	"github.com/valyala/fasthttp"
+
+	"github.com/maas-platform/maas/gateway/internal/upstream"
+)
+
+// A non-streamed request is sent by roundTrip rather than HostClient.Do: the same steps as
+// fasthttp's own transport (a pooled connection of the backend's HostClient, the request
+// written, the response read), but with the connection in our hands, so that
+//
+//   - the first byte is bounded by FirstByteTimeout: the request carries
+//     "Expect: 100-continue", and an engine's HTTP server answers "100 Continue" as soon
+//     as it reads the request (fasthttp, Go's net/http, uvicorn for vLLM and SGLang,
+//     hyper, cpp-httplib all do) — long before the answer, which engines send whole when
+//     the generation is over. A backend that accepts connections and never reads or
+//     answers fails over and counts against its breaker; a long generation does not.
+//     A backend seen answering without the interim response is remembered and gets no
+//     first-byte bound (it would cut its long generations);
+//   - ResponseHeaderTimeout (optional) bounds the time to the final response headers, for
+//     engines whose HTTP server answers but whose generation may hang;
+//   - the connection can be closed at once when the client goes away (watch.go), which
+//     tells the backend to stop generating.
+
+// backendGuard lets another goroutine abort the exchange in flight by closing its
+// connection. The zero value is ready; it is reused by the pooled call.
+type backendGuard struct {
+	mu     sync.Mutex
+	conn   net.Conn // the backend connection while the request is on it
+	reason abortReason
+}
+
+type abortReason uint8
+
+const (
+	notAborted abortReason = iota
+	abortClientGone
+)
+
+// attach registers conn as the exchange's connection; false: the exchange was aborted
+// already (the caller closes conn).
+func (g *backendGuard) attach(conn net.Conn) bool {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if g.reason != notAborted {
+		return false
+	}
+	g.conn = conn
+	return true
+}
+
+// detach unregisters the connection (before it goes back to the pool) and reports why the
+// exchange was aborted, if it was.
+func (g *backendGuard) detach() abortReason {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	g.conn = nil
+	return g.reason
+}
+
+// abort closes the exchange's connection (a read in flight fails at once) and keeps why.
+func (g *backendGuard) abort(r abortReason) {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if g.reason == notAborted {
+		g.reason = r
+	}
+	if g.conn != nil {
+		_ = g.conn.Close()
+	}
+}
+
+// reset readies the guard for the next exchange.
+func (g *backendGuard) reset() {
+	g.mu.Lock()
+	g.conn, g.reason = nil, notAborted
+	g.mu.Unlock()
+}
+
+var continue100 = []byte("HTTP/1.1 100")
+
+// roundTrip sends req to u and reads its answer into resp, by deadline at the latest.
+func (c *call) roundTrip(u *upstream.Upstream, req *fasthttp.Request, resp *fasthttp.Response, deadline time.Time) failure {
+	h, hc := c.h, u.Client
+	now := time.Now()
+	if !now.Before(deadline) {
+		return failure{err: fasthttp.ErrTimeout}
+	}
+	firstBy := time.Time{}
+	_, noContinue := h.noContinue.Load(u)
+	if !noContinue {
+		req.Header.Set("Expect", "100-continue")
+		if h.o.FirstByteTimeout > 0 {
+			firstBy = now.Add(h.o.FirstByteTimeout)
+		}
+	}
+	if len(req.Header.UserAgent()) == 0 {
+		req.Header.SetUserAgent("maas-gateway")
+	}
+	cc, err := hc.AcquireConn(deadline.Sub(now), false)
+	if err != nil {
+		return failure{err: err}
+	}
+	conn := cc.Conn()
+	if !c.guard.attach(conn) {
+		hc.CloseConn(cc)
+		return failure{err: net.ErrClosed, clientGone: true}
+	}
+	// fail closes the connection (its state is unknown) and describes the failure.
+	fail := func(err error, timedOut bool) failure {
+		reason := c.guard.detach()
+		hc.CloseConn(cc)
+		return failure{err: err, timedOut: timedOut, clientGone: reason == abortClientGone}
+	}
+	if err := conn.SetWriteDeadline(deadline); err != nil {
+		return fail(err, false)
+	}
+	bw := hc.AcquireWriter(conn)
+	err = req.Write(bw)
+	if err == nil {
+		err = bw.Flush()
+	}
+	hc.ReleaseWriter(bw)
+	if err != nil {
+		return fail(err, false)
+	}
+
+	// answerBy bounds the whole answer: the request's deadline, or sooner the response
+	// header timeout (counted from the request written, as in net/http).
+	answerBy := deadline
+	if h.o.ResponseHeaderTimeout > 0 {
+		if by := time.Now().Add(h.o.ResponseHeaderTimeout); by.Before(answerBy) {
+			answerBy = by
+		}
+	}
+	readBy := answerBy
+	if !firstBy.IsZero() && firstBy.Before(readBy) {
+		readBy = firstBy
+	}
+	br := hc.AcquireReader(conn)
+	if err := conn.SetReadDeadline(readBy); err != nil {
+		hc.ReleaseReader(br)
+		return fail(err, false)
+	}
+	// The first byte: a status line (interim or final) starts with these 12 bytes.
+	head, err := br.Peek(len(continue100))
+	if err != nil {
+		hc.ReleaseReader(br)
+		return fail(err, false)
+	}
+	if !bytes.Equal(head, continue100) && !noContinue {
+		h.noContinue.Store(u, struct{}{}) // the answer came without "100 Continue"
+	}
+	if err := conn.SetReadDeadline(answerBy); err != nil {
+		hc.ReleaseReader(br)
+		return fail(err, false)
+	}
+	err = resp.ReadLimitBody(br, hc.MaxResponseBodySize)
+	hc.ReleaseReader(br)
+	if err != nil {
+		return fail(err, false)
+	}
+	if reason := c.guard.detach(); reason != notAborted {
+		hc.CloseConn(cc) // the answer arrived, but the client went away meanwhile
+		return failure{err: net.ErrClosed, clientGone: true}
+	}
+	if resp.ConnectionClose() || req.ConnectionClose() {
+		hc.CloseConn(cc)
+	} else {
+		hc.ReleaseConn(cc)
+	}
+	return failure{}
+}
