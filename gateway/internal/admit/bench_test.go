@@ -2,6 +2,7 @@ package admit
 
 import (
 	"context"
+	"os"
 	"strconv"
 	"strings"
 	"sync/atomic"
@@ -53,7 +54,11 @@ func BenchmarkAdmitRedis(b *testing.B) {
 	ctx := context.Background()
 	run := func(b *testing.B, parallel bool, perCPU int) {
 		env := newRedisEnv(b)
-		f := env.limiter(b, nil, nil)
+		f := env.limiter(b, nil, func(o *Options) {
+			if n, _ := strconv.Atoi(os.Getenv("ADMIT_PIPELINES")); n > 0 {
+				o.AdmitPipelines = n
+			}
+		})
 		var ids atomic.Int64
 		b.ReportAllocs()
 		// Timeouts under load send requests to the local tier: report how many. CPU time (this

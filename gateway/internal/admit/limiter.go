@@ -81,6 +81,9 @@ type Options struct {
 	ReservationTTL time.Duration
 	// AdmitBatch bounds the admissions sent in one Redis round trip.
 	AdmitBatch int
+	// AdmitPipelines is how many admission round trips may be in flight at once: requests
+	// that arrive while they all are go together in the next one.
+	AdmitPipelines int
 	// IdleEviction drops the in-memory state of a subject unused this long (its buckets full,
 	// nothing in flight).
 	IdleEviction time.Duration
@@ -99,6 +102,7 @@ func DefaultOptions() Options {
 		ProbesToRecover:    3,
 		ReservationTTL:     time.Hour,
 		AdmitBatch:         128,
+		AdmitPipelines:     2,
 	}
 }
 
@@ -136,6 +140,9 @@ func (o *Options) validate() error {
 	}
 	if o.AdmitBatch <= 0 {
 		o.AdmitBatch = d.AdmitBatch
+	}
+	if o.AdmitPipelines <= 0 {
+		o.AdmitPipelines = d.AdmitPipelines
 	}
 	if o.Logger == nil {
 		o.Logger = slog.New(slog.DiscardHandler)

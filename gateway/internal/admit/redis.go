@@ -46,101 +46,165 @@ local function refill(tok, ts, limit, now)
   if tok > limit then tok = limit end
   return tok
 end
+local servernow
 local function clock(arg)
   local now = tonumber(arg)
-  if now == 0 then
+  if now ~= 0 then return now end
+  if servernow == nil then
     local t = redis.call('TIME')
-    now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+    servernow = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
   end
-  return now
+  return servernow
 end
 local day, halfday = 86400000, 43200000
 `
 
-// admitScript checks every limit of every subject (in the local tier's order: concurrency,
-// budget, requests, tokens), then writes the admission's record and charges them all,
-// atomically. An admission whose record exists already charges nothing: it returns the first
-// decision, or {4} if it was undone. (A repeated admission that the limits now refuse says
-// so; it charges nothing either way.)
+// admitScript decides a batch of admissions, in order, atomically. For each it checks every
+// limit of every subject (in the local tier's order: concurrency, budget, requests, tokens),
+// then writes the admission's record and charges them all. An admission whose record exists
+// already charges nothing: it returns the first decision, or {4} if it was undone. (A
+// repeated admission that the limits now refuse says so; it charges nothing either way.)
 //
-// Every redis.call costs a few µs, more than the Lua around it, so the script makes as few
-// as it can: one HMGET and one HSET per subject; the lease set is pruned only when it looks
-// full and its expiry refreshed only when it runs short (cx in the hash); one SET NX GET
-// both checks and writes the record.
+// Every redis.call costs a few µs, far more than the Lua around it, so the script makes as
+// few as it can: each subject's hash is read once per batch (HMGET) and written once (HSET),
+// however many admissions of the batch charge it; its leases are added in one ZADD; the
+// lease set is pruned only when it looks full, and its expiry refreshed only when it runs
+// short (cx in the hash); one SET NX GET per admission both checks and writes its record.
+// Admissions of the same tenant, frequent under load, then cost about one call each.
 //
-// KEYS: 2 per subject (hash, leases), then the record.
-// ARGV: now ms (0 = Redis server time), reserved tokens, lease ms, ticket id, month YYYYMM,
-// record ms; then 6 per subject: rpm, tpm, max concurrent, budget, tpm charge, budget seed
-// (-1 = report a missing counter, -2 = skip the budget when missing).
-// Returns {0, budget mask} admitted; {1, subject, reason, retry ms, used} refused;
-// {3, subject...} budget counters missing: seed them and call again; {4} undone already.
+// KEYS: per admission, 2 per subject (hash, leases), then its record.
+// ARGV: the number of admissions, then per admission: its number of subjects, now ms (0 =
+// Redis server time), reserved tokens, lease ms, ticket id, month YYYYMM, record ms; then 6
+// per subject: rpm, tpm, max concurrent, budget, tpm charge, budget seed (-1 = report a
+// missing counter, -2 = skip the budget when missing).
+// Returns one reply per admission: {0, budget mask} admitted; {1, subject, reason, retry ms,
+// used} refused; {3, subject...} budget counters missing: seed them and send it again; {4}
+// undone already.
 const admitLua = `
-local now = clock(ARGV[1])
-local n = tonumber(ARGV[2])
-local lease = tonumber(ARGV[3])
-local tid = ARGV[4]
-local mon = ARGV[5]
-local ns = (#KEYS - 1) / 2
-local st, missing, mask = {}, {}, 0
-for i = 1, ns do
-  local a = 6 + (i - 1) * 6
-  local rpm, tpm, cc, bud = tonumber(ARGV[a+1]), tonumber(ARGV[a+2]), tonumber(ARGV[a+3]), tonumber(ARGV[a+4])
-  local charge = tonumber(ARGV[a+5])
-  local h = redis.call('HMGET', KEYS[i*2-1], 'r', 'rt', 't', 'tt', 'm', 'u', 'x', 'cx')
-  local s = {x = tonumber(h[7]), cx = tonumber(h[8]), cc = cc}
-  if cc > 0 and redis.call('ZCARD', KEYS[i*2]) >= cc then
-    redis.call('ZREMRANGEBYSCORE', KEYS[i*2], '-inf', now)
-    if redis.call('ZCARD', KEYS[i*2]) >= cc then return {1, i, 2, 1000, 0} end
+local S, order, Z, zorder = {}, {}, {}, {}
+local function subject(hk)
+  local s = S[hk]
+  if s == nil then
+    local h = redis.call('HMGET', hk, 'r', 'rt', 't', 'tt', 'm', 'u', 'x', 'cx')
+    s = {r = tonumber(h[1]), rt = tonumber(h[2]), t = tonumber(h[3]), tt = tonumber(h[4]), m = h[5],
+      u = tonumber(h[6]), x = tonumber(h[7]), cx = tonumber(h[8])}
+    S[hk] = s
+    order[#order + 1] = hk
   end
-  if bud > 0 then
-    if h[5] == mon then
-      local u = tonumber(h[6])
-      if u >= bud or u + n > bud then return {1, i, 3, 0, u} end
-      s.u = u
-      mask = mask + 2 ^ (i - 1)
-    elseif tonumber(ARGV[a+6]) == -1 then
-      missing[#missing + 1] = i
+  return s
+end
+local function leases(zk)
+  local z = Z[zk]
+  if z == nil then
+    z = {n = redis.call('ZCARD', zk), add = {}}
+    Z[zk] = z
+    zorder[#zorder + 1] = zk
+  end
+  return z
+end
+local out = {}
+local ki, ai = 1, 2
+for j = 1, tonumber(ARGV[1]) do
+  local ns = tonumber(ARGV[ai])
+  local now = clock(ARGV[ai+1])
+  local n = tonumber(ARGV[ai+2])
+  local lease = tonumber(ARGV[ai+3])
+  local tid = ARGV[ai+4]
+  local mon = ARGV[ai+5]
+  local res, missing, mask, plan = nil, {}, 0, {}
+  for i = 1, ns do
+    local a = ai + 6 + (i - 1) * 6
+    local rpm, tpm, cc, bud = tonumber(ARGV[a+1]), tonumber(ARGV[a+2]), tonumber(ARGV[a+3]), tonumber(ARGV[a+4])
+    local charge = tonumber(ARGV[a+5])
+    local zk = KEYS[ki + i*2 - 1]
+    local s = subject(KEYS[ki + i*2 - 2])
+    local p = {s = s}
+    if cc > 0 then
+      local z = leases(zk)
+      if z.n >= cc and not z.pruned then
+        redis.call('ZREMRANGEBYSCORE', zk, '-inf', now)
+        z.n = redis.call('ZCARD', zk) + #z.add / 2
+        z.pruned = true
+      end
+      if z.n >= cc then res = {1, i, 2, 1000, 0}; break end
+      p.z = z
+    end
+    if bud > 0 then
+      if s.m == mon then
+        if s.u >= bud or s.u + n > bud then res = {1, i, 3, 0, s.u}; break end
+        p.u = true
+        mask = mask + 2 ^ (i - 1)
+      elseif tonumber(ARGV[a+6]) == -1 then
+        missing[#missing + 1] = i
+      end
+    end
+    if rpm > 0 then
+      local tok = refill(s.r, s.rt, rpm, now)
+      if tok < 1 then res = {1, i, 0, math.ceil((1 - tok) * 60000 / rpm), 0}; break end
+      p.r = tok
+    end
+    if tpm > 0 then
+      local tok = refill(s.t, s.tt, tpm, now)
+      if tok < charge then res = {1, i, 1, math.ceil((charge - tok) * 60000 / tpm), 0}; break end
+      p.t = tok - charge
+    end
+    plan[i] = p
+  end
+  if res == nil and #missing > 0 then
+    table.insert(missing, 1, 3)
+    res = missing
+  end
+  if res == nil then
+    local prev = redis.call('SET', KEYS[ki + ns*2], mask, 'NX', 'GET', 'PX', ARGV[ai+6])
+    if prev then
+      if prev == 'x' then res = {4} else res = {0, tonumber(prev)} end
+    else
+      for i = 1, ns do
+        local p = plan[i]
+        local s = p.s
+        s.now = now
+        if p.r then s.r = p.r - 1; s.rt = now; s.dr = true end
+        if p.t then s.t = p.t; s.tt = now; s.dt = true end
+        if p.u then s.u = s.u + n; s.du = true end
+        if p.z then
+          local z = p.z
+          z.n = z.n + 1
+          z.add[#z.add + 1] = now + lease
+          z.add[#z.add + 1] = tid
+          z.s, z.now, z.lease = s, now, lease
+        end
+      end
+      res = {0, mask}
     end
   end
-  if rpm > 0 then
-    local tok = refill(tonumber(h[1]), tonumber(h[2]), rpm, now)
-    if tok < 1 then return {1, i, 0, math.ceil((1 - tok) * 60000 / rpm), 0} end
-    s.r = tok
+  out[j] = res
+  ki = ki + ns * 2 + 1
+  ai = ai + 7 + ns * 6
+end
+for _, zk in ipairs(zorder) do
+  local z = Z[zk]
+  if #z.add > 0 then
+    redis.call('ZADD', zk, unpack(z.add))
+    local s = z.s
+    if s.cx == nil or s.cx - z.now < z.lease then
+      s.cx, s.dcx = z.now + 2 * z.lease, true
+      redis.call('PEXPIRE', zk, z.lease * 2)
+    end
   end
-  if tpm > 0 then
-    local tok = refill(tonumber(h[3]), tonumber(h[4]), tpm, now)
-    if tok < charge then return {1, i, 1, math.ceil((charge - tok) * 60000 / tpm), 0} end
-    s.t = tok - charge
-  end
-  st[i] = s
 end
-if #missing > 0 then
-  table.insert(missing, 1, 3)
-  return missing
-end
-local prev = redis.call('SET', KEYS[#KEYS], mask, 'NX', 'GET', 'PX', ARGV[6])
-if prev then
-  if prev == 'x' then return {4} end
-  return {0, tonumber(prev)}
-end
-for i = 1, ns do
-  local s = st[i]
+for _, hk in ipairs(order) do
+  local s = S[hk]
   local f = {}
-  if s.r then f[#f+1] = 'r'; f[#f+1] = s.r - 1; f[#f+1] = 'rt'; f[#f+1] = now end
-  if s.t then f[#f+1] = 't'; f[#f+1] = s.t; f[#f+1] = 'tt'; f[#f+1] = now end
-  if s.u then f[#f+1] = 'u'; f[#f+1] = s.u + n end
-  local zexp = s.cc > 0 and (s.cx == nil or s.cx - now < lease)
-  if zexp then f[#f+1] = 'cx'; f[#f+1] = now + 2 * lease end
-  local renew = #f > 0 and (s.x == nil or s.x - now < halfday)
-  if renew then f[#f+1] = 'x'; f[#f+1] = now + day end
-  if #f > 0 then redis.call('HSET', KEYS[i*2-1], unpack(f)) end
-  if renew then redis.call('PEXPIRE', KEYS[i*2-1], day) end
-  if s.cc > 0 then
-    redis.call('ZADD', KEYS[i*2], now + lease, tid)
-    if zexp then redis.call('PEXPIRE', KEYS[i*2], lease * 2) end
-  end
+  if s.dr then f[#f+1] = 'r'; f[#f+1] = s.r; f[#f+1] = 'rt'; f[#f+1] = s.rt end
+  if s.dt then f[#f+1] = 't'; f[#f+1] = s.t; f[#f+1] = 'tt'; f[#f+1] = s.tt end
+  if s.du then f[#f+1] = 'u'; f[#f+1] = s.u end
+  if s.dcx then f[#f+1] = 'cx'; f[#f+1] = s.cx end
+  local renew = #f > 0 and (s.x == nil or s.x - s.now < halfday)
+  if renew then f[#f+1] = 'x'; f[#f+1] = s.now + day end
+  if #f > 0 then redis.call('HSET', hk, unpack(f)) end
+  if renew then redis.call('PEXPIRE', hk, day) end
 end
-return {0, mask}
+return out
 `
 
 var admitScript = redis.NewScript(luaCommon + admitLua)
@@ -158,38 +222,69 @@ return 0
 
 var seedScript = redis.NewScript(luaCommon + seedLua)
 
-// settleScript ends one ticket: releases its leases and, if its record is still there
-// (deleted here: a second settlement corrects nothing), corrects TPM and budget from the
-// reservation to the actual tokens.
+// settleScript ends a batch of tickets. Each releases its leases and, if its record is still
+// there (deleted here: a second settlement corrects nothing), corrects TPM and budget from
+// the reservation to the actual tokens. As in admitScript, each subject's hash is read and
+// written once per batch, and its leases are removed in one ZREM.
 //
-// KEYS: 2 per subject, as admitScript, then the record. ARGV: now ms, ticket id, actual
-// tokens, month YYYYMM of the admission; then 4 per subject: tpm limit, tpm charged (-1 =
-// none), budget reserved (-1 = none), lease held (0/1).
+// KEYS: per ticket, 2 per subject as admitScript, then its record. ARGV: the number of
+// tickets, then per ticket: its number of subjects, now ms, ticket id, actual tokens, month
+// YYYYMM of the admission; then 4 per subject: tpm limit, tpm charged (-1 = none), budget
+// reserved (-1 = none), lease held (0/1).
 const settleLua = `
-local now = clock(ARGV[1])
-local tid = ARGV[2]
-local actual = tonumber(ARGV[3])
-local mon = ARGV[4]
-local live = redis.call('DEL', KEYS[#KEYS]) == 1
-for i = 1, (#KEYS - 1) / 2 do
-  local a = 4 + (i - 1) * 4
-  local tpm, charged, res, cc = tonumber(ARGV[a+1]), tonumber(ARGV[a+2]), tonumber(ARGV[a+3]), tonumber(ARGV[a+4])
-  if cc == 1 then redis.call('ZREM', KEYS[i*2], tid) end
-  local dt = live and tpm > 0 and charged >= 0 and charged ~= actual
-  local db = live and res >= 0 and res ~= actual
-  if dt or db then
-    local h = redis.call('HMGET', KEYS[i*2-1], 't', 'tt', 'm', 'u')
-    local f = {}
-    if dt and h[2] then
-      local tok = refill(tonumber(h[1]), tonumber(h[2]), tpm, now) + charged - actual
-      if tok > tpm then tok = tpm end
-      f[#f+1] = 't'; f[#f+1] = tok; f[#f+1] = 'tt'; f[#f+1] = now
+local S, order, Z, zorder = {}, {}, {}, {}
+local ki, ai = 1, 2
+for j = 1, tonumber(ARGV[1]) do
+  local ns = tonumber(ARGV[ai])
+  local now = clock(ARGV[ai+1])
+  local tid = ARGV[ai+2]
+  local actual = tonumber(ARGV[ai+3])
+  local mon = ARGV[ai+4]
+  local live = redis.call('DEL', KEYS[ki + ns*2]) == 1
+  for i = 1, ns do
+    local a = ai + 4 + (i - 1) * 4
+    local tpm, charged, res, cc = tonumber(ARGV[a+1]), tonumber(ARGV[a+2]), tonumber(ARGV[a+3]), tonumber(ARGV[a+4])
+    if cc == 1 then
+      local zk = KEYS[ki + i*2 - 1]
+      local z = Z[zk]
+      if z == nil then
+        z = {}
+        Z[zk] = z
+        zorder[#zorder + 1] = zk
+      end
+      z[#z + 1] = tid
     end
-    if db and h[3] == mon then
-      f[#f+1] = 'u'; f[#f+1] = math.max(0, tonumber(h[4]) + actual - res)
+    local dt = live and tpm > 0 and charged >= 0 and charged ~= actual
+    local db = live and res >= 0 and res ~= actual
+    if dt or db then
+      local hk = KEYS[ki + i*2 - 2]
+      local s = S[hk]
+      if s == nil then
+        local h = redis.call('HMGET', hk, 't', 'tt', 'm', 'u')
+        s = {t = tonumber(h[1]), tt = tonumber(h[2]), m = h[3], u = tonumber(h[4])}
+        S[hk] = s
+        order[#order + 1] = hk
+      end
+      if dt and s.tt then
+        local tok = refill(s.t, s.tt, tpm, now) + charged - actual
+        if tok > tpm then tok = tpm end
+        s.t, s.tt, s.dt = tok, now, true
+      end
+      if db and s.m == mon then
+        s.u, s.du = math.max(0, s.u + actual - res), true
+      end
     end
-    if #f > 0 then redis.call('HSET', KEYS[i*2-1], unpack(f)) end
   end
+  ki = ki + ns * 2 + 1
+  ai = ai + 5 + ns * 4
+end
+for _, zk in ipairs(zorder) do redis.call('ZREM', zk, unpack(Z[zk])) end
+for _, hk in ipairs(order) do
+  local s = S[hk]
+  local f = {}
+  if s.dt then f[#f+1] = 't'; f[#f+1] = s.t; f[#f+1] = 'tt'; f[#f+1] = s.tt end
+  if s.du then f[#f+1] = 'u'; f[#f+1] = s.u end
+  if #f > 0 then redis.call('HSET', hk, unpack(f)) end
 end
 return 0
 `
@@ -306,8 +401,10 @@ func newRedisTier(l *Limiter, o Options) (*redisTier, error) {
 		kick:       make(chan struct{}, 1),
 		live:       make(map[*Ticket]struct{}),
 	}
-	l.wg.Add(4)
-	go r.admitter()
+	l.wg.Add(3 + o.AdmitPipelines)
+	for range o.AdmitPipelines {
+		go r.admitter()
+	}
 	go r.settler()
 	go r.renewer()
 	go r.prober()
@@ -625,6 +722,9 @@ func (r *redisTier) flush(ops []settleOp) (err error) {
 func (r *redisTier) pipeSettle(ctx context.Context, ops []settleOp) error {
 	pipe := r.client.Pipeline()
 	now := r.nowArg(r.l.now())
+	var keys []string
+	args := []any{0}
+	settles := 0
 	for _, op := range ops {
 		t := op.t
 		if t == nil {
@@ -632,9 +732,9 @@ func (r *redisTier) pipeSettle(ctx context.Context, ops []settleOp) error {
 			undoScript.EvalSha(ctx, pipe, op.keys, op.args...)
 			continue
 		}
+		settles++
 		cs := t.charges()
-		args := make([]any, 0, 4+4*len(cs))
-		args = append(args, now, t.id, op.actual, yyyymm(t.month))
+		args = append(args, len(cs), now, t.id, op.actual, yyyymm(t.month))
 		for i := range cs {
 			c := &cs[i]
 			res, cc := int64(-1), 0
@@ -646,7 +746,11 @@ func (r *redisTier) pipeSettle(ctx context.Context, ops []settleOp) error {
 			}
 			args = append(args, c.limits.TokensPerMinute, c.tpm, res, cc)
 		}
-		settleScript.EvalSha(ctx, pipe, r.keys(cs, t.id), args...)
+		keys = append(keys, r.keys(cs, t.id)...)
+	}
+	if settles > 0 {
+		args[0] = settles
+		settleScript.EvalSha(ctx, pipe, keys, args...)
 	}
 	cmds, err := pipe.Exec(ctx)
 	if err != nil {

@@ -12,11 +12,15 @@ import (
 	"github.com/maas-platform/maas/gateway/internal/panics"
 )
 
-// Admissions are pipelined: one goroutine, the admitter, sends every admission that is
-// waiting as one pipeline of EVALSHA calls, then takes whatever arrived meanwhile. A lone
-// request is sent at once (no wait for company); under load a round trip carries many, which
-// is what makes the global tier cheap: one write and one read for the batch, in the gateway
-// and in Redis, instead of one per request.
+// Admissions are batched: an admitter goroutine sends every admission that is waiting in one
+// call of admitScript, then takes whatever arrived meanwhile. A lone request is
+// sent at once (no wait for company); under load a round trip carries many, which is what
+// makes the global tier cheap: one write and one read for the batch, in the gateway and in
+// Redis, instead of one per request, and each subject's state read and written once per
+// batch (one script handling the batch was measured against a pipeline of one script per
+// admission: 7 Redis commands per request against 15, the Redis CPU per request about half). AdmitPipelines admitters (2 by default) keep as many
+// round trips in flight, so that the gateway's side of one overlaps Redis's side of another
+// and one slow round trip does not hold every request.
 //
 // A request waits for its reply at most RedisTimeout. The admitter settles every fate of an
 // admission whose request stopped waiting: not sent yet → never sent; sent and admitted, or
@@ -140,20 +144,24 @@ func (r *redisTier) send(batch, sent []*call) []*call {
 	ctx, cancel := context.WithTimeout(context.Background(), r.timeout)
 	defer cancel()
 	begin := time.Now()
-	cmds := make([]*redis.Cmd, len(sent))
-	err := r.pipeAdmit(ctx, sent, cmds, nil)
+	var keys []string
+	args := make([]any, 1, 1+len(sent)*19)
+	args[0] = len(sent)
+	for _, c := range sent {
+		keys = append(keys, c.keys...)
+		args = append(args, (len(c.keys)-1)/2)
+		args = append(args, c.args...)
+	}
+	replies, err := admitScript.EvalSha(ctx, r.client, keys, args...).Slice()
 	if err != nil && redis.HasErrorPrefix(err, "NOSCRIPT") {
-		// The script cache was flushed (Redis restarted): load it and send again what it
-		// refused. Those calls never ran, so the same ids charge once.
-		var again []int
-		for i, cmd := range cmds {
-			if e := cmd.Err(); e != nil && redis.HasErrorPrefix(e, "NOSCRIPT") {
-				again = append(again, i)
-			}
-		}
+		// The script cache was flushed (Redis restarted): load it and send again; it never
+		// ran, and the same ids would charge once anyway.
 		if err = admitScript.Load(ctx, r.client).Err(); err == nil {
-			err = r.pipeAdmit(ctx, sent, cmds, again)
+			replies, err = admitScript.Run(ctx, r.client, keys, args...).Slice()
 		}
+	}
+	if err == nil && len(replies) != len(sent) {
+		err = fmt.Errorf("admit: %d replies to %d admissions", len(replies), len(sent))
 	}
 	if err != nil {
 		var reply redis.Error
@@ -161,33 +169,36 @@ func (r *redisTier) send(batch, sent []*call) []*call {
 			r.l.log.Error("quota redis refused admissions", "count", len(sent), "err", err)
 		}
 		r.failed(err)
-	} else {
-		r.health.success()
-		r.l.m.redisSeconds.Observe(time.Since(begin).Seconds())
-		r.l.m.batch.Observe(float64(len(sent)))
+		for _, c := range sent {
+			r.deliver(c, nil, err, true)
+		}
+		return sent
 	}
+	r.health.success()
+	r.l.m.redisSeconds.Observe(time.Since(begin).Seconds())
+	r.l.m.batch.Observe(float64(len(sent)))
 	for i, c := range sent {
-		res, cerr := cmds[i].Int64Slice()
-		r.deliver(c, res, cerr, cerr != nil)
+		res, err := int64s(replies[i])
+		r.deliver(c, res, err, err != nil) // an unreadable reply may hide an admission
 	}
 	return sent
 }
 
-// pipeAdmit sends the calls of sent (only those at indexes only, when not nil) in one
-// pipeline, their commands into cmds.
-func (r *redisTier) pipeAdmit(ctx context.Context, sent []*call, cmds []*redis.Cmd, only []int) error {
-	pipe := r.client.Pipeline()
-	if only == nil {
-		for i, c := range sent {
-			cmds[i] = admitScript.EvalSha(ctx, pipe, c.keys, c.args...)
-		}
-	} else {
-		for _, i := range only {
-			cmds[i] = admitScript.EvalSha(ctx, pipe, sent[i].keys, sent[i].args...)
-		}
+// int64s converts one admission's reply.
+func int64s(v any) ([]int64, error) {
+	vs, ok := v.([]any)
+	if !ok {
+		return nil, fmt.Errorf("admit: reply %v is not an array", v)
 	}
-	_, err := pipe.Exec(ctx)
-	return err
+	out := make([]int64, len(vs))
+	for i, x := range vs {
+		n, ok := x.(int64)
+		if !ok {
+			return nil, fmt.Errorf("admit: reply %v is not integers", v)
+		}
+		out[i] = n
+	}
+	return out, nil
 }
 
 // deliver hands a reply to its request, or, if the request stopped waiting, undoes what the
