@@ -92,6 +92,15 @@ type Options struct {
 	// QuotaKeyPrefix starts every Redis key of the global quota tier; platforms sharing a
 	// Redis need different prefixes (MAAS_QUOTA_KEY_PREFIX).
 	QuotaKeyPrefix string
+	// QuotaRedisTimeout bounds one Redis round trip of admissions (MAAS_QUOTA_REDIS_TIMEOUT);
+	// past it the request is decided by the local tier and its admission in Redis undone.
+	QuotaRedisTimeout time.Duration
+	// QuotaRedisFailures is how many Redis round trips in a row must fail before the gateway
+	// enforces limits on its own (MAAS_QUOTA_REDIS_FAILURES).
+	QuotaRedisFailures int
+	// QuotaRedisProbes is how many probes (one a second) in a row must succeed before Redis
+	// decides again (MAAS_QUOTA_REDIS_PROBES).
+	QuotaRedisProbes int
 
 	// PprofAddr, when set, serves Go's /debug/pprof on this address (MAAS_PPROF_ADDR); keep
 	// it on loopback.
@@ -134,6 +143,9 @@ func DefaultOptions() Options {
 		LedgerBuffer:        5000,
 		DataDir:             ".data/gateway",
 		QuotaKeyPrefix:      "maas:quota:",
+		QuotaRedisTimeout:   50 * time.Millisecond,
+		QuotaRedisFailures:  3,
+		QuotaRedisProbes:    3,
 		AccessLog:           true,
 	}
 }
@@ -168,6 +180,9 @@ func (o *Options) Bind(l *config.Loader) {
 	l.Int(&o.LedgerBuffer, "MAAS_LEDGER_BUFFER", "ledger-buffer", o.LedgerBuffer, "usage records held in memory before they go to the spool")
 	l.String(&o.DataDir, "MAAS_GATEWAY_DATA_DIR", "data-dir", o.DataDir, "data directory (usage spool, dead letters)")
 	l.String(&o.QuotaKeyPrefix, "MAAS_QUOTA_KEY_PREFIX", "quota-key-prefix", o.QuotaKeyPrefix, "prefix of the quota keys in Redis")
+	l.Duration(&o.QuotaRedisTimeout, "MAAS_QUOTA_REDIS_TIMEOUT", "quota-redis-timeout", o.QuotaRedisTimeout, "longest wait for Redis to admit a request")
+	l.Int(&o.QuotaRedisFailures, "MAAS_QUOTA_REDIS_FAILURES", "quota-redis-failures", o.QuotaRedisFailures, "failed Redis round trips in a row before local limits")
+	l.Int(&o.QuotaRedisProbes, "MAAS_QUOTA_REDIS_PROBES", "quota-redis-probes", o.QuotaRedisProbes, "good Redis probes in a row before global limits again")
 	l.String(&o.PprofAddr, "MAAS_PPROF_ADDR", "pprof-addr", o.PprofAddr, "address of the /debug/pprof server (empty: off)")
 	l.Bool(&o.AccessLog, "MAAS_ACCESS_LOG", "access-log", o.AccessLog, "one log line per request")
 	l.Bool(&o.LogJSON, "MAAS_LOG_JSON", "log-json", o.LogJSON, "JSON logs")
@@ -204,6 +219,9 @@ func (o *Options) Validate() error {
 		{"MAAS_LEDGER_BATCH", int64(o.LedgerBatch)},
 		{"MAAS_LEDGER_FLUSH_INTERVAL", int64(o.LedgerFlushInterval)},
 		{"MAAS_LEDGER_BUFFER", int64(o.LedgerBuffer)},
+		{"MAAS_QUOTA_REDIS_TIMEOUT", int64(o.QuotaRedisTimeout)},
+		{"MAAS_QUOTA_REDIS_FAILURES", int64(o.QuotaRedisFailures)},
+		{"MAAS_QUOTA_REDIS_PROBES", int64(o.QuotaRedisProbes)},
 	}
 	for _, p := range positive {
 		if p.v <= 0 {

@@ -83,6 +83,8 @@ func Run(ctx context.Context, o Options) error {
 	if o.QuotaKeyPrefix != "" {
 		ao.KeyPrefix = o.QuotaKeyPrefix
 	}
+	ao.Panics = rec
+	ao.RedisTimeout, ao.FailuresToFallback, ao.ProbesToRecover = o.QuotaRedisTimeout, o.QuotaRedisFailures, o.QuotaRedisProbes
 	limiter, err := admit.New(ao)
 	if err != nil {
 		return fmt.Errorf("quota limiter: %w", err)
