@@ -670,9 +670,32 @@ func (w *Writer) shutdown(ctx context.Context) {
 	unwatch := context.AfterFunc(ctx, w.stopWork) // a batch being written when ctx ends is cut
 	defer unwatch()
 	w.guard(w.take)
+	retried := false
 	for {
-		if w.inflight == nil && (ctx.Err() != nil || w.backoff > 0 || !w.dispatch(true)) {
-			break
+		if w.inflight == nil {
+			if ctx.Err() != nil {
+				break
+			}
+			if w.backoff > 0 {
+				// PostgreSQL failed lately: one more try when its backoff is over (within
+				// ctx), then the spool.
+				if retried {
+					break
+				}
+				retried = true
+				t := time.NewTimer(time.Until(w.retryAt))
+				select {
+				case <-t.C:
+				case <-ctx.Done():
+				}
+				t.Stop()
+				if ctx.Err() != nil {
+					break
+				}
+			}
+			if !w.dispatch(true) {
+				break
+			}
 		}
 		res := <-w.results
 		w.guard(func() { w.finish(res) })

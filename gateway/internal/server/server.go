@@ -96,7 +96,7 @@ func Run(ctx context.Context, o Options) error {
 	}
 	lo := ledger.DefaultOptions()
 	lo.DB, lo.DataDir, lo.Batch, lo.FlushInterval, lo.Buffer = pool, o.DataDir, o.LedgerBatch, o.LedgerFlushInterval, o.LedgerBuffer
-	lo.Logger, lo.Registerer = log, reg
+	lo.Logger, lo.Registerer, lo.Panics = log, reg, rec
 	lw, err := ledger.New(lo)
 	if err != nil {
 		limiter.Close()
