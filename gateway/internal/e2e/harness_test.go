@@ -143,14 +143,16 @@ type record struct {
 	HasTTFT             bool
 }
 
-// waitRecord polls the ledger for request id.
+// waitRecord polls the ledger for request id: the gateway's id, or the client's
+// X-Request-Id (kept as client_request_id).
 func (e *env) waitRecord(id string) record {
 	e.t.Helper()
 	deadline := time.Now().Add(10 * time.Second)
 	for {
 		var r record
 		err := e.db.QueryRow(context.Background(), `SELECT status, prompt_tokens, completion_tokens, estimated, streamed,
-			model, backend_id, ttft_ms IS NOT NULL FROM usage_records WHERE request_id = $1`, id).
+			model, backend_id, ttft_ms IS NOT NULL FROM usage_records WHERE request_id = $1 OR client_request_id = $1
+			ORDER BY created_at DESC LIMIT 1`, id).
 			Scan(&r.Status, &r.Prompt, &r.Completion, &r.Estimated, &r.Streamed, &r.Model, &r.Backend, &r.HasTTFT)
 		if err == nil {
 			return r
