@@ -3,11 +3,11 @@
 //
 // A Limiter has two tiers. The local tier keeps per-subject state in memory
 // (golang.org/x/time/rate token buckets, concurrency and budget counters) and is exact for one
-// gateway. When a Redis URL is configured, the global tier decides instead: one atomic Lua
-// script per Admit checks and charges every limit of every subject of the request, so all
-// gateways share one limit. The scripts of concurrent requests are pipelined into shared
-// round trips by one goroutine (a lone request is sent at once); settlements are batched the
-// same way in the background.
+// gateway. When a Redis URL is configured, the global tier decides instead: an atomic Lua
+// script checks and charges every limit of every subject of a request, so all gateways share
+// one limit. Admissions that arrive while a round trip is in flight are decided together by
+// one script call in the next (a lone request is sent at once), each subject's state read
+// and written once per batch; settlements are batched the same way in the background.
 //
 // Every admission in Redis carries an id and leaves a record, so it is charged and settled
 // exactly once: an admission sent again charges nothing more, a settlement sent again

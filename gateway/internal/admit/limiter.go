@@ -246,7 +246,8 @@ type Ticket struct {
 	n        int
 	inline   [2]charge
 	extra    []charge
-	id       string // lease member in Redis
+	id       string   // admission id in Redis (record, lease member)
+	keys     []string // its Redis keys (global tier)
 	hasLease bool
 }
 

@@ -48,6 +48,8 @@ type subjectState struct {
 	seeded      atomic.Int32 // month, set with it: lets Admit skip seedLocal without locking
 	seedMu      sync.Mutex   // serialises seeding the Redis budget counter
 	redisSeeded atomic.Int32 // month index this gateway seeded in Redis
+
+	redisKeys atomic.Pointer[[2]string] // its hash and lease set in Redis, named at first use
 }
 
 // perMinute converts a per-minute count into a rate.Limit (events per second).

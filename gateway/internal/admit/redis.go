@@ -429,9 +429,14 @@ func (r *redisTier) nowArg(now time.Time) int64 {
 func (r *redisTier) keys(cs []charge, id string) []string {
 	keys := make([]string, 0, 2*len(cs)+1)
 	for i := range cs {
-		k := cs[i].st.key
-		sub := scopeNames[k.scope] + ":" + strconv.FormatInt(k.id, 10)
-		keys = append(keys, r.prefix+"s:"+sub, r.prefix+"c:"+sub)
+		st := cs[i].st
+		sk := st.redisKeys.Load()
+		if sk == nil { // first use of this subject: the names are kept with its state
+			sub := scopeNames[st.key.scope] + ":" + strconv.FormatInt(st.key.id, 10)
+			sk = &[2]string{r.prefix + "s:" + sub, r.prefix + "c:" + sub}
+			st.redisKeys.Store(sk)
+		}
+		keys = append(keys, sk[0], sk[1])
 	}
 	return append(keys, r.prefix+"r:"+id)
 }
@@ -544,6 +549,7 @@ func (r *redisTier) request(t *Ticket, now time.Time) ([]string, []any) {
 	cs := t.charges()
 	t.id = r.instance + strconv.FormatUint(r.seq.Add(1), 10)
 	keys := r.keys(cs, t.id)
+	t.keys = keys
 	n := t.reserved
 	args := make([]any, 0, 6+6*len(cs))
 	args = append(args, r.nowArg(now), n, r.lease.Milliseconds(), t.id, yyyymm(r.l.monthOf(now).idx), r.recordTTL)
@@ -746,7 +752,7 @@ func (r *redisTier) pipeSettle(ctx context.Context, ops []settleOp) error {
 			}
 			args = append(args, c.limits.TokensPerMinute, c.tpm, res, cc)
 		}
-		keys = append(keys, r.keys(cs, t.id)...)
+		keys = append(keys, t.keys...)
 	}
 	if settles > 0 {
 		args[0] = settles
@@ -807,7 +813,7 @@ func (r *redisTier) renew(ts []*Ticket) error {
 	pipe := r.client.Pipeline()
 	for _, t := range ts {
 		cs := t.charges()
-		keys := r.keys(cs, t.id)
+		keys := t.keys
 		for i := range cs {
 			if cs[i].limits.MaxConcurrent > 0 {
 				pipe.ZAddXX(ctx, keys[i*2+1], redis.Z{Score: float64(exp), Member: t.id})
