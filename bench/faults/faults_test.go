@@ -43,30 +43,45 @@ func TestBackendKilled(t *testing.T) {
 	}
 }
 
+// TestBackendHangs: a registered backend takes requests and never answers, in the two
+// ways an engine can: it accepts the connection and never reads the request (stall: a
+// wedged process; the gateway's MAAS_FIRST_BYTE_TIMEOUT, met by the engine's interim
+// "100 Continue", catches it), or it reads the request and never answers (hang: a stuck
+// generation; MAAS_RESPONSE_HEADER_TIMEOUT catches it).
 func TestBackendHangs(t *testing.T) {
-	rate, dur, fbt := pick(50.0, 200.0), pick(4*time.Second, 30*time.Second), time.Second
-	fig := report(t, "backend accepts and hangs",
-		fmt.Sprintf("Two backends for sim-chat: sim-hang accepts every inference request and never answers (MAAS_SIM_FAIL=hang), sim-ok answers; gateway MAAS_FIRST_BYTE_TIMEOUT=%v; %.0f non-streamed requests/s for %v, client timeout 5 s.", fbt, rate, dur))
-	s := newStack(t, stackOptions{})
-	s.sim("sim-hang", "MAAS_SIM_FAIL=hang")
-	s.sim("sim-ok")
-	_, gw := s.gateway("MAAS_FIRST_BYTE_TIMEOUT=" + fbt.String())
-	_, key := s.key(gw, nil)
+	for _, tt := range []struct {
+		mode, gatewayEnv, bound string
+	}{
+		{"stall", "MAAS_FIRST_BYTE_TIMEOUT=1s", "MAAS_FIRST_BYTE_TIMEOUT=1s"},
+		{"hang", "MAAS_RESPONSE_HEADER_TIMEOUT=2s", "MAAS_RESPONSE_HEADER_TIMEOUT=2s"},
+	} {
+		t.Run(tt.mode, func(t *testing.T) {
+			rate, dur := pick(50.0, 200.0), pick(4*time.Second, 30*time.Second)
+			fig := report(t, "backend accepts and hangs ("+tt.mode+")",
+				fmt.Sprintf("Two backends for sim-chat: sim-%s gets every inference request and never answers (MAAS_SIM_FAIL=%s), sim-ok answers; gateway %s; %.0f non-streamed requests/s from 16 clients for %v, client timeout 5 s.", tt.mode, tt.mode, tt.bound, rate, dur))
+			s := newStack(t, stackOptions{})
+			bad := "sim-" + tt.mode
+			s.sim(bad, "MAAS_SIM_FAIL="+tt.mode)
+			s.sim("sim-ok")
+			_, gw := s.gateway(tt.gatewayEnv)
+			_, key := s.key(gw, nil)
 
-	load := startLoad(loadSpec{url: gw, key: key, rate: rate, prefix: "hang", timeout: 5 * time.Second})
-	during(dur)
-	load.stop()
-	sent, ok := load.counts()
-	fig.add(t, "requests", "%d sent, %d answered 200, %d failed, slowest %v", sent, ok, load.failed, load.slowest.Round(time.Millisecond))
-	if st, found := metricSum(gw, `maas_gateway_backend_breaker_state{backend="sim-hang"}`); found {
-		fig.add(t, "breaker of sim-hang at the end", "%v (0 closed, 1 half-open, 2 open)", st)
-	}
-	fig.add(t, "load", "%s", load.summary())
-	if load.failed != 0 {
-		t.Errorf("%d requests failed with a hanging backend: %s", load.failed, load.summary())
-	}
-	if sent < int(rate*dur.Seconds()/2) {
-		t.Errorf("only %d requests sent in %v (hung clients?): %s", sent, dur, load.summary())
+			load := startLoad(loadSpec{url: gw, key: key, rate: rate, prefix: tt.mode, timeout: 5 * time.Second})
+			during(dur)
+			load.stop()
+			sent, ok := load.counts()
+			fig.add(t, "requests", "%d sent, %d answered 200, %d failed, %d failed over (took ≥ 500 ms), slowest %v", sent, ok, load.failed, load.slow, load.slowest.Round(time.Millisecond))
+			if n, found := metricSum(gw, `maas_gateway_upstream_errors_total{backend="`+bad+`"`); found {
+				fig.add(t, "upstream errors counted against "+bad, "%.0f", n)
+			}
+			fig.add(t, "load", "%s", load.summary())
+			if load.failed != 0 {
+				t.Errorf("%d requests failed with a hanging backend: %s", load.failed, load.summary())
+			}
+			if sent < int(rate*dur.Seconds()/2) {
+				t.Errorf("only %d requests sent in %v (hung clients?): %s", sent, dur, load.summary())
+			}
+		})
 	}
 }
 

@@ -160,8 +160,9 @@ func waitFor(limit time.Duration, cond func() bool) error {
 	return nil
 }
 
-// metricSum adds every sample of a metric (all label sets) on base/metrics; ok is false
-// when the page has no sample of it or does not answer.
+// metricSum adds every sample of a metric on base/metrics whose line starts with name:
+// a bare name sums all label sets, `name{a="x"` those with a="x" first among their
+// labels; ok is false when the page has no such sample or does not answer.
 func metricSum(base, name string) (sum float64, ok bool) {
 	resp, err := probeClient.Get(base + "/metrics")
 	if err != nil {
@@ -176,7 +177,7 @@ func metricSum(base, name string) (sum float64, ok bool) {
 			continue
 		}
 		rest := line[len(name):]
-		if !strings.HasPrefix(rest, " ") && !strings.HasPrefix(rest, "{") {
+		if rest == "" || !strings.ContainsRune(" {,", rune(rest[0])) {
 			continue
 		}
 		f := strings.Fields(rest)

@@ -22,6 +22,11 @@ const FailHeader = "X-Sim-Fail"
 //	                     "simulated_failure" (429 and 503 add Retry-After: 1)
 //	hang                 accept the request and never answer; the connection stays open
 //	                     until the client closes it or the simulator stops
+//	stall                accept the connection and read the request's headers, then never
+//	                     read its body nor answer, not even the interim "100 Continue" a
+//	                     request with Expect: 100-continue waits for (a wedged process, a
+//	                     full accept queue, a black hole); without that header the body
+//	                     has been read already and stall acts as hang
 //	drop-after=N         close the TCP connection abruptly: a stream after N events
 //	                     (events as sent: a chat stream's first is the role chunk, then
 //	                     one per token), a non-streamed answer after N bytes of its body
@@ -33,6 +38,7 @@ const FailHeader = "X-Sim-Fail"
 type Failure struct {
 	Status        int
 	Hang          bool
+	Stall         bool
 	DropAfter     int // active when Drop
 	Drop          bool
 	Malformed     bool
@@ -54,6 +60,9 @@ func (f Failure) String() string {
 	if f.Hang {
 		parts = append(parts, "hang")
 	}
+	if f.Stall {
+		parts = append(parts, "stall")
+	}
 	if f.Drop {
 		parts = append(parts, "drop-after="+strconv.Itoa(f.DropAfter))
 	}
@@ -70,6 +79,8 @@ func (f Failure) mode() string {
 		return "status"
 	case f.Hang:
 		return "hang"
+	case f.Stall:
+		return "stall"
 	case f.Drop:
 		return "drop"
 	case f.Malformed:
@@ -99,6 +110,8 @@ func ParseFailure(s string) (Failure, error) {
 			f.Status = n
 		case "hang":
 			f.Hang = true
+		case "stall":
+			f.Stall = true
 		case "drop-after":
 			n, err := strconv.Atoi(val)
 			if err != nil || n < 0 {
@@ -114,7 +127,7 @@ func ParseFailure(s string) (Failure, error) {
 			}
 			f.SlowFirstByte = d
 		default:
-			return Failure{}, fmt.Errorf("unknown directive %q (status=N, hang, drop-after=N, malformed, slow-first-byte=D)", key)
+			return Failure{}, fmt.Errorf("unknown directive %q (status=N, hang, stall, drop-after=N, malformed, slow-first-byte=D)", key)
 		}
 	}
 	return f, nil

@@ -6,7 +6,9 @@ import (
 	"encoding/json"
 	"errors"
 	"io"
+	"net"
 	"net/http"
+	"os"
 	"strconv"
 	"strings"
 	"testing"
@@ -25,6 +27,7 @@ func TestParseFailure(t *testing.T) {
 		{"", Failure{}, false},
 		{"status=503", Failure{Status: 503}, false},
 		{"hang", Failure{Hang: true}, false},
+		{"stall", Failure{Stall: true}, false},
 		{"drop-after=0", Failure{Drop: true}, false},
 		{"drop-after=3", Failure{Drop: true, DropAfter: 3}, false},
 		{"malformed", Failure{Malformed: true}, false},
@@ -320,5 +323,66 @@ func TestFailHeaderSetting(t *testing.T) {
 	}
 	if DefaultOptions().FailHeaderEnabled {
 		t.Error("the header is honoured by default")
+	}
+}
+
+// rawPost sends a POST with Expect: 100-continue over its own connection, without the
+// body (a client waits for "100 Continue" first), and returns the connection.
+func rawPost(t *testing.T, s *Sim, failHeader string) net.Conn {
+	t.Helper()
+	c, err := net.Dial("tcp", s.Addr())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	req := "POST /v1/chat/completions HTTP/1.1\r\nHost: sim\r\nContent-Type: application/json\r\n" +
+		"Content-Length: " + strconv.Itoa(len(chatBody)) + "\r\nExpect: 100-continue\r\n"
+	if failHeader != "" {
+		req += FailHeader + ": " + failHeader + "\r\n"
+	}
+	if _, err := c.Write([]byte(req + "\r\n")); err != nil {
+		t.Fatal(err)
+	}
+	return c
+}
+
+func TestFailureStall(t *testing.T) {
+	for _, tt := range []struct {
+		name   string
+		mod    func(*Options)
+		header string
+	}{
+		{"header", withFailHeader, "stall"},
+		{"config", func(o *Options) { o.Fail = Failure{Stall: true} }, ""},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			s := start(t, tt.mod)
+			c := rawPost(t, s, tt.header)
+			// Nothing comes back, not even "100 Continue": the read times out.
+			_ = c.SetReadDeadline(time.Now().Add(300 * time.Millisecond))
+			buf := make([]byte, 64)
+			if n, err := c.Read(buf); !errors.Is(err, os.ErrDeadlineExceeded) {
+				t.Fatalf("stalled request got %q, %v; want nothing", buf[:n], err)
+			}
+			// Stopping the simulator releases it at once (the stop would wait otherwise).
+			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+			defer cancel()
+			began := time.Now()
+			if err := s.Stop(ctx); err != nil {
+				t.Fatal(err)
+			}
+			if d := time.Since(began); d > 2*time.Second {
+				t.Errorf("stop took %v with a stalled request", d)
+			}
+		})
+	}
+	// Without injection the same request gets its "100 Continue" and, with its body, an answer.
+	s := start(t, nil)
+	c := rawPost(t, s, "stall")
+	_ = c.SetReadDeadline(time.Now().Add(5 * time.Second))
+	br := bufio.NewReader(c)
+	line, err := br.ReadString('\n')
+	if err != nil || !strings.HasPrefix(line, "HTTP/1.1 100") {
+		t.Fatalf("without injection: %q, %v; want 100 Continue", line, err)
 	}
 }

@@ -41,8 +41,12 @@ type Sim struct {
 
 	stopping chan struct{}
 	stopOnce sync.Once
-	hijackMu sync.Mutex
-	hijacked map[net.Conn]bool // hijacked connections; true for hung requests
+	// unstall releases stalled requests (closed first thing in Stop: the server's
+	// shutdown waits for their connections).
+	unstall     chan struct{}
+	unstallOnce sync.Once
+	hijackMu    sync.Mutex
+	hijacked    map[net.Conn]bool // hijacked connections; true for hung requests
 
 	lnMu sync.Mutex
 	ln   net.Listener
@@ -80,6 +84,7 @@ func New(o Options) (*Sim, error) {
 		o:        o,
 		log:      o.Logger.With("engine", "simulator"),
 		stopping: make(chan struct{}),
+		unstall:  make(chan struct{}),
 		hijacked: map[net.Conn]bool{},
 		idPrefix: hex.EncodeToString(idb[:]),
 		created:  time.Now().Unix(),
@@ -115,6 +120,7 @@ func New(o Options) (*Sim, error) {
 		CloseOnShutdown:      true,
 		TCPKeepalive:         true,
 		ReadBufferSize:       16 << 10,
+		ContinueHandler:      s.stallOrContinue,
 	}
 	return s, nil
 }
@@ -179,6 +185,7 @@ func (s *Sim) Serve() error {
 // Stop stops accepting, lets running requests finish until ctx ends, then aborts the rest
 // (hung requests included). It is idempotent.
 func (s *Sim) Stop(ctx context.Context) error {
+	s.unstallOnce.Do(func() { close(s.unstall) })
 	s.closeHijacked(true) // hung requests would only hold the shutdown up
 	err := s.srv.ShutdownWithContext(ctx)
 	s.stopOnce.Do(func() { close(s.stopping) })
@@ -322,8 +329,20 @@ func (s *Sim) itl() time.Duration {
 // FailHeaderEnabled; otherwise the header is ignored, not even parsed), else the
 // configured one for a FailRate share of requests.
 func (s *Sim) failureFor(ctx *fasthttp.RequestCtx) (Failure, error) {
-	if h := ctx.Request.Header.Peek(FailHeader); len(h) > 0 && s.o.FailHeaderEnabled {
-		f, err := ParseFailure(string(h))
+	f, err := s.failureOf(&ctx.Request.Header)
+	if f.Stall && ctx.Request.MayContinue() {
+		// Decided when the headers arrived (stallOrContinue): this request was let through.
+		f.Stall = false
+	}
+	if f.Stall {
+		f.Stall, f.Hang = false, true // the body has been read: all that is left is to hang
+	}
+	return f, err
+}
+
+func (s *Sim) failureOf(h *fasthttp.RequestHeader) (Failure, error) {
+	if v := h.Peek(FailHeader); len(v) > 0 && s.o.FailHeaderEnabled {
+		f, err := ParseFailure(string(v))
 		if err != nil {
 			return Failure{}, apierr.Param("", "invalid %s header: %v", FailHeader, err)
 		}
@@ -333,6 +352,19 @@ func (s *Sim) failureFor(ctx *fasthttp.RequestCtx) (Failure, error) {
 		return Failure{}, nil
 	}
 	return s.o.Fail, nil
+}
+
+// stallOrContinue is the server's ContinueHandler: for a request with Expect: 100-continue
+// that gets the stall failure it neither sends "100 Continue" nor reads the body, and holds
+// the connection until the simulator stops; every other request continues.
+func (s *Sim) stallOrContinue(h *fasthttp.RequestHeader) bool {
+	f, err := s.failureOf(h)
+	if err != nil || !f.Stall {
+		return true
+	}
+	s.m.failures.WithLabelValues(f.mode()).Inc()
+	<-s.unstall
+	return false
 }
 
 func (s *Sim) handle(ctx *fasthttp.RequestCtx) {
