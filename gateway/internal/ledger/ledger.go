@@ -61,6 +61,26 @@ func DefaultOptions() Options {
 	return Options{Batch: 1000, FlushInterval: 200 * time.Millisecond, Buffer: 5000, SegmentBytes: 8 << 20}
 }
 
+// validate checks o and fills in the optional fields.
+func (o *Options) validate() error {
+	if o.DB == nil {
+		return errors.New("ledger: Options.DB is required")
+	}
+	if o.DataDir == "" {
+		return errors.New("ledger: Options.DataDir is required")
+	}
+	if o.Batch <= 0 || o.FlushInterval <= 0 || o.Buffer <= 0 {
+		return errors.New("ledger: Batch, FlushInterval and Buffer must be positive")
+	}
+	if o.SegmentBytes <= 0 {
+		o.SegmentBytes = DefaultOptions().SegmentBytes
+	}
+	if o.Logger == nil {
+		o.Logger = slog.New(slog.DiscardHandler)
+	}
+	return nil
+}
+
 // maxSlots is how many gateways may share one data directory (each locks a slot).
 const maxSlots = 8
 
@@ -138,20 +158,8 @@ var errPanic = errors.New("panic while writing usage records")
 // New opens the data directory (reporting what a previous process there lost), replays its
 // spool in the background and starts the Writer.
 func New(o Options) (*Writer, error) {
-	if o.DB == nil {
-		return nil, errors.New("ledger: Options.DB is required")
-	}
-	if o.DataDir == "" {
-		return nil, errors.New("ledger: Options.DataDir is required")
-	}
-	if o.Batch <= 0 || o.FlushInterval <= 0 || o.Buffer <= 0 {
-		return nil, errors.New("ledger: Batch, FlushInterval and Buffer must be positive")
-	}
-	if o.SegmentBytes <= 0 {
-		o.SegmentBytes = DefaultOptions().SegmentBytes
-	}
-	if o.Logger == nil {
-		o.Logger = slog.New(slog.DiscardHandler)
+	if err := o.validate(); err != nil {
+		return nil, err
 	}
 	w := &Writer{
 		o:       o,
