@@ -7,6 +7,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -246,5 +247,27 @@ func TestUnaryPipelinedClientIsNotCut(t *testing.T) {
 		if resp.StatusCode != 200 || string(b) != unaryAnswer {
 			t.Errorf("response %d: status %d body %s", i, resp.StatusCode, b)
 		}
+	}
+}
+
+func TestUnaryBackendWithoutContinueIsLearned(t *testing.T) {
+	// This backend answers without reading the body, so it never sends "100 Continue": once
+	// seen answering like that, its slow answers are not cut by the first-byte timeout.
+	var calls atomic.Int32
+	be := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if calls.Add(1) > 1 {
+			time.Sleep(600 * time.Millisecond)
+		}
+		unary(w, nil)
+	}))
+	t.Cleanup(be.Close)
+	r, h := newURLRig(t, func(_ *upstream.Options, o *Options) { o.FirstByteTimeout = 200 * time.Millisecond }, be.URL)
+	for i := range 2 {
+		if st, b := r.post(t, `{"model":"m","messages":[]}`); st != 200 {
+			t.Fatalf("request %d: status %d: %s", i, st, b)
+		}
+	}
+	if n := testutil.ToFloat64(h.m.upstreamErr.WithLabelValues("b0", "timeout")); n != 0 {
+		t.Errorf("%v timeouts", n)
 	}
 }
