@@ -43,7 +43,7 @@ func agree(t *testing.T, body []byte, ep Endpoint, lim Limits) {
 		t.Fatalf("Parse(%q, %d) = %v, want accepted", body, ep, err)
 	}
 	got := read{model: string(f.Model), stream: f.Stream, usage: f.IncludeUsage, maxTok: f.MaxTokens,
-		maxComp: f.MaxCompletionTokens, n: f.N, msgs: f.Messages, inputs: f.Inputs}
+		maxComp: f.MaxCompletionTokens, n: f.N, msgs: f.Messages, inputs: f.Inputs, prompts: f.Prompts}
 	wantLen, wantPrefix := len(want.prompt), want.prompt[:min(len(want.prompt), PrefixBytes)]
 	if got != want.read {
 		t.Fatalf("Parse(%q, %d)\n got %+v\nwant %+v", body, ep, got, want.read)
@@ -70,7 +70,7 @@ func rewritten(t *testing.T, body []byte, ep Endpoint, lim Limits, f *Fields, r 
 		t.Fatalf("AppendRewrite(%q, %+v) = %q: %v, include_usage %v, max_tokens %d", body, r, out, err, g.IncludeUsage, g.MaxTokens)
 	}
 	if string(g.Model) != string(f.Model) || g.Stream != f.Stream || g.N != f.N || g.MaxCompletionTokens != f.MaxCompletionTokens ||
-		g.Messages != f.Messages || g.Inputs != f.Inputs || g.PromptBytes != f.PromptBytes || !bytes.Equal(g.Prefix, f.Prefix) {
+		g.Messages != f.Messages || g.Inputs != f.Inputs || g.Prompts != f.Prompts || g.PromptBytes != f.PromptBytes || !bytes.Equal(g.Prefix, f.Prefix) {
 		t.Fatalf("AppendRewrite(%q, %+v) = %q: read as %+v, was %+v", body, r, out, g, *f)
 	}
 	before, after := map[string]json.RawMessage{}, map[string]json.RawMessage{}
@@ -150,7 +150,8 @@ var seeds = []string{
 	`{"model":"m","max_tokens":123456789012345678901234567890}`, `{"model":"m","max_tokens":1e400}`,
 	`{"model":"m","n":0}`, `{"model":"m","n":17}`, `{"model":"m","n":16}`, `{"model":"m","n":-2}`,
 	`{"model":"m","messages":[1,2,3]}`, `{"model":"m","messages":"hi"}`, `{"model":"m","messages":null}`,
-	`{"model":"m","prompt":"hello"}`, `{"model":"m","prompt":["a","b"]}`,
+	`{"model":"m","prompt":"hello"}`, `{"model":"m","prompt":["a","b"]}`, `{"model":"m","prompt":[1,2,3,4]}`,
+	`{"model":"m","prompt":[[1,2],[3],[4],[5]]}`, `{"model":"m","prompt":[]}`, `{"model":"m","prompt":[ "a" ,"b","c","d"]}`,
 	`{"model":"m","input":"hello"}`, `{"model":"m","input":["a","b",[1,2]]}`, `{"model":"m","input":null}`,
 	`{"model":"m","messages":[],"messages":[]}`, `{"model":"m","prompt":"a","prompt":"b"}`,
 	`{"model":"m","n":1,"n":2}`, `{"model":"m","stream":false,"stream":true}`,

@@ -30,6 +30,7 @@ type read struct {
 	n       int64
 	msgs    int
 	inputs  int
+	prompts int
 }
 
 type member struct {
@@ -223,6 +224,10 @@ func oracle(body []byte, ep Endpoint, lim Limits) verdict {
 			v.inputs = len(arr)
 		case name == "input" && string(raw) != "null":
 			v.inputs = 1
+		case name == "prompt" && isArr && len(arr) > 0 && (arr[0][0] == '"' || arr[0][0] == '['):
+			v.prompts = len(arr)
+		case name == "prompt" && string(raw) != "null" && !(isArr && len(arr) == 0):
+			v.prompts = 1
 		}
 	}
 	if lim.MaxN > 0 && v.n > lim.MaxN {
@@ -233,6 +238,9 @@ func oracle(body []byte, ep Endpoint, lim Limits) verdict {
 	}
 	if lim.MaxInputs > 0 && v.inputs > lim.MaxInputs {
 		fail("input")
+	}
+	if lim.MaxInputs > 0 && v.prompts > lim.MaxInputs {
+		fail("prompt")
 	}
 	if len(v.params) > 0 {
 		v.kind = "field"

@@ -27,7 +27,8 @@ type Limits struct {
 	MaxN int64
 	// MaxMessages is the most elements of a chat request's messages.
 	MaxMessages int
-	// MaxInputs is the most elements of an embeddings request's input array.
+	// MaxInputs is the most elements of an embeddings request's input array, and the most
+	// prompts of a completions batch.
 	MaxInputs int
 }
 
@@ -54,6 +55,10 @@ type Fields struct {
 	// Inputs is the number of elements of input (embeddings) when it is an array, 1 when it
 	// is anything else but null, 0 when absent.
 	Inputs int
+	// Prompts is the number of prompts of a completions request: the elements of a batch
+	// (an array of strings or of token lists), 1 for a string or one token list, 0 when
+	// absent. Each prompt gets n completions.
+	Prompts int
 	// PromptBytes is the size of the prompt field's JSON value (messages, prompt or input).
 	PromptBytes int
 	// Prefix is the first PrefixBytes bytes of that value at most (prefix affinity).
@@ -178,6 +183,8 @@ func Parse(body []byte, ep Endpoint, lim Limits) (Fields, error) {
 		return *f, apierr.Param("messages", "messages may hold at most %d messages, got %d", lim.MaxMessages, f.Messages)
 	case lim.MaxInputs > 0 && f.Inputs > lim.MaxInputs:
 		return *f, apierr.Param("input", "input may hold at most %d items, got %d", lim.MaxInputs, f.Inputs)
+	case lim.MaxInputs > 0 && f.Prompts > lim.MaxInputs:
+		return *f, apierr.Param("prompt", "prompt may hold at most %d prompts, got %d", lim.MaxInputs, f.Prompts)
 	}
 	return *f, nil
 }
@@ -449,6 +456,13 @@ func (p *parser) member(id, i int) (int, bool) {
 			}
 		case kInput:
 			f.Inputs = n
+		case kPrompt:
+			// A batch (strings or token lists) has a completion per prompt; a string or one
+			// token list is one prompt.
+			f.Prompts = n
+			if j := skipSpace(b, i+1); b[i] == '[' && n > 0 && b[j] != '"' && b[j] != '[' {
+				f.Prompts = 1
+			}
 		}
 		return e, ok
 	}
@@ -573,8 +587,8 @@ func (f *Fields) PromptEstimate() int64 { return int64(f.PromptBytes+3) / 4 }
 
 // Reservation is the number of tokens to reserve at admission: for chat and completions
 // n × (the larger of max_tokens and max_completion_tokens; outputCap when neither is given
-// or both are 0) plus PromptEstimate; for embeddings PromptEstimate alone. It saturates at
-// math.MaxInt64.
+// or both are 0) plus PromptEstimate, the output part once per prompt of a completions
+// batch; for embeddings PromptEstimate alone. It saturates at math.MaxInt64.
 func (f *Fields) Reservation(outputCap int64) int64 {
 	prompt := f.PromptEstimate()
 	if f.ep == Embeddings {
@@ -585,6 +599,12 @@ func (f *Fields) Reservation(outputCap int64) int64 {
 		out = max(outputCap, 0)
 	}
 	n := max(f.N, 1)
+	if f.Prompts > 1 {
+		if n > math.MaxInt64/int64(f.Prompts) {
+			return math.MaxInt64
+		}
+		n *= int64(f.Prompts)
+	}
 	if out > 0 && n > math.MaxInt64/out {
 		return math.MaxInt64
 	}

@@ -129,6 +129,7 @@ func TestParseRefuses(t *testing.T) {
 		{"n over the limit", Chat, `{"model":"m","n":5}`, "n", "n must be at most 4, got 5"},
 		{"messages over the limit", Chat, `{"model":"m","messages":[{},{},{},{}]}`, "messages", "messages may hold at most 3 messages, got 4"},
 		{"inputs over the limit", Embeddings, `{"model":"m","input":["a","b","c"]}`, "input", "input may hold at most 2 items, got 3"},
+		{"prompt batch over the limit", Completions, `{"model":"m","prompt":[[1],[2],[3]]}`, "prompt", "prompt may hold at most 2 prompts, got 3"},
 		{"first field error wins", Chat, `{"model":"m","n":0,"stream":2}`, "n", "n must be a positive integer"},
 	}
 	for _, tc := range tests {
@@ -153,7 +154,8 @@ func TestParseBoundsAtTheLimit(t *testing.T) {
 		body string
 	}{
 		{Chat, `{"model":"m","n":4,"messages":[{},{},{}]}`},
-		{Completions, `{"model":"m","n":4,"prompt":["a","b","c","d"]}`},
+		{Completions, `{"model":"m","n":4,"prompt":["a","b"]}`},
+		{Completions, `{"model":"m","n":4,"prompt":[1,2,3,4,5,6]}`},
 		{Embeddings, `{"model":"m","input":["a","b"],"n":100}`},
 	} {
 		if _, err := Parse([]byte(tc.body), tc.ep, lim); err != nil {
@@ -194,6 +196,8 @@ func TestReservation(t *testing.T) {
 		{"no limit: model cap", Chat, `{"model":"m","n":2,"messages":[]}`, 1024, 2*1024 + 1},
 		{"zero limits: model cap", Completions, `{"model":"m","max_tokens":0,"max_completion_tokens":0,"prompt":"abcdef"}`, 100, 100 + 2},
 		{"escaped max_tokens counted", Chat, `{"model":"m","max_tok\u0065ns":100000}`, 1024, 100000},
+		{"completions batch: output per prompt", Completions, `{"model":"m","n":2,"max_tokens":100,"prompt":["abc","def","ghi"]}`, 1024, 3*2*100 + 5},
+		{"completions token list: one prompt", Completions, `{"model":"m","max_tokens":100,"prompt":[1,2,3]}`, 1024, 100 + 2},
 		{"embeddings: prompt only", Embeddings, `{"model":"e","input":"` + strings.Repeat("x", 98) + `","max_tokens":500}`, 1024, 25},
 		{"saturates", Chat, `{"model":"m","n":16,"max_tokens":9223372036854775807}`, 0, math.MaxInt64},
 	}

@@ -24,8 +24,8 @@ type Options struct {
 	// MaxMessages is the most messages one chat request may carry (MAAS_MAX_MESSAGES; 0: no
 	// limit).
 	MaxMessages int
-	// MaxInputs is the most items of one embeddings request's input array
-	// (MAAS_MAX_INPUTS; 0: no limit).
+	// MaxInputs is the most items of one embeddings request's input array, and the most
+	// prompts of one completions batch (MAAS_MAX_INPUTS; 0: no limit).
 	MaxInputs int
 	// ReadTimeout bounds reading one request, headers and body (MAAS_READ_TIMEOUT).
 	ReadTimeout time.Duration
@@ -158,7 +158,7 @@ func (o *Options) Bind(l *config.Loader) {
 	l.Int(&o.MaxHeaderBytes, "MAAS_MAX_HEADER_BYTES", "max-header-bytes", o.MaxHeaderBytes, "largest request header block")
 	l.Int(&o.MaxN, "MAAS_MAX_N", "max-n", o.MaxN, "most choices (n) per request (0: no limit)")
 	l.Int(&o.MaxMessages, "MAAS_MAX_MESSAGES", "max-messages", o.MaxMessages, "most messages per chat request (0: no limit)")
-	l.Int(&o.MaxInputs, "MAAS_MAX_INPUTS", "max-inputs", o.MaxInputs, "most input items per embeddings request (0: no limit)")
+	l.Int(&o.MaxInputs, "MAAS_MAX_INPUTS", "max-inputs", o.MaxInputs, "most input items per embeddings request, prompts per completions batch (0: no limit)")
 	l.Duration(&o.ReadTimeout, "MAAS_READ_TIMEOUT", "read-timeout", o.ReadTimeout, "time to read one request")
 	l.Duration(&o.WriteTimeout, "MAAS_WRITE_TIMEOUT", "write-timeout", o.WriteTimeout, "time to write a non-streamed response")
 	l.Duration(&o.IdleTimeout, "MAAS_IDLE_TIMEOUT", "idle-timeout", o.IdleTimeout, "keep-alive idle timeout")
