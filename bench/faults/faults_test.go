@@ -87,12 +87,15 @@ func TestBackendHangs(t *testing.T) {
 
 func TestPostgresDown(t *testing.T) {
 	rate, down := 1000.0, pick(15*time.Second, 60*time.Second)
-	const buffer = 2000
+	// Short heartbeats (the end-to-end tests use 200 ms): a gateway must not take backends
+	// out of its pool because their heartbeats, which reach it through PostgreSQL, stopped
+	// arriving while PostgreSQL was away.
+	const buffer, heartbeat = 2000, 500 * time.Millisecond
 	fig := report(t, "PostgreSQL stopped under load",
-		fmt.Sprintf("Private PostgreSQL cluster; two simulator backends; %.0f non-streamed requests/s from 32 clients; PostgreSQL stopped (fast shutdown) for %v, then started; load kept 3 s after. Gateway MAAS_LEDGER_BUFFER=%d (the outage cannot be held in memory), MAAS_GATEWAY_DATA_DIR set.", rate, down, buffer))
+		fmt.Sprintf("Private PostgreSQL cluster; two simulator backends, workers heartbeating every %v; %.0f non-streamed requests/s from 32 clients; PostgreSQL stopped (fast shutdown) for %v, then started; load kept 3 s after. Gateway MAAS_LEDGER_BUFFER=%d (the outage cannot be held in memory), MAAS_GATEWAY_DATA_DIR set.", heartbeat, rate, down, buffer))
 	s := newStack(t, stackOptions{ownPostgres: true})
-	s.sim("sim-a")
-	s.sim("sim-b")
+	s.sim("sim-a", "MAAS_HEARTBEAT_INTERVAL="+heartbeat.String())
+	s.sim("sim-b", "MAAS_HEARTBEAT_INTERVAL="+heartbeat.String())
 	_, gw := s.gateway(fmt.Sprintf("MAAS_LEDGER_BUFFER=%d", buffer), "MAAS_GATEWAY_DATA_DIR="+t.TempDir())
 	keyID, key := s.key(gw, nil)
 
@@ -361,7 +364,7 @@ func TestSIGTERMWithOpenStreams(t *testing.T) {
 func TestControlDown(t *testing.T) {
 	rate, down := pick(100.0, 300.0), pick(10*time.Second, 60*time.Second)
 	fig := report(t, "control stopped",
-		fmt.Sprintf("Two simulator backends heartbeating every 500 ms through control; %.0f non-streamed requests/s from 16 clients; control stopped (SIGTERM) for %v, then started on the same address. Key B is revoked through control just before it stops; key C is revoked in PostgreSQL directly while control is down.", rate, down))
+		fmt.Sprintf("Two simulator backends heartbeating through control every 2 s (the worker default); %.0f non-streamed requests/s from 16 clients; control stopped (SIGTERM) for %v, then started on the same address. Key B is revoked through control just before it stops; key C is revoked in PostgreSQL directly while control is down.", rate, down))
 	s := newStack(t, stackOptions{})
 	s.sim("sim-a")
 	s.sim("sim-b")

@@ -86,11 +86,12 @@ func newStack(t *testing.T, o stackOptions) *stack {
 
 // sim starts a worker with the simulator engine registered as backend id and waits until
 // control lists it healthy. The simulator answers 4-token chats with 2 ms to the first
-// token unless env says otherwise.
+// token and the worker heartbeats at its default interval (2 s) unless env says otherwise
+// (later entries win).
 func (s *stack) sim(id string, env ...string) *testenv.Proc {
 	s.t.Helper()
 	addr := testenv.FreeAddr(s.t)
-	env = append([]string{"MAAS_SIM_ADDR=" + addr, "MAAS_BACKEND_ID=" + id, "MAAS_HEARTBEAT_INTERVAL=500ms",
+	env = append([]string{"MAAS_SIM_ADDR=" + addr, "MAAS_BACKEND_ID=" + id,
 		"MAAS_SIM_TTFT=2ms", "MAAS_SIM_ITL=1ms", "MAAS_SIM_ITL_JITTER=0s", "MAAS_LOG_JSON=false"}, env...)
 	proc, _ := s.p.StartWorker([]string{"--engine", "sim"}, env...)
 	deadline := time.Now().Add(20 * time.Second)
