@@ -407,14 +407,18 @@ func TestStreamTimeouts(t *testing.T) {
 	t.Run("events within the idle timeout keep a long stream alive", func(t *testing.T) {
 		slow := &fakeBackend{handle: func(w http.ResponseWriter, body []byte) {
 			w.Header().Set("Content-Type", "text/event-stream")
-			for i := range 8 { // 8 gaps of 100 ms: far longer than the 200 ms idle timeout
+			for i := range 8 { // 8 gaps of 100 ms: longer than the 500 ms idle timeout in all
 				io.WriteString(w, "data: "+chunk("t"+itoa(i))+"\n\n")
 				w.(http.Flusher).Flush()
 				time.Sleep(100 * time.Millisecond)
 			}
 			io.WriteString(w, "data: [DONE]\n\n")
 		}}
-		r := newRigWith(t, fast, slow)
+		// The idle timeout is 5 gaps (a loaded test machine delays events by 100 ms and more).
+		r := newRigWith(t, func(po *upstream.Options, o *Options) {
+			po.StreamReadTimeout = time.Second
+			o.FirstByteTimeout, o.StreamIdleTimeout = 500*time.Millisecond, 500*time.Millisecond
+		}, slow)
 		st, body := r.post(t, `{"model":"m","messages":[],"stream":true}`)
 		if st != 200 || strings.Contains(string(body), `"error"`) || !strings.HasSuffix(string(body), "data: [DONE]\n\n") {
 			t.Fatalf("status %d body %s", st, body)
