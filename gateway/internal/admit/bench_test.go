@@ -123,7 +123,7 @@ func selfCPU() time.Duration {
 }
 
 // redisCPU is redis-server's user+system CPU time so far (INFO cpu).
-func redisCPU(b *testing.B, env redisEnv) time.Duration {
+func redisCPU(b testing.TB, env redisEnv) time.Duration {
 	info, err := env.c.Info(context.Background(), "cpu").Result()
 	if err != nil {
 		b.Fatal(err)

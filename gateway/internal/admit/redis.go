@@ -22,10 +22,14 @@ import (
 //	       YYYYMM and the tokens charged to its budget), x (expiry set until, ms)
 //	c:s:i  sorted set of concurrency leases: ticket id scored by lease expiry (ms)
 //
-// and per admission (ticket id t, unique per gateway process and admission):
+// and per gateway process g and period b (b = the gateway's clock / ReservationTTL):
 //
-//	r:t    the admission's record: its budget mask while admitted (ReservationTTL), "x" once
-//	       undone (a tombstone for LeaseTTL)
+//	r:g:b  hash of the records of the admissions made in the period, by ticket id: the
+//	       budget mask while admitted, "x" once undone (a tombstone). It expires 2 periods
+//	       after its period began, so a record lives between 1 and 2 ReservationTTL.
+//
+// Records of one gateway share a hash so that a batch reads and writes them in one call each
+// (HMGET, HSET or HDEL) instead of one key per admission.
 //
 // One hash per subject keeps a script at two Redis calls per subject (HMGET, HSET): on this
 // machine kind every call inside a script costs about 2 µs. The hash lives for a day after
@@ -62,19 +66,20 @@ local day, halfday = 86400000, 43200000
 // admitScript decides a batch of admissions, in order, atomically. For each it checks every
 // limit of every subject (in the local tier's order: concurrency, budget, requests, tokens),
 // then writes the admission's record and charges them all. An admission whose record exists
-// already charges nothing: it returns the first decision, or {4} if it was undone. (A
-// repeated admission that the limits now refuse says so; it charges nothing either way.)
+// already charges nothing: it returns the first decision, or {4} if it was undone.
 //
 // Every redis.call costs a few µs, far more than the Lua around it, so the script makes as
 // few as it can: each subject's hash is read once per batch (HMGET) and written once (HSET),
 // however many admissions of the batch charge it; its leases are added in one ZADD; the
 // lease set is pruned only when it looks full, and its expiry refreshed only when it runs
-// short (cx in the hash); one SET NX GET per admission both checks and writes its record.
+// short (cx in the hash); the records of the batch are read in one HMGET and written in one
+// HSET.
 // Admissions of the same tenant, frequent under load, then cost about one call each.
 //
-// KEYS: per admission, 2 per subject (hash, leases), then its record.
+// KEYS: per admission, 2 per subject (hash, leases), then its records hash.
 // ARGV: the number of admissions, then per admission: its number of subjects, now ms (0 =
-// Redis server time), reserved tokens, lease ms, ticket id, month YYYYMM, record ms; then 6
+// Redis server time), reserved tokens, lease ms, ticket id, month YYYYMM, records hash expiry
+// (unix ms); then 6
 // per subject: rpm, tpm, max concurrent, budget, tpm charge, budget seed (-1 = report a
 // missing counter, -2 = skip the budget when missing).
 // Returns one reply per admission: {0, budget mask} admitted; {1, subject, reason, retry ms,
@@ -82,6 +87,28 @@ local day, halfday = 86400000, 43200000
 // undone already.
 const admitLua = `
 local S, order, Z, zorder = {}, {}, {}, {}
+local R, rorder = {}, {}
+do -- read every admission's record: one HMGET per records hash
+  local ki, ai = 1, 2
+  for j = 1, tonumber(ARGV[1]) do
+    local ns = tonumber(ARGV[ai])
+    local rk = KEYS[ki + ns*2]
+    local r = R[rk]
+    if r == nil then
+      r = {ids = {}, got = {}, put = {}, exp = ARGV[ai+6]}
+      R[rk] = r
+      rorder[#rorder + 1] = rk
+    end
+    r.ids[#r.ids + 1] = ARGV[ai+4]
+    ki = ki + ns * 2 + 1
+    ai = ai + 7 + ns * 6
+  end
+  for _, rk in ipairs(rorder) do
+    local r = R[rk]
+    local v = redis.call('HMGET', rk, unpack(r.ids))
+    for i, id in ipairs(r.ids) do r.got[id] = v[i] end
+  end
+end
 local function subject(hk)
   local s = S[hk]
   if s == nil then
@@ -111,7 +138,13 @@ for j = 1, tonumber(ARGV[1]) do
   local lease = tonumber(ARGV[ai+3])
   local tid = ARGV[ai+4]
   local mon = ARGV[ai+5]
+  local rec = R[KEYS[ki + ns*2]]
+  local prev = rec.got[tid]
   local res, missing, mask, plan = nil, {}, 0, {}
+  if prev then
+    if prev == 'x' then res = {4} else res = {0, tonumber(prev)} end
+    ns = 0 -- decided already: check nothing, charge nothing
+  end
   for i = 1, ns do
     local a = ai + 6 + (i - 1) * 6
     local rpm, tpm, cc, bud = tonumber(ARGV[a+1]), tonumber(ARGV[a+2]), tonumber(ARGV[a+3]), tonumber(ARGV[a+4])
@@ -155,10 +188,10 @@ for j = 1, tonumber(ARGV[1]) do
     res = missing
   end
   if res == nil then
-    local prev = redis.call('SET', KEYS[ki + ns*2], mask, 'NX', 'GET', 'PX', ARGV[ai+6])
-    if prev then
-      if prev == 'x' then res = {4} else res = {0, tonumber(prev)} end
-    else
+    rec.got[tid] = mask
+    rec.put[#rec.put + 1] = tid
+    rec.put[#rec.put + 1] = mask
+    do
       for i = 1, ns do
         local p = plan[i]
         local s = p.s
@@ -178,8 +211,16 @@ for j = 1, tonumber(ARGV[1]) do
     end
   end
   out[j] = res
+  ns = tonumber(ARGV[ai])
   ki = ki + ns * 2 + 1
   ai = ai + 7 + ns * 6
+end
+for _, rk in ipairs(rorder) do
+  local r = R[rk]
+  if #r.put > 0 then
+    redis.call('HSET', rk, unpack(r.put))
+    redis.call('PEXPIREAT', rk, r.exp)
+  end
 end
 for _, zk in ipairs(zorder) do
   local z = Z[zk]
@@ -227,12 +268,35 @@ var seedScript = redis.NewScript(luaCommon + seedLua)
 // the reservation to the actual tokens. As in admitScript, each subject's hash is read and
 // written once per batch, and its leases are removed in one ZREM.
 //
-// KEYS: per ticket, 2 per subject as admitScript, then its record. ARGV: the number of
+// KEYS: per ticket, 2 per subject as admitScript, then its records hash. ARGV: the number of
 // tickets, then per ticket: its number of subjects, now ms, ticket id, actual tokens, month
 // YYYYMM of the admission; then 4 per subject: tpm limit, tpm charged (-1 = none), budget
 // reserved (-1 = none), lease held (0/1).
 const settleLua = `
 local S, order, Z, zorder = {}, {}, {}, {}
+local R, rorder = {}, {}
+do -- which records are still there: one HMGET per records hash, then one HDEL
+  local ki, ai = 1, 2
+  for j = 1, tonumber(ARGV[1]) do
+    local ns = tonumber(ARGV[ai])
+    local rk = KEYS[ki + ns*2]
+    local r = R[rk]
+    if r == nil then
+      r = {ids = {}, live = {}}
+      R[rk] = r
+      rorder[#rorder + 1] = rk
+    end
+    r.ids[#r.ids + 1] = ARGV[ai+2]
+    ki = ki + ns * 2 + 1
+    ai = ai + 5 + ns * 4
+  end
+  for _, rk in ipairs(rorder) do
+    local r = R[rk]
+    local v = redis.call('HMGET', rk, unpack(r.ids))
+    for i, id in ipairs(r.ids) do r.live[id] = v[i] and v[i] ~= 'x' end
+    redis.call('HDEL', rk, unpack(r.ids))
+  end
+end
 local ki, ai = 1, 2
 for j = 1, tonumber(ARGV[1]) do
   local ns = tonumber(ARGV[ai])
@@ -240,7 +304,9 @@ for j = 1, tonumber(ARGV[1]) do
   local tid = ARGV[ai+2]
   local actual = tonumber(ARGV[ai+3])
   local mon = ARGV[ai+4]
-  local live = redis.call('DEL', KEYS[ki + ns*2]) == 1
+  local rec = R[KEYS[ki + ns*2]]
+  local live = rec.live[tid]
+  rec.live[tid] = false -- a second settlement in the batch corrects nothing
   for i = 1, ns do
     local a = ai + 4 + (i - 1) * 4
     local tpm, charged, res, cc = tonumber(ARGV[a+1]), tonumber(ARGV[a+2]), tonumber(ARGV[a+3]), tonumber(ARGV[a+4])
@@ -293,17 +359,18 @@ var settleScript = redis.NewScript(luaCommon + settleLua)
 
 // undoScript undoes an admission whose reply the gateway did not wait for: if its record says
 // it was admitted, it refunds the request, the tokens and the budget it charged, and releases
-// its leases; in every case it leaves a tombstone, so that the admission, if it reaches Redis
-// only now, charges nothing. KEYS and ARGV: those of the admission (ARGV[3], the lease ms, is
-// the tombstone's life). Returns 1 when it refunded an admission.
+// its leases; in every case it leaves a tombstone in the records hash, so that the admission,
+// if it reaches Redis only now, charges nothing. KEYS and ARGV: those of the admission.
+// Returns 1 when it refunded an admission.
 const undoLua = `
 local now = clock(ARGV[1])
 local n = tonumber(ARGV[2])
 local tid = ARGV[4]
 local mon = ARGV[5]
 local rec = KEYS[#KEYS]
-local prev = redis.call('GET', rec)
-redis.call('SET', rec, 'x', 'PX', ARGV[3])
+local prev = redis.call('HGET', rec, tid)
+redis.call('HSET', rec, tid, 'x')
+redis.call('PEXPIREAT', rec, ARGV[6])
 if prev == false or prev == 'x' then return 0 end
 local mask = tonumber(prev)
 for i = 1, (#KEYS - 1) / 2 do
@@ -347,7 +414,8 @@ type redisTier struct {
 	prefix     string
 	timeout    time.Duration
 	lease      time.Duration
-	recordTTL  int64 // ms
+	recordTTL  int64 // ms: the period of a records hash
+	recHash    atomic.Pointer[recordsHash]
 	batchMax   int
 	serverTime bool // Options.Now unset: scripts read Redis's clock, shared by every gateway
 	health     *health
@@ -425,8 +493,9 @@ func (r *redisTier) nowArg(now time.Time) int64 {
 	return now.UnixMilli()
 }
 
-// keys returns the Redis keys of an admission of cs: two per subject, then the record of id.
-func (r *redisTier) keys(cs []charge, id string) []string {
+// keys returns the Redis keys of an admission of cs: two per subject, then the records hash
+// of the current period.
+func (r *redisTier) keys(cs []charge) []string {
 	keys := make([]string, 0, 2*len(cs)+1)
 	for i := range cs {
 		st := cs[i].st
@@ -438,7 +507,26 @@ func (r *redisTier) keys(cs []charge, id string) []string {
 		}
 		keys = append(keys, sk[0], sk[1])
 	}
-	return append(keys, r.prefix+"r:"+id)
+	return append(keys, r.records().key)
+}
+
+// recordsHash names the records hash of one period and says when it expires.
+type recordsHash struct {
+	period int64
+	key    string
+	expire int64 // unix ms
+}
+
+// records returns the records hash of the current period. Periods follow the wall clock (not
+// Options.Now): they only bound how long records stay in Redis.
+func (r *redisTier) records() *recordsHash {
+	p := time.Now().UnixMilli() / r.recordTTL
+	if h := r.recHash.Load(); h != nil && h.period == p {
+		return h
+	}
+	h := &recordsHash{period: p, key: r.prefix + "r:" + r.instance + strconv.FormatInt(p, 10), expire: (p + 2) * r.recordTTL}
+	r.recHash.Store(h)
+	return h
 }
 
 // yyyymm names month index m in Redis.
@@ -548,11 +636,11 @@ func (r *redisTier) admit(ctx context.Context, t *Ticket, now time.Time) (decide
 func (r *redisTier) request(t *Ticket, now time.Time) ([]string, []any) {
 	cs := t.charges()
 	t.id = r.instance + strconv.FormatUint(r.seq.Add(1), 10)
-	keys := r.keys(cs, t.id)
+	keys := r.keys(cs)
 	t.keys = keys
 	n := t.reserved
 	args := make([]any, 0, 6+6*len(cs))
-	args = append(args, r.nowArg(now), n, r.lease.Milliseconds(), t.id, yyyymm(r.l.monthOf(now).idx), r.recordTTL)
+	args = append(args, r.nowArg(now), n, r.lease.Milliseconds(), t.id, yyyymm(r.l.monthOf(now).idx), r.records().expire)
 	for i := range cs {
 		lim := cs[i].limits
 		charge := int64(0)
