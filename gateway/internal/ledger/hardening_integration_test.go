@@ -307,7 +307,7 @@ func TestKilledWriterCountsWhatItLost(t *testing.T) {
 		cmd.Wait()
 	}
 	// Each child used its own slot? No: the first one was dead before the second started.
-	accepted := readAccepted(t, filepath.Join(dir, "ledger", "state"))
+	accepted := readAccepted(t, statePath(filepath.Join(dir, "ledger")))
 	if _, err := os.Stat(filepath.Join(dir, "ledger-1")); err == nil {
 		t.Fatal("the second child took another slot: the first one's lock outlived it")
 	}

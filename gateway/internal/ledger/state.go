@@ -3,6 +3,9 @@
 package ledger
 
 import (
+	"crypto/sha256"
+	"encoding/binary"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"os"
@@ -14,11 +17,17 @@ import (
 
 // The state file is one page, mapped shared into memory, so that what the Writer stores in
 // it is in the kernel's page cache at once and survives a kill -9 of the process (not a
-// crash of the machine: it is synced only at Stop). It counts records accepted (Add) and
-// records settled (committed to PostgreSQL, appended to the spool or to the dead letters):
-// at the next start, accepted − settled is what the killed process lost. The commit slot
-// closes the one window where a count is unknown: a batch whose COMMIT was sent when the
-// process died is looked up by its first request id.
+// crash of the machine). It counts records accepted (Add) and records settled (committed to
+// PostgreSQL, appended to the spool or to the dead letters): at the next start, accepted −
+// settled is what the killed process lost. Two slots close the windows where a count is
+// unknown: a batch whose COMMIT was sent when the process died is looked up by its first
+// request id; a spool write in progress, by the segment's size.
+//
+// The file lives in /dev/shm (tmpfs) when it can, named after the slot's directory: a page
+// of a disk file is written back by the kernel every ~30 s and the next store to it then
+// faults (measured 5 µs median, 0.2 ms p99 on ext4 here), inside Add; a tmpfs page is never
+// written back. A clean close removes it and keeps the spool cursor in the slot's cursor
+// file; so a state file found at start means the previous process did not stop cleanly.
 const (
 	stateSize    = 4096
 	stateMagic   = "MAASLDG1"
@@ -41,8 +50,23 @@ const (
 // state is the mapped state file of one slot of the data directory. Its counters are safe
 // for concurrent use.
 type state struct {
-	f   *os.File
-	mem []byte
+	dir  string
+	lock *os.File
+	f    *os.File
+	mem  []byte
+}
+
+// statePath is where the state file of slot directory dir lives.
+func statePath(dir string) string {
+	abs, err := filepath.Abs(dir)
+	if err != nil {
+		abs = dir
+	}
+	if fi, err := os.Stat("/dev/shm"); err == nil && fi.IsDir() && syscall.Access("/dev/shm", 2 /* W_OK */) == nil {
+		sum := sha256.Sum256([]byte(abs))
+		return filepath.Join("/dev/shm", "maas-ledger-"+hex.EncodeToString(sum[:12])+".state")
+	}
+	return filepath.Join(dir, "state")
 }
 
 // prevRun is what a state file said at open.
@@ -58,31 +82,46 @@ type prevRun struct {
 	spoolEnd          int64
 }
 
-// openState locks and maps dir/state, creating it when needed, and returns what the
-// previous process left in it. ErrLocked: another process holds it.
+// openState locks slot directory dir and maps its state file, creating it when needed, and
+// returns what the previous process left in it. errLocked: another process holds the slot.
 func openState(dir string) (*state, prevRun, error) {
 	var prev prevRun
-	f, err := os.OpenFile(filepath.Join(dir, "state"), os.O_RDWR|os.O_CREATE, 0o644)
+	lock, err := os.OpenFile(filepath.Join(dir, "lock"), os.O_RDWR|os.O_CREATE, 0o644)
 	if err != nil {
 		return nil, prev, err
 	}
-	if err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX|syscall.LOCK_NB); err != nil {
-		f.Close()
+	if err := syscall.Flock(int(lock.Fd()), syscall.LOCK_EX|syscall.LOCK_NB); err != nil {
+		lock.Close()
 		if errors.Is(err, syscall.EWOULDBLOCK) {
 			return nil, prev, errLocked
 		}
-		return nil, prev, fmt.Errorf("lock %s: %w", f.Name(), err)
+		return nil, prev, fmt.Errorf("lock %s: %w", lock.Name(), err)
 	}
-	if err := f.Truncate(stateSize); err != nil {
-		f.Close()
-		return nil, prev, err
+	f, err := os.OpenFile(statePath(dir), os.O_RDWR|os.O_CREATE, 0o600)
+	if err == nil {
+		err = f.Truncate(stateSize)
+		if err != nil {
+			f.Close()
+		}
+	}
+	if err != nil { // no tmpfs to write: beside the spool
+		if f, err = os.OpenFile(filepath.Join(dir, "state"), os.O_RDWR|os.O_CREATE, 0o600); err != nil {
+			lock.Close()
+			return nil, prev, err
+		}
+		if err := f.Truncate(stateSize); err != nil {
+			f.Close()
+			lock.Close()
+			return nil, prev, err
+		}
 	}
 	mem, err := syscall.Mmap(int(f.Fd()), 0, stateSize, syscall.PROT_READ|syscall.PROT_WRITE, syscall.MAP_SHARED)
 	if err != nil {
 		f.Close()
+		lock.Close()
 		return nil, prev, fmt.Errorf("map %s: %w", f.Name(), err)
 	}
-	s := &state{f: f, mem: mem}
+	s := &state{dir: dir, lock: lock, f: f, mem: mem}
 	if string(mem[:8]) == stateMagic {
 		prev = prevRun{
 			accepted: s.u(offAccepted).Load(), slotPG: s.u(offSettledPG).Load(),
@@ -96,11 +135,14 @@ func openState(dir string) (*state, prevRun, error) {
 		if n := s.u(offSlotLen).Load(); n <= maxIDBytes {
 			prev.slotID = string(mem[offSlotID : offSlotID+n])
 		}
+	} else if c, err := os.ReadFile(filepath.Join(dir, "cursor")); err == nil && len(c) == 16 {
+		// Stopped cleanly: the cursor it left.
+		prev.readSeg, prev.readOff = binary.LittleEndian.Uint64(c), binary.LittleEndian.Uint64(c[8:])
 	}
-	// This run counts from zero; the spool cursor is kept.
-	clear(mem[:offReadSeg])
-	clear(mem[offSpoolN:offEnd])
+	// This run counts from zero.
+	clear(mem)
 	copy(mem, stateMagic)
+	s.cursor(prev.readSeg, prev.readOff)
 	return s, prev, nil
 }
 
@@ -143,22 +185,50 @@ func (s *state) spoolWritten(n int) {
 	s.u(offSpoolN).Store(0)
 }
 
-// close syncs the file to disk, unmaps and unlocks it.
+// close keeps the spool cursor in the slot's cursor file, removes the state file (a clean
+// stop: nothing was lost), unmaps it and releases the slot. If the cursor cannot be
+// written the state file is kept, with the cursor in it.
 func (s *state) close() error {
-	err := msync(s.mem)
+	var c [16]byte
+	binary.LittleEndian.PutUint64(c[:], s.u(offReadSeg).Load())
+	binary.LittleEndian.PutUint64(c[8:], s.u(offReadOff).Load())
+	err := writeFileSync(filepath.Join(s.dir, "cursor"), c[:])
+	if err == nil {
+		// Counted as settled, what was accepted is not lost; the state file goes.
+		err = os.Remove(s.f.Name())
+	}
 	if uerr := syscall.Munmap(s.mem); err == nil {
 		err = uerr
 	}
-	if cerr := s.f.Close(); err == nil { // closing releases the lock
+	if cerr := s.f.Close(); err == nil {
+		err = cerr
+	}
+	if cerr := s.lock.Close(); err == nil { // closing releases the lock
 		err = cerr
 	}
 	return err
 }
 
-func msync(b []byte) error {
-	_, _, e := syscall.Syscall(syscall.SYS_MSYNC, uintptr(unsafe.Pointer(&b[0])), uintptr(len(b)), syscall.MS_SYNC)
-	if e != 0 {
-		return e
+// writeFileSync replaces path with b durably (a temporary file renamed over it).
+func writeFileSync(path string, b []byte) error {
+	tmp := path + ".tmp"
+	f, err := os.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o644)
+	if err != nil {
+		return err
 	}
-	return nil
+	if _, err := f.Write(b); err != nil {
+		f.Close()
+		return err
+	}
+	if err := f.Sync(); err != nil {
+		f.Close()
+		return err
+	}
+	if err := f.Close(); err != nil {
+		return err
+	}
+	if err := os.Rename(tmp, path); err != nil {
+		return err
+	}
+	return syncDir(filepath.Dir(path))
 }
