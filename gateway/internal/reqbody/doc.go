@@ -22,13 +22,13 @@
 // the body (Model is copied only when it was written with escapes).
 //
 // Fields.Reservation is the token reservation for admission:
-// n × (the larger of max_tokens and max_completion_tokens, else the model's output cap)
-// plus a prompt estimate of one token per 4 bytes of the prompt field's JSON. The output
-// part is an upper bound for an engine that honours those limits (when the body gives
-// none, Rewrites sets max_tokens to the cap, so the engine is held to it); the prompt part
-// is an estimate (JSON escapes, chat templates, tools and the tokenizer make it differ
-// either way; the engine's context window bounds it), corrected to the engine's reported
-// usage when the request ends.
+// n × (the larger of max_tokens and max_completion_tokens, else the model's output cap),
+// once per prompt of a completions batch, plus a prompt estimate of one token per 4 bytes
+// of the prompt field's JSON. The output part is an upper bound for an engine that honours
+// those limits (when the body gives none, Rewrites sets max_tokens to the cap, so the
+// engine is held to it); the prompt part is an estimate (JSON escapes, chat templates,
+// tools and the tokenizer make it differ either way; the engine's context window bounds
+// it), corrected to the engine's reported usage when the request ends.
 //
 // Fields.AppendRewrite writes the body an engine receives: stream_options.include_usage
 // set for a stream (the engine then reports usage in its last chunk) and max_tokens set
