@@ -29,13 +29,13 @@
 //     (never from Add); a new segment also syncs the directory. A kill -9 keeps the spool
 //     and everything committed; it loses the records still in memory: at most about
 //     Buffer + 2 × Batch (in practice the records of the last FlushInterval plus the batch
-//     being committed). Those are counted: a state file mapped into memory
-//     (DataDir/ledger/state) holds the records accepted and settled (committed, spooled or
-//     dead-lettered); it lives in the page cache, so it survives the kill, and the next
-//     start sets maas_gateway_usage_records_lost_total to accepted − settled and logs it at
-//     error level. A batch whose COMMIT was in flight at the kill is looked up by its first
-//     request id, so the count is exact. A crash of the machine can lose the page-cache
-//     part of the state file; the spool, fsynced, is kept.
+//     being committed). Those are counted: a state file mapped into memory (in /dev/shm,
+//     see state.go) holds the records accepted and settled (committed, spooled or
+//     dead-lettered); it survives the kill, and the next start sets
+//     maas_gateway_usage_records_lost_total to accepted − settled and logs it at error
+//     level. A batch whose COMMIT or spool write was in flight at the kill is checked (its
+//     first request id in PostgreSQL, the segment's size), so the count is exact. A reboot
+//     loses the state file; the spool, fsynced, is kept.
 //   - Stop writes what is held to PostgreSQL until its context ends or PostgreSQL fails,
 //     then spools the rest. Panics in the writer are recovered and counted
 //     (maas_gateway_panics_total{where="ledger"}); the batch is kept.
