@@ -150,39 +150,6 @@ func TestRedisHysteresis(t *testing.T) {
 	}
 }
 
-// TestHealthHysteresis: the switching rule itself, step by step.
-func TestHealthHysteresis(t *testing.T) {
-	h := newHealth(3, 2)
-	steps := []struct {
-		do      string
-		switch_ bool
-		up      bool
-	}{
-		{"fail", false, true}, {"fail", false, true}, {"ok", false, true}, // a success resets the count
-		{"fail", false, true}, {"fail", false, true}, {"fail", true, false},
-		{"fail", false, false},                                   // already down
-		{"probe-ok", false, false}, {"probe-fail", false, false}, // a failed probe resets
-		{"probe-ok", false, false}, {"probe-ok", true, true},
-		{"fail", false, true}, {"fail", false, true}, {"fail", true, false}, // counts start again
-	}
-	for i, s := range steps {
-		var sw bool
-		switch s.do {
-		case "fail":
-			sw = h.failure()
-		case "ok":
-			h.success()
-		case "probe-ok":
-			sw = h.probe(true)
-		case "probe-fail":
-			sw = h.probe(false)
-		}
-		if sw != s.switch_ || h.up.Load() != s.up {
-			t.Fatalf("step %d (%s): switched %v up %v, want %v %v", i, s.do, sw, h.up.Load(), s.switch_, s.up)
-		}
-	}
-}
-
 // TestRedisPipelinedExact: admissions of concurrent requests share round trips, and a limit
 // holds exactly: 640 concurrent attempts on a limit of 50 requests per minute admit 50.
 func TestRedisPipelinedExact(t *testing.T) {
