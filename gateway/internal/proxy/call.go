@@ -75,7 +75,10 @@ func (h *Handler) serve(ctx *fasthttp.RequestCtx, ep endpoint) {
 	h.m.inFlight.Inc()
 	streaming := false
 	defer func() {
-		if v := recover(); v != nil && !streaming {
+		if streaming {
+			return // the stream writer owns the call (and recovers its own panics)
+		}
+		if v := recover(); v != nil {
 			h.o.Panics.Record(panics.Handler, v, "request_id", c.reqID)
 			c.recovered(ctx)
 		}
