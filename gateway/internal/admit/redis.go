@@ -416,6 +416,7 @@ type redisTier struct {
 	lease      time.Duration
 	recordTTL  int64 // ms: the period of a records hash
 	recHash    atomic.Pointer[recordsHash]
+	beforeSend func() // tests: runs in the admitter before each round trip
 	batchMax   int
 	serverTime bool // Options.Now unset: scripts read Redis's clock, shared by every gateway
 	health     *health

@@ -128,6 +128,9 @@ func (r *redisTier) send(batch, sent []*call) []*call {
 			}
 		}
 	}()
+	if r.beforeSend != nil {
+		r.beforeSend()
+	}
 	up := r.health.up.Load()
 	for _, c := range batch {
 		switch {

@@ -12,6 +12,8 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus/testutil"
 	dto "github.com/prometheus/client_model/go"
+
+	"github.com/maas-platform/maas/gateway/internal/panics"
 )
 
 // proxied returns a Limiter that reaches env's Redis through a proxy the test controls.
@@ -323,5 +325,34 @@ func TestRedisCallsPerRequest(t *testing.T) {
 	}
 	if per > 8 {
 		t.Errorf("%.1f Redis commands per request, want at most 8 (admissions and settlements share their subjects' reads and writes)", per)
+	}
+}
+
+// TestRedisAdmitterPanic: a panic in the admitter is recorded (maas_gateway_panics_total
+// {where="admit"}), costs its batch the Redis decision (decided locally, undone in Redis),
+// and the admitter goes on.
+func TestRedisAdmitterPanic(t *testing.T) {
+	env := newRedisEnv(t)
+	rec, err := panics.New(nil, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	f := env.limiter(t, newClock(), func(o *Options) { o.Panics = rec; o.AdmitPipelines = 1 })
+	var once atomic.Bool
+	f.l.redis.beforeSend = func() {
+		if once.CompareAndSwap(false, true) {
+			panic("injected")
+		}
+	}
+	r := reqOf(0, keySubject(13, Limits{RequestsPerMinute: 10}))
+	tk, err := f.l.Admit(context.Background(), r)
+	if err != nil || tk.redis {
+		t.Fatalf("admission through a panicking admitter: %v (redis %v), want the local tier", err, tk != nil && tk.redis)
+	}
+	if n := rec.Count(panics.Admit); n != 1 {
+		t.Errorf("panics recorded %v, want 1", n)
+	}
+	if tk, err := f.l.Admit(context.Background(), r); err != nil || !tk.redis {
+		t.Errorf("after the panic: %v, want admitted by Redis", err)
 	}
 }
