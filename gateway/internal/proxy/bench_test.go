@@ -1,6 +1,7 @@
 package proxy
 
 import (
+	"context"
 	"io"
 	"net"
 	"runtime"
@@ -128,7 +129,7 @@ func BenchmarkClientWatch(b *testing.B) {
 	var ctx fasthttp.RequestCtx
 	ctx.Init2(client, nil, false)
 	var g backendGuard
-	w := newClientWatch(&g)
+	w := newClientWatch(&g, context.Background())
 	b.ReportAllocs()
 	for b.Loop() {
 		w.mu.Lock()

@@ -100,7 +100,7 @@ func (c *call) exchange(ctx *fasthttp.RequestCtx, l *upstream.Lease, deadline ti
 	req.SetBodyRaw(c.body.B)
 	c.hook("exchange")
 	if c.watch == nil {
-		c.watch = newClientWatch(&c.guard)
+		c.watch = newClientWatch(&c.guard, c.h.o.BaseContext)
 	}
 	c.watch.arm(ctx)
 	f := c.roundTrip(l.U, req, resp, deadline)

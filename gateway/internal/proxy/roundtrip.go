@@ -41,6 +41,7 @@ type abortReason uint8
 const (
 	notAborted abortReason = iota
 	abortClientGone
+	abortShutdown // the shutdown grace is over (judge sees BaseContext done)
 )
 
 // attach registers conn as the exchange's connection; false: the exchange was aborted
@@ -110,7 +111,7 @@ func (c *call) roundTrip(u *upstream.Upstream, req *fasthttp.Request, resp *fast
 	conn := cc.Conn()
 	if !c.guard.attach(conn) {
 		hc.CloseConn(cc)
-		return failure{err: net.ErrClosed, clientGone: true}
+		return failure{err: net.ErrClosed, clientGone: c.guard.detach() == abortClientGone}
 	}
 	// fail closes the connection (its state is unknown) and describes the failure.
 	fail := func(err error, timedOut bool) failure {
@@ -166,9 +167,13 @@ func (c *call) roundTrip(u *upstream.Upstream, req *fasthttp.Request, resp *fast
 	if err != nil {
 		return fail(err, false)
 	}
-	if reason := c.guard.detach(); reason != notAborted {
+	switch c.guard.detach() {
+	case abortClientGone:
 		hc.CloseConn(cc) // the answer arrived, but the client went away meanwhile
 		return failure{err: net.ErrClosed, clientGone: true}
+	case abortShutdown:
+		hc.CloseConn(cc) // the answer arrived whole: it is delivered
+		return failure{}
 	}
 	if resp.ConnectionClose() || req.ConnectionClose() {
 		hc.CloseConn(cc)

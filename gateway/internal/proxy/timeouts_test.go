@@ -2,6 +2,7 @@ package proxy
 
 import (
 	"bufio"
+	"context"
 	"io"
 	"net"
 	"net/http"
@@ -269,5 +270,40 @@ func TestUnaryBackendWithoutContinueIsLearned(t *testing.T) {
 	}
 	if n := testutil.ToFloat64(h.m.upstreamErr.WithLabelValues("b0", "timeout")); n != 0 {
 		t.Errorf("%v timeouts", n)
+	}
+}
+
+func TestUnaryCutAtShutdown(t *testing.T) {
+	// When the shutdown grace is over, a non-streamed request still waiting for its backend
+	// is answered 503 and recorded, and the backend connection is closed.
+	cancelled := make(chan struct{}, 1)
+	be := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		_, _ = io.ReadAll(r.Body)
+		select {
+		case <-r.Context().Done():
+			cancelled <- struct{}{}
+		case <-time.After(10 * time.Second):
+		}
+	}))
+	t.Cleanup(be.Close)
+	base, cut := context.WithCancel(context.Background())
+	defer cut()
+	r, _ := newURLRig(t, func(_ *upstream.Options, o *Options) { o.BaseContext = base }, be.URL)
+	time.AfterFunc(300*time.Millisecond, cut)
+	start := time.Now()
+	st, b := r.post(t, `{"model":"m","messages":[]}`)
+	if st != 503 || !strings.Contains(string(b), "shutting down") {
+		t.Fatalf("status %d: %s", st, b)
+	}
+	if d := time.Since(start); d > 3*time.Second {
+		t.Errorf("cut after %v", d)
+	}
+	select {
+	case <-cancelled:
+	case <-time.After(5 * time.Second):
+		t.Error("the backend request was not cancelled")
+	}
+	if rec := r.rec.wait(t, 1)[0]; rec.Status != 503 {
+		t.Errorf("record %+v", rec)
 	}
 }

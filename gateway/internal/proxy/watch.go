@@ -1,6 +1,7 @@
 package proxy
 
 import (
+	"context"
 	"sync"
 	"time"
 
@@ -20,11 +21,14 @@ const watchAfter = 100 * time.Millisecond
 // file or a reset means the client is gone; bytes mean a pipelined request, which ends the
 // watch (it is left for fasthttp to read). The watch ends by moving the connection's read
 // deadline into the past, which wakes the waiting goroutine; fasthttp clears the deadline
-// after the handler returns.
+// after the handler returns. While it watches, the end of the shutdown grace (the
+// handler's BaseContext) aborts the exchange too, so that a request cut at shutdown is
+// answered and recorded rather than abandoned.
 //
 // One clientWatch belongs to one pooled call object, for its lifetime.
 type clientWatch struct {
 	g     *backendGuard
+	base  context.Context // ends when requests must stop (shutdown grace over)
 	timer *time.Timer
 	done  chan struct{} // the watching goroutine has returned
 
@@ -43,8 +47,8 @@ const (
 	watchOver                       // the goroutine returned by itself (client gone, pipelined bytes)
 )
 
-func newClientWatch(g *backendGuard) *clientWatch {
-	w := &clientWatch{g: g, done: make(chan struct{}, 1)}
+func newClientWatch(g *backendGuard, base context.Context) *clientWatch {
+	w := &clientWatch{g: g, base: base, done: make(chan struct{}, 1)}
 	w.timer = time.AfterFunc(time.Hour, w.fire)
 	w.timer.Stop()
 	return w
@@ -101,7 +105,9 @@ func (w *clientWatch) fire() {
 	// fasthttp's deadline for reading the request is still set; the wait has none.
 	cleared := ctx.SetReadDeadline(time.Time{}) == nil
 	w.mu.Unlock()
+	stopBase := context.AfterFunc(w.base, func() { w.g.abort(abortShutdown) })
 	gone := cleared && waitClosed(ctx.Conn())
+	stopBase()
 	w.mu.Lock()
 	if gone && w.state == watchWatching {
 		w.g.abort(abortClientGone)
