@@ -60,7 +60,7 @@ func Run(ctx context.Context, o Options) error {
 		QueueTimeout: o.QueueTimeout, QueueSize: o.QueueSize,
 		BreakerFailures: 3, BreakerOpenFor: 5 * time.Second, BreakerInterval: 10 * time.Second,
 		StreamReadTimeout:  max(o.FirstByteTimeout, o.StreamIdleTimeout) + 5*time.Second,
-		AffinityLoadFactor: 1.25, FreshFor: 3*o.LoadRefreshInterval + 2*time.Second, HeartbeatSlack: 2*o.LoadRefreshInterval + 500*time.Millisecond,
+		AffinityLoadFactor: 1.25, HeartbeatSlack: 2*o.LoadRefreshInterval + 500*time.Millisecond,
 		Logger: log, Registerer: reg, Now: time.Now,
 	})
 	if err != nil {

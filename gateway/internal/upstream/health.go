@@ -36,14 +36,13 @@ func (p *Pool) refreshHealth() {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	m := p.m.Load()
-	now := p.o.Now().UnixNano()
-	fresh := now-p.lastLoadNS.Load() < int64(p.o.FreshFor)
+	read := p.lastLoadNS.Load()
 	seen := make(map[string]int, len(m.models))
 	for _, name := range m.models {
 		n := 0
 		if g := m.byName[name]; g != nil {
 			for _, u := range g.ups {
-				if u.usable(now, fresh) {
+				if u.usable(read) {
 					n++
 				}
 			}

@@ -42,11 +42,8 @@ type Options struct {
 	// AffinityLoadFactor bounds prefix affinity: a backend takes a request only while its
 	// in-flight count stays under factor × the average (consistent hashing with bounded loads).
 	AffinityLoadFactor float64
-	// FreshFor: when backends' load figures were last read longer ago than this (the
-	// database is unreachable), heartbeat freshness is not enforced.
-	FreshFor time.Duration
-	// HeartbeatSlack is added to the 3 heartbeat intervals after which a backend counts as
-	// stale: the time until the gateway reads the backends' rows again.
+	// HeartbeatSlack is added to the 3 heartbeat intervals after which a backend whose
+	// rows were read since counts as stale (heartbeats arriving late under load).
 	HeartbeatSlack time.Duration
 	// StreamReadTimeout bounds the silence between two reads of a streamed response
 	// (waiting for its headers included); 0 disables it.
@@ -67,7 +64,6 @@ func DefaultOptions() Options {
 		BreakerOpenFor:     5 * time.Second,
 		BreakerInterval:    10 * time.Second,
 		AffinityLoadFactor: 1.25,
-		FreshFor:           5 * time.Second,
 		HeartbeatSlack:     2 * time.Second,
 		StreamReadTimeout:  70 * time.Second,
 		Now:                time.Now,
@@ -262,18 +258,17 @@ func (p *Pool) pick(m *snapshot.Model, affinity uint64, exclude []*Upstream) (*L
 	if g == nil {
 		return nil, false
 	}
-	now := p.o.Now().UnixNano()
-	fresh := now-p.lastLoadNS.Load() < int64(p.o.FreshFor)
+	read := p.lastLoadNS.Load()
 	for range 4 { // a breaker refusing a half-open probe sends us round again
 		var u *Upstream
 		var anyUsable bool
 		switch m.Policy {
 		case snapshot.PolicyPrefixAffinity:
-			u, anyUsable = p.pickAffinity(g, affinity, exclude, now, fresh)
+			u, anyUsable = p.pickAffinity(g, affinity, exclude, read)
 		case snapshot.PolicyWeightedRandom:
-			u, anyUsable = pickWeighted(g.ups, exclude, now, fresh)
+			u, anyUsable = pickWeighted(g.ups, exclude, read)
 		default:
-			u, anyUsable = pickP2C(g.ups, exclude, now, fresh)
+			u, anyUsable = pickP2C(g.ups, exclude, read)
 		}
 		if u == nil {
 			return nil, anyUsable
@@ -312,7 +307,7 @@ func better(a, b *Upstream) bool {
 
 // pickP2C: two random candidates, the better one wins; if neither has room, the best of
 // all with room.
-func pickP2C(ups []*Upstream, ex []*Upstream, now int64, fresh bool) (*Upstream, bool) {
+func pickP2C(ups []*Upstream, ex []*Upstream, read int64) (*Upstream, bool) {
 	n := len(ups)
 	if n == 0 {
 		return nil, false
@@ -324,8 +319,8 @@ func pickP2C(ups []*Upstream, ex []*Upstream, now int64, fresh bool) (*Upstream,
 			j++
 		}
 		a, b := ups[i], ups[j]
-		okA := a.usable(now, fresh) && !excluded(a, ex)
-		okB := b.usable(now, fresh) && !excluded(b, ex)
+		okA := a.usable(read) && !excluded(a, ex)
+		okB := b.usable(read) && !excluded(b, ex)
 		if okA && okB && better(b, a) {
 			a, b = b, a
 		}
@@ -345,7 +340,7 @@ func pickP2C(ups []*Upstream, ex []*Upstream, now int64, fresh bool) (*Upstream,
 	var best *Upstream
 	anyUsable := false
 	for _, u := range ups {
-		if !u.usable(now, fresh) || excluded(u, ex) {
+		if !u.usable(read) || excluded(u, ex) {
 			continue
 		}
 		anyUsable = true
@@ -363,7 +358,7 @@ func pickP2C(ups []*Upstream, ex []*Upstream, now int64, fresh bool) (*Upstream,
 		// Lost a race for the last slot; rescan once more cheaply.
 		var next *Upstream
 		for _, u := range ups {
-			if u != best && u.usable(now, fresh) && !excluded(u, ex) && u.inFlight.Load() < u.capacity.Load() {
+			if u != best && u.usable(read) && !excluded(u, ex) && u.inFlight.Load() < u.capacity.Load() {
 				if next == nil || better(u, next) {
 					next = u
 				}
@@ -374,11 +369,11 @@ func pickP2C(ups []*Upstream, ex []*Upstream, now int64, fresh bool) (*Upstream,
 	return nil, anyUsable
 }
 
-func pickWeighted(ups []*Upstream, ex []*Upstream, now int64, fresh bool) (*Upstream, bool) {
+func pickWeighted(ups []*Upstream, ex []*Upstream, read int64) (*Upstream, bool) {
 	var total int64
 	anyUsable := false
 	for _, u := range ups {
-		if u.usable(now, fresh) && !excluded(u, ex) {
+		if u.usable(read) && !excluded(u, ex) {
 			anyUsable = true
 			if u.inFlight.Load() < u.capacity.Load() {
 				total += u.weight.Load()
@@ -390,7 +385,7 @@ func pickWeighted(ups []*Upstream, ex []*Upstream, now int64, fresh bool) (*Upst
 	}
 	r := rand.Int64N(total)
 	for _, u := range ups {
-		if u.usable(now, fresh) && !excluded(u, ex) && u.inFlight.Load() < u.capacity.Load() {
+		if u.usable(read) && !excluded(u, ex) && u.inFlight.Load() < u.capacity.Load() {
 			if r -= u.weight.Load(); r < 0 {
 				if u.tryAcquire() {
 					return u, true
@@ -399,7 +394,7 @@ func pickWeighted(ups []*Upstream, ex []*Upstream, now int64, fresh bool) (*Upst
 			}
 		}
 	}
-	return pickP2C(ups, ex, now, fresh)
+	return pickP2C(ups, ex, read)
 }
 
 const vnodesPer100 = 64 // ring points per 100 units of weight
@@ -423,14 +418,14 @@ func buildRing(ups []*Upstream) []ringPoint {
 
 // pickAffinity walks the ring clockwise from the prompt's hash and takes the first usable
 // backend whose load stays within the bound; it falls back to P2C.
-func (p *Pool) pickAffinity(g *group, key uint64, ex []*Upstream, now int64, fresh bool) (*Upstream, bool) {
+func (p *Pool) pickAffinity(g *group, key uint64, ex []*Upstream, read int64) (*Upstream, bool) {
 	if len(g.ring) == 0 || key == 0 {
-		return pickP2C(g.ups, ex, now, fresh)
+		return pickP2C(g.ups, ex, read)
 	}
 	var total int64
 	usable := 0
 	for _, u := range g.ups {
-		if u.usable(now, fresh) && !excluded(u, ex) {
+		if u.usable(read) && !excluded(u, ex) {
 			total += u.inFlight.Load()
 			usable++
 		}
@@ -442,14 +437,14 @@ func (p *Pool) pickAffinity(g *group, key uint64, ex []*Upstream, now int64, fre
 	start := sort.Search(len(g.ring), func(i int) bool { return g.ring[i].h >= key })
 	for i := 0; i < len(g.ring); i++ {
 		u := g.ring[(start+i)%len(g.ring)].u
-		if !u.usable(now, fresh) || excluded(u, ex) || u.inFlight.Load() >= bound {
+		if !u.usable(read) || excluded(u, ex) || u.inFlight.Load() >= bound {
 			continue
 		}
 		if u.tryAcquire() {
 			return u, true
 		}
 	}
-	return pickP2C(g.ups, ex, now, fresh)
+	return pickP2C(g.ups, ex, read)
 }
 
 // AffinityKey hashes a prompt prefix for the prefix-affinity policy (never 0).
@@ -640,11 +635,10 @@ func (c *backendCollector) Describe(ch chan<- *prometheus.Desc) {
 }
 
 func (c *backendCollector) Collect(ch chan<- prometheus.Metric) {
-	now := c.p.o.Now().UnixNano()
-	fresh := now-c.p.lastLoadNS.Load() < int64(c.p.o.FreshFor)
+	read := c.p.lastLoadNS.Load()
 	for _, u := range c.p.Upstreams() {
 		h := 0.0
-		if u.usable(now, fresh) {
+		if u.usable(read) {
 			h = 1
 		}
 		var st float64

@@ -387,3 +387,43 @@ func TestOpenBreakerLetsAProbeThroughAfterOpenFor(t *testing.T) {
 		l.Release(Success)
 	}
 }
+
+// A backend's heartbeats reach the gateway through PostgreSQL: while the rows cannot be
+// read, the gateway has no news, which is not bad news. It keeps routing to a backend whose
+// last read heartbeat was fresh however long the outage lasts, and judges it stale as soon
+// as a read made after the heartbeat was due still shows the old one.
+func TestNoReadsNoStaleness(t *testing.T) {
+	clock := now
+	o := testOptions()
+	o.HeartbeatSlack = 500 * time.Millisecond // stale 2 s after a heartbeat seen by a read
+	p, err := New(o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	p.o.Now = func() time.Time { return clock }
+	b := snapshot.NewBuilder(now)
+	m := &snapshot.Model{Name: "m", Enabled: true, Policy: snapshot.PolicyLeastOutstanding, MaxOutputTokens: 16}
+	b.AddModel(m)
+	a := backend("a", 10, 100) // read at now with a heartbeat of age 0
+	a.HeartbeatInterval = 500 * time.Millisecond
+	b.AddBackend(a)
+	p.Sync(b.Build())
+
+	for _, later := range []time.Duration{time.Second, 3 * time.Second, 6 * time.Second, time.Minute} {
+		clock = now.Add(later) // no read of the rows since (the database is away)
+		l, err := p.Acquire(context.Background(), Request{Model: m})
+		if err != nil {
+			t.Fatalf("%v without a read: %v, want the backend", later, err)
+		}
+		l.Release(Success)
+		p.refreshHealth()
+		if n := p.HealthyBackends()["m"]; n != 1 {
+			t.Fatalf("%v without a read: healthy backends gauge %d, want 1", later, n)
+		}
+	}
+	// The database is back: the row read now shows a heartbeat a minute old.
+	p.UpdateLoad([]snapshot.Load{{ID: "a", State: "healthy", ReadAt: clock, HeartbeatAge: time.Minute}})
+	if l, err := p.Acquire(context.Background(), Request{Model: m}); !errors.Is(err, ErrNoBackend) {
+		t.Fatalf("after a read showing a stale heartbeat: err = %v (lease %v), want ErrNoBackend", err, l)
+	}
+}

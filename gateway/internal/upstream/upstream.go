@@ -78,12 +78,16 @@ func (u *Upstream) tryAcquire() bool {
 	}
 }
 
-// usable reports whether u may take new requests at now (ignoring capacity).
-func (u *Upstream) usable(nowNano int64, checkFresh bool) bool {
+// usable reports whether u may take new requests (ignoring capacity). readNano is when the
+// backends' rows were last read: a backend is stale only when a read made after its
+// heartbeat was due still showed the old heartbeat. While the rows cannot be read
+// (PostgreSQL is away) no backend turns stale, since its heartbeats, which reach the gateway
+// through PostgreSQL, cannot arrive; passive health and the breaker still judge it.
+func (u *Upstream) usable(readNano int64) bool {
 	if !u.routable.Load() || u.removed.Load() || u.weight.Load() <= 0 {
 		return false
 	}
-	if checkFresh && nowNano > u.staleAtNano.Load() {
+	if readNano > u.staleAtNano.Load() {
 		return false
 	}
 	until := u.openUntil.Load()
