@@ -51,6 +51,13 @@ type Service struct {
 	interval    time.Duration
 	reaped      *prometheus.CounterVec
 	byState     *prometheus.GaugeVec
+
+	// since is the database's clock when this process's reaper began (nil before): a
+	// backend's silence counts from its last heartbeat or from then, whichever is later.
+	// Heartbeats reach PostgreSQL through control, so while control was away none could
+	// arrive, and a restarted control must give every worker its 3 intervals again rather
+	// than mark them all unhealthy at its first reap.
+	since *time.Time
 }
 
 // New returns a Service on db.
@@ -228,22 +235,31 @@ func (s *Service) Update(ctx context.Context, id string, c Change) (*registry.Ba
 }
 
 // Reap marks backends silent for MissedHeartbeats intervals unhealthy and removes those
-// unhealthy and silent for RemoveAfter. It returns how many it changed of each.
+// unhealthy and silent for RemoveAfter, silence counted from the later of the last
+// heartbeat and the first Reap of this Service. It returns how many it changed of each.
+// Reap is called by one goroutine (RunReaper).
 //
 // The NOTIFY triggers fire per statement, even for statements that change no row, so the
 // reaper looks first and writes only when there is something to change: an idle registry
 // must not wake every gateway each second.
 func (s *Service) Reap(ctx context.Context) (unhealthy, removed int, err error) {
+	if s.since == nil {
+		var t time.Time
+		if err := s.db.QueryRow(ctx, `SELECT now()`).Scan(&t); err != nil {
+			return 0, 0, fmt.Errorf("reap backends: read the clock: %w", err)
+		}
+		s.since = &t
+	}
 	const silent = `state <> 'unhealthy'
-		  AND last_heartbeat_at < now() - make_interval(secs => ($1 * heartbeat_interval_ms / 1000.0)::float8)`
-	const expired = `state = 'unhealthy' AND last_heartbeat_at < now() - make_interval(secs => $1::float8)`
+		  AND GREATEST(last_heartbeat_at, $2) < now() - make_interval(secs => ($1 * heartbeat_interval_ms / 1000.0)::float8)`
+	const expired = `state = 'unhealthy' AND GREATEST(last_heartbeat_at, $2) < now() - make_interval(secs => $1::float8)`
 	var due, gone bool
-	if err := s.db.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM backends WHERE `+silent+`)`, MissedHeartbeats).Scan(&due); err != nil {
+	if err := s.db.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM backends WHERE `+silent+`)`, MissedHeartbeats, *s.since).Scan(&due); err != nil {
 		return 0, 0, fmt.Errorf("reap backends: %w", err)
 	}
 	var ids []string
 	if due {
-		rows, err := s.db.Query(ctx, `UPDATE backends SET state = 'unhealthy' WHERE `+silent+` RETURNING id`, MissedHeartbeats)
+		rows, err := s.db.Query(ctx, `UPDATE backends SET state = 'unhealthy' WHERE `+silent+` RETURNING id`, MissedHeartbeats, *s.since)
 		if err != nil {
 			return 0, 0, fmt.Errorf("reap backends: %w", err)
 		}
@@ -255,12 +271,12 @@ func (s *Service) Reap(ctx context.Context) (unhealthy, removed int, err error) 
 		}
 		s.reaped.WithLabelValues("unhealthy").Add(float64(len(ids)))
 	}
-	if err := s.db.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM backends WHERE `+expired+`)`, s.removeAfter.Seconds()).Scan(&gone); err != nil {
+	if err := s.db.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM backends WHERE `+expired+`)`, s.removeAfter.Seconds(), *s.since).Scan(&gone); err != nil {
 		return len(ids), 0, fmt.Errorf("remove backends: %w", err)
 	}
 	var removedIDs []string
 	if gone {
-		rows, err := s.db.Query(ctx, `DELETE FROM backends WHERE `+expired+` RETURNING id`, s.removeAfter.Seconds())
+		rows, err := s.db.Query(ctx, `DELETE FROM backends WHERE `+expired+` RETURNING id`, s.removeAfter.Seconds(), *s.since)
 		if err != nil {
 			return len(ids), 0, fmt.Errorf("remove backends: %w", err)
 		}

@@ -60,8 +60,8 @@ func Run(ctx context.Context, o Options) error {
 		QueueTimeout: o.QueueTimeout, QueueSize: o.QueueSize,
 		BreakerFailures: 3, BreakerOpenFor: 5 * time.Second, BreakerInterval: 10 * time.Second,
 		StreamReadTimeout:  max(o.FirstByteTimeout, o.StreamIdleTimeout) + 5*time.Second,
-		AffinityLoadFactor: 1.25, HeartbeatSlack: 2*o.LoadRefreshInterval + 500*time.Millisecond,
-		Logger: log, Registerer: reg, Now: time.Now,
+		AffinityLoadFactor: 1.25,
+		Logger:             log, Registerer: reg, Now: time.Now,
 	})
 	if err != nil {
 		return fmt.Errorf("upstream pool: %w", err)

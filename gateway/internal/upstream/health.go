@@ -36,13 +36,12 @@ func (p *Pool) refreshHealth() {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	m := p.m.Load()
-	read := p.lastLoadNS.Load()
 	seen := make(map[string]int, len(m.models))
 	for _, name := range m.models {
 		n := 0
 		if g := m.byName[name]; g != nil {
 			for _, u := range g.ups {
-				if u.usable(read) {
+				if u.usable() {
 					n++
 				}
 			}

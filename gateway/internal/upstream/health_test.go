@@ -56,7 +56,7 @@ func TestModelHealthyBackends(t *testing.T) {
 	disabled.Load.Disabled = true
 	zero := backend("zero", 10, 0)
 	stale := backend("stale", 10, 100)
-	stale.Load.HeartbeatAge = 10 * time.Second // 3 intervals are 3 s
+	stale.Load.State = "unhealthy" // control's reaper: 3 heartbeats missed
 	offServer := backend("offserver", 10, 100)
 	offServer.Models = []string{"off"}
 
@@ -87,7 +87,7 @@ func TestModelHealthyBackends(t *testing.T) {
 
 	// Load update: the draining backend turns healthy, the stale one heartbeats again.
 	l1, l2 := draining.Load, stale.Load
-	l1.State, l2.HeartbeatAge = "healthy", 0
+	l1.State, l2.State = "healthy", "healthy"
 	p.UpdateLoad([]snapshot.Load{l1, l2})
 	check("after load update", map[string]int{"m": 3, "idle": 0, "extra": 1})
 

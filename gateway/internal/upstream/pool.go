@@ -42,9 +42,6 @@ type Options struct {
 	// AffinityLoadFactor bounds prefix affinity: a backend takes a request only while its
 	// in-flight count stays under factor × the average (consistent hashing with bounded loads).
 	AffinityLoadFactor float64
-	// HeartbeatSlack is added to the 3 heartbeat intervals after which a backend whose
-	// rows were read since counts as stale (heartbeats arriving late under load).
-	HeartbeatSlack time.Duration
 	// StreamReadTimeout bounds the silence between two reads of a streamed response
 	// (waiting for its headers included); 0 disables it.
 	StreamReadTimeout time.Duration
@@ -64,7 +61,6 @@ func DefaultOptions() Options {
 		BreakerOpenFor:     5 * time.Second,
 		BreakerInterval:    10 * time.Second,
 		AffinityLoadFactor: 1.25,
-		HeartbeatSlack:     2 * time.Second,
 		StreamReadTimeout:  70 * time.Second,
 		Now:                time.Now,
 	}
@@ -91,10 +87,9 @@ type members struct {
 
 // Pool is the set of backends. Safe for concurrent use.
 type Pool struct {
-	o          Options
-	m          atomic.Pointer[members]
-	syncMu     sync.Mutex
-	lastLoadNS atomic.Int64
+	o      Options
+	m      atomic.Pointer[members]
+	syncMu sync.Mutex
 
 	qmu     sync.Mutex
 	queued  atomic.Int64
@@ -187,7 +182,6 @@ func (p *Pool) Sync(s *snapshot.Snapshot) {
 		next.byName[m.Name] = g
 	}
 	p.m.Store(next)
-	p.lastLoadNS.Store(p.o.Now().UnixNano())
 	p.refreshHealth()
 	p.dispatch() // new capacity may serve waiters
 }
@@ -204,10 +198,9 @@ func (p *Pool) UpdateLoad(loads []snapshot.Load) {
 	m := p.m.Load()
 	for _, l := range loads {
 		if u := m.byID[l.ID]; u != nil {
-			u.applyLoad(l, p.o.HeartbeatSlack)
+			u.applyLoad(l)
 		}
 	}
-	p.lastLoadNS.Store(p.o.Now().UnixNano())
 	p.refreshHealth()
 	p.dispatch()
 }
@@ -258,17 +251,16 @@ func (p *Pool) pick(m *snapshot.Model, affinity uint64, exclude []*Upstream) (*L
 	if g == nil {
 		return nil, false
 	}
-	read := p.lastLoadNS.Load()
 	for range 4 { // a breaker refusing a half-open probe sends us round again
 		var u *Upstream
 		var anyUsable bool
 		switch m.Policy {
 		case snapshot.PolicyPrefixAffinity:
-			u, anyUsable = p.pickAffinity(g, affinity, exclude, read)
+			u, anyUsable = p.pickAffinity(g, affinity, exclude)
 		case snapshot.PolicyWeightedRandom:
-			u, anyUsable = pickWeighted(g.ups, exclude, read)
+			u, anyUsable = pickWeighted(g.ups, exclude)
 		default:
-			u, anyUsable = pickP2C(g.ups, exclude, read)
+			u, anyUsable = pickP2C(g.ups, exclude)
 		}
 		if u == nil {
 			return nil, anyUsable
@@ -307,7 +299,7 @@ func better(a, b *Upstream) bool {
 
 // pickP2C: two random candidates, the better one wins; if neither has room, the best of
 // all with room.
-func pickP2C(ups []*Upstream, ex []*Upstream, read int64) (*Upstream, bool) {
+func pickP2C(ups []*Upstream, ex []*Upstream) (*Upstream, bool) {
 	n := len(ups)
 	if n == 0 {
 		return nil, false
@@ -319,8 +311,8 @@ func pickP2C(ups []*Upstream, ex []*Upstream, read int64) (*Upstream, bool) {
 			j++
 		}
 		a, b := ups[i], ups[j]
-		okA := a.usable(read) && !excluded(a, ex)
-		okB := b.usable(read) && !excluded(b, ex)
+		okA := a.usable() && !excluded(a, ex)
+		okB := b.usable() && !excluded(b, ex)
 		if okA && okB && better(b, a) {
 			a, b = b, a
 		}
@@ -340,7 +332,7 @@ func pickP2C(ups []*Upstream, ex []*Upstream, read int64) (*Upstream, bool) {
 	var best *Upstream
 	anyUsable := false
 	for _, u := range ups {
-		if !u.usable(read) || excluded(u, ex) {
+		if !u.usable() || excluded(u, ex) {
 			continue
 		}
 		anyUsable = true
@@ -358,7 +350,7 @@ func pickP2C(ups []*Upstream, ex []*Upstream, read int64) (*Upstream, bool) {
 		// Lost a race for the last slot; rescan once more cheaply.
 		var next *Upstream
 		for _, u := range ups {
-			if u != best && u.usable(read) && !excluded(u, ex) && u.inFlight.Load() < u.capacity.Load() {
+			if u != best && u.usable() && !excluded(u, ex) && u.inFlight.Load() < u.capacity.Load() {
 				if next == nil || better(u, next) {
 					next = u
 				}
@@ -369,11 +361,11 @@ func pickP2C(ups []*Upstream, ex []*Upstream, read int64) (*Upstream, bool) {
 	return nil, anyUsable
 }
 
-func pickWeighted(ups []*Upstream, ex []*Upstream, read int64) (*Upstream, bool) {
+func pickWeighted(ups []*Upstream, ex []*Upstream) (*Upstream, bool) {
 	var total int64
 	anyUsable := false
 	for _, u := range ups {
-		if u.usable(read) && !excluded(u, ex) {
+		if u.usable() && !excluded(u, ex) {
 			anyUsable = true
 			if u.inFlight.Load() < u.capacity.Load() {
 				total += u.weight.Load()
@@ -385,7 +377,7 @@ func pickWeighted(ups []*Upstream, ex []*Upstream, read int64) (*Upstream, bool)
 	}
 	r := rand.Int64N(total)
 	for _, u := range ups {
-		if u.usable(read) && !excluded(u, ex) && u.inFlight.Load() < u.capacity.Load() {
+		if u.usable() && !excluded(u, ex) && u.inFlight.Load() < u.capacity.Load() {
 			if r -= u.weight.Load(); r < 0 {
 				if u.tryAcquire() {
 					return u, true
@@ -394,7 +386,7 @@ func pickWeighted(ups []*Upstream, ex []*Upstream, read int64) (*Upstream, bool)
 			}
 		}
 	}
-	return pickP2C(ups, ex, read)
+	return pickP2C(ups, ex)
 }
 
 const vnodesPer100 = 64 // ring points per 100 units of weight
@@ -418,14 +410,14 @@ func buildRing(ups []*Upstream) []ringPoint {
 
 // pickAffinity walks the ring clockwise from the prompt's hash and takes the first usable
 // backend whose load stays within the bound; it falls back to P2C.
-func (p *Pool) pickAffinity(g *group, key uint64, ex []*Upstream, read int64) (*Upstream, bool) {
+func (p *Pool) pickAffinity(g *group, key uint64, ex []*Upstream) (*Upstream, bool) {
 	if len(g.ring) == 0 || key == 0 {
-		return pickP2C(g.ups, ex, read)
+		return pickP2C(g.ups, ex)
 	}
 	var total int64
 	usable := 0
 	for _, u := range g.ups {
-		if u.usable(read) && !excluded(u, ex) {
+		if u.usable() && !excluded(u, ex) {
 			total += u.inFlight.Load()
 			usable++
 		}
@@ -437,14 +429,14 @@ func (p *Pool) pickAffinity(g *group, key uint64, ex []*Upstream, read int64) (*
 	start := sort.Search(len(g.ring), func(i int) bool { return g.ring[i].h >= key })
 	for i := 0; i < len(g.ring); i++ {
 		u := g.ring[(start+i)%len(g.ring)].u
-		if !u.usable(read) || excluded(u, ex) || u.inFlight.Load() >= bound {
+		if !u.usable() || excluded(u, ex) || u.inFlight.Load() >= bound {
 			continue
 		}
 		if u.tryAcquire() {
 			return u, true
 		}
 	}
-	return pickP2C(g.ups, ex, read)
+	return pickP2C(g.ups, ex)
 }
 
 // AffinityKey hashes a prompt prefix for the prefix-affinity policy (never 0).
@@ -635,10 +627,9 @@ func (c *backendCollector) Describe(ch chan<- *prometheus.Desc) {
 }
 
 func (c *backendCollector) Collect(ch chan<- prometheus.Metric) {
-	read := c.p.lastLoadNS.Load()
 	for _, u := range c.p.Upstreams() {
 		h := 0.0
-		if u.usable(read) {
+		if u.usable() {
 			h = 1
 		}
 		var st float64

@@ -227,7 +227,7 @@ func TestNeutralOutcomeDoesNotTrip(t *testing.T) {
 
 func TestUnroutableBackends(t *testing.T) {
 	stale := backend("stale", 10, 100)
-	stale.Load.HeartbeatAge = 10 * time.Second // 3 intervals are 3 s
+	stale.Load.State = "unhealthy" // control's reaper: 3 heartbeats missed
 	draining := backend("draining", 10, 100)
 	draining.Load.State = "draining"
 	disabled := backend("disabled", 10, 100)
@@ -237,9 +237,9 @@ func TestUnroutableBackends(t *testing.T) {
 	if l, err := p.Acquire(context.Background(), Request{Model: m}); !errors.Is(err, ErrNoBackend) {
 		t.Fatalf("err = %v (lease %s), want ErrNoBackend", err, l.U.ID)
 	}
-	// Fresh heartbeat: routable again.
+	// Fresh heartbeat: control marks it healthy, routable again.
 	l := stale.Load
-	l.HeartbeatAge = 0
+	l.State = "healthy"
 	p.UpdateLoad([]snapshot.Load{l})
 	got, err := p.Acquire(context.Background(), Request{Model: m})
 	if err != nil || got.U.ID != "stale" {
@@ -388,15 +388,14 @@ func TestOpenBreakerLetsAProbeThroughAfterOpenFor(t *testing.T) {
 	}
 }
 
-// A backend's heartbeats reach the gateway through PostgreSQL: while the rows cannot be
-// read, the gateway has no news, which is not bad news. It keeps routing to a backend whose
-// last read heartbeat was fresh however long the outage lasts, and judges it stale as soon
-// as a read made after the heartbeat was due still shows the old one.
-func TestNoReadsNoStaleness(t *testing.T) {
+// Heartbeats are control's to judge (its reaper marks a silent backend unhealthy): the
+// gateway routes by the state in the row, however old the heartbeat it shows and however
+// long since the rows were read. Heartbeats travel worker → control → PostgreSQL →
+// gateway, so their silence during a control or PostgreSQL outage says nothing about the
+// backend; a gateway judging them itself dropped every backend a few seconds into either.
+func TestHeartbeatAgeIsControlsToJudge(t *testing.T) {
 	clock := now
-	o := testOptions()
-	o.HeartbeatSlack = 500 * time.Millisecond // stale 2 s after a heartbeat seen by a read
-	p, err := New(o)
+	p, err := New(testOptions())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -404,26 +403,33 @@ func TestNoReadsNoStaleness(t *testing.T) {
 	b := snapshot.NewBuilder(now)
 	m := &snapshot.Model{Name: "m", Enabled: true, Policy: snapshot.PolicyLeastOutstanding, MaxOutputTokens: 16}
 	b.AddModel(m)
-	a := backend("a", 10, 100) // read at now with a heartbeat of age 0
+	a := backend("a", 10, 100)
 	a.HeartbeatInterval = 500 * time.Millisecond
 	b.AddBackend(a)
 	p.Sync(b.Build())
 
 	for _, later := range []time.Duration{time.Second, 3 * time.Second, 6 * time.Second, time.Minute} {
-		clock = now.Add(later) // no read of the rows since (the database is away)
+		clock = now.Add(later) // no read of the rows since (PostgreSQL is away)
 		l, err := p.Acquire(context.Background(), Request{Model: m})
 		if err != nil {
 			t.Fatalf("%v without a read: %v, want the backend", later, err)
 		}
 		l.Release(Success)
-		p.refreshHealth()
-		if n := p.HealthyBackends()["m"]; n != 1 {
-			t.Fatalf("%v without a read: healthy backends gauge %d, want 1", later, n)
-		}
 	}
-	// The database is back: the row read now shows a heartbeat a minute old.
+	// Rows read again while control was away: the heartbeat is a minute old, the state
+	// still healthy. Routed; the health gauge agrees.
 	p.UpdateLoad([]snapshot.Load{{ID: "a", State: "healthy", ReadAt: clock, HeartbeatAge: time.Minute}})
+	l, err := p.Acquire(context.Background(), Request{Model: m})
+	if err != nil {
+		t.Fatalf("healthy row with an old heartbeat: %v, want the backend", err)
+	}
+	l.Release(Success)
+	if n := p.HealthyBackends()["m"]; n != 1 {
+		t.Fatalf("healthy backends gauge %d, want 1", n)
+	}
+	// Control's reaper marks it unhealthy: not routed.
+	p.UpdateLoad([]snapshot.Load{{ID: "a", State: "unhealthy", ReadAt: clock, HeartbeatAge: time.Minute}})
 	if l, err := p.Acquire(context.Background(), Request{Model: m}); !errors.Is(err, ErrNoBackend) {
-		t.Fatalf("after a read showing a stale heartbeat: err = %v (lease %v), want ErrNoBackend", err, l)
+		t.Fatalf("unhealthy: err = %v (lease %v), want ErrNoBackend", err, l)
 	}
 }

@@ -38,10 +38,8 @@ type Upstream struct {
 	weight   atomic.Int64
 	// routable folds state healthy and not disabled.
 	routable atomic.Bool
-	// staleAtNano is when the backend's heartbeat becomes stale (unix nanoseconds, local clock).
-	staleAtNano atomic.Int64
-	waiting     atomic.Int64
-	kvMilli     atomic.Int64 // KV-cache use × 1000
+	waiting  atomic.Int64
+	kvMilli  atomic.Int64 // KV-cache use × 1000
 
 	breaker *gobreaker.TwoStepCircuitBreaker[struct{}]
 	// openUntil mirrors the breaker for usable: while it is open, the (real) time it may let
@@ -49,7 +47,6 @@ type Upstream struct {
 	// mutex and reads the clock, for every candidate of every request.
 	openUntil atomic.Int64
 	models    atomic.Pointer[[]string]
-	hbEvery   atomic.Int64 // heartbeat interval, nanoseconds
 	removed   atomic.Bool
 }
 
@@ -78,30 +75,28 @@ func (u *Upstream) tryAcquire() bool {
 	}
 }
 
-// usable reports whether u may take new requests (ignoring capacity). readNano is when the
-// backends' rows were last read: a backend is stale only when a read made after its
-// heartbeat was due still showed the old heartbeat. While the rows cannot be read
-// (PostgreSQL is away) no backend turns stale, since its heartbeats, which reach the gateway
-// through PostgreSQL, cannot arrive; passive health and the breaker still judge it.
-func (u *Upstream) usable(readNano int64) bool {
+// usable reports whether u may take new requests (ignoring capacity).
+//
+// Heartbeats are judged by control alone: its reaper marks a backend that missed 3 of
+// them unhealthy, and the state reaches the gateway with the row. The gateway keeps no
+// second clock on heartbeats: they travel worker → control → PostgreSQL → gateway, so a
+// silence says as much about control or PostgreSQL being away as about the backend, and a
+// second judge dropped every backend a few seconds into either outage. A backend that dies
+// meanwhile is caught by passive health: a refused connection or a first-byte timeout
+// fails over at once, and the breaker takes the backend out.
+func (u *Upstream) usable() bool {
 	if !u.routable.Load() || u.removed.Load() || u.weight.Load() <= 0 {
-		return false
-	}
-	if readNano > u.staleAtNano.Load() {
 		return false
 	}
 	until := u.openUntil.Load()
 	return until == 0 || time.Now().UnixNano() >= until // past it, Allow lets the probe decide
 }
 
-// applyLoad takes a backend's row as read at l.ReadAt. The heartbeat is stale once it is
-// older than 3 intervals; slack covers the time until the row is read again.
-func (u *Upstream) applyLoad(l snapshot.Load, slack time.Duration) {
+// applyLoad takes a backend's state and load figures from its row.
+func (u *Upstream) applyLoad(l snapshot.Load) {
 	u.routable.Store(l.State == registry.StateHealthy && !l.Disabled)
 	u.waiting.Store(int64(l.Waiting))
 	u.kvMilli.Store(int64(l.KVCache * 1000))
-	stale := l.ReadAt.Add(-l.HeartbeatAge).Add(3*time.Duration(u.hbEvery.Load()) + slack)
-	u.staleAtNano.Store(stale.UnixNano())
 }
 
 // load is the engine-reported load used to break ties (lower is better).
@@ -221,7 +216,7 @@ func newUpstream(b snapshot.Backend, o *Options, breakerChanged func()) (*Upstre
 		},
 	})
 	u.update(b)
-	u.applyLoad(b.Load, o.HeartbeatSlack)
+	u.applyLoad(b.Load)
 	return u, nil
 }
 
@@ -234,7 +229,6 @@ func (u *Upstream) update(b snapshot.Backend) {
 	u.Client.SetMaxConns(capacity + connHeadroom)
 	u.Stream.SetMaxConns(capacity + connHeadroom)
 	u.weight.Store(int64(b.Weight))
-	u.hbEvery.Store(int64(b.HeartbeatInterval))
 	models := b.Models
 	u.models.Store(&models)
 }
