@@ -428,6 +428,7 @@ func TestSoak(t *testing.T) {
 	began := time.Now()
 	var xs, ys []float64 // minutes, KiB
 	var first, peak int64
+	var perMinute []string // RSS at each whole minute, MiB
 	tick := time.NewTicker(every)
 	for time.Since(began) < dur {
 		<-tick.C
@@ -439,8 +440,12 @@ func TestSoak(t *testing.T) {
 			first = rss
 		}
 		peak = max(peak, rss)
-		if m := time.Since(began).Minutes(); m >= 1 {
+		m := time.Since(began).Minutes()
+		if m >= 1 {
 			xs, ys = append(xs, m), append(ys, float64(rss)/1024)
+		}
+		if int(m) >= len(perMinute) {
+			perMinute = append(perMinute, fmt.Sprintf("%.1f", float64(rss)/(1<<20)))
 		}
 	}
 	tick.Stop()
@@ -451,6 +456,7 @@ func TestSoak(t *testing.T) {
 	fig.add(t, "gateway RSS", "first sample %.1f MiB, last %.1f MiB, peak %.1f MiB (%d samples after the first minute)",
 		float64(first)/(1<<20), ys[len(ys)-1]/1024, float64(peak)/(1<<20), len(ys))
 	fig.add(t, "RSS slope", "%.1f KiB/min", slope)
+	fig.add(t, "RSS at each minute (MiB)", "%s", strings.Join(perMinute, ", "))
 	fig.add(t, "load", "%s", load.summary())
 	if load.failed != 0 {
 		t.Errorf("%d requests failed during the soak: %s", load.failed, load.summary())

@@ -7,6 +7,7 @@ import (
 	"io"
 	"net/http"
 	"os"
+	"runtime"
 	"sort"
 	"strconv"
 	"strings"
@@ -566,7 +567,7 @@ func writeReport(path string) error {
 		version = "unknown"
 	}
 	fmt.Fprintf(&b, "# Fault suite results\n\nWritten by `make faults` (bench/faults) on %s at %s; mode: %s.\n", time.Now().UTC().Format("2006-01-02 15:04 MST"), version, mode)
-	fmt.Fprintf(&b, "Real gateway, control and worker processes with the simulator engine, real PostgreSQL and Redis, all on loopback on one machine.\n\n")
+	fmt.Fprintf(&b, "Real gateway, control and worker processes with the simulator engine, real PostgreSQL and Redis, all on loopback on one machine (%d CPUs). Failed requests are transport errors, timeouts and any status but 200.\n\n", runtime.NumCPU())
 	fmt.Fprintf(&b, "| case | result | duration |\n|---|---|---|\n")
 	for _, f := range figures {
 		fmt.Fprintf(&b, "| %s | %s | %.0f s |\n", f.name, f.result, f.took.Seconds())
