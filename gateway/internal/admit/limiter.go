@@ -84,6 +84,10 @@ type Options struct {
 	// AdmitPipelines is how many admission round trips may be in flight at once: requests
 	// that arrive while they all are go together in the next one.
 	AdmitPipelines int
+	// LeaseShare is the share of each limit of a subject a gateway leases from Redis at once
+	// and then decides in memory (see lease.go): 1/60 by default; negative = no leases, every
+	// request decided in Redis. Larger shares cost Redis less and loosen the global bound.
+	LeaseShare float64
 	// IdleEviction drops the in-memory state of a subject unused this long (its buckets full,
 	// nothing in flight).
 	IdleEviction time.Duration
@@ -103,6 +107,7 @@ func DefaultOptions() Options {
 		ReservationTTL:     time.Hour,
 		AdmitBatch:         128,
 		AdmitPipelines:     2,
+		LeaseShare:         1.0 / 60,
 	}
 }
 
@@ -143,6 +148,12 @@ func (o *Options) validate() error {
 	}
 	if o.AdmitPipelines <= 0 {
 		o.AdmitPipelines = d.AdmitPipelines
+	}
+	if o.LeaseShare == 0 {
+		o.LeaseShare = d.LeaseShare
+	}
+	if o.LeaseShare > 1 {
+		return fmt.Errorf("admit: lease share %g is above 1", o.LeaseShare)
 	}
 	if o.Logger == nil {
 		o.Logger = slog.New(slog.DiscardHandler)
@@ -225,6 +236,9 @@ func (l *Limiter) RedisUp() bool { return l.redis != nil && l.redis.health.up.Lo
 func (l *Limiter) Close() error {
 	var err error
 	l.closeMu.Do(func() {
+		if l.redis != nil && l.redis.health.up.Load() {
+			l.redis.endIdle(0) // unused tokens and budget back, slots released
+		}
 		l.closing.Store(true)
 		close(l.stop)
 		l.wg.Wait()
@@ -249,14 +263,19 @@ type Ticket struct {
 	id       string   // admission id in Redis (record, lease member)
 	keys     []string // its Redis keys (global tier)
 	hasLease bool
+	grant    *grant // a lease's grant (redisTier.grow), not a request
+	leased   bool   // admitted from this gateway's leases (charge.ls)
+	// settleActual is the actual tokens a lease's grant is settled with (leaseSet end).
+	settleActual int64
 }
 
 // charge is what one admission did to one subject.
 type charge struct {
 	st     *subjectState
 	limits Limits
-	tpm    int64 // tokens charged to the TPM bucket; -1 = none
-	budget bool  // reserved charged to the month's budget
+	tpm    int64     // tokens charged to the TPM bucket; -1 = none
+	budget bool      // reserved charged to the month's budget
+	ls     *leaseSet // the lease it was admitted from (Ticket.leased)
 }
 
 func (t *Ticket) charges() []charge {
@@ -320,7 +339,14 @@ func (l *Limiter) Admit(ctx context.Context, r Request) (*Ticket, error) {
 	}
 	now := l.now()
 	if l.redis != nil && l.redis.health.up.Load() && !l.closing.Load() {
-		decided, err := l.redis.admit(ctx, t, now)
+		lr := l.redis.admitLeased(ctx, t, now)
+		if lr == leaseAdmitted {
+			return t, nil
+		}
+		decided, err := false, error(nil)
+		if lr == leaseNone {
+			decided, err = l.redis.admit(ctx, t, now)
+		}
 		if decided {
 			if err != nil {
 				return nil, err
@@ -350,6 +376,10 @@ func (t *Ticket) Settle(actualTokens int64) {
 		actualTokens = 0
 	}
 	l := t.l
+	if t.leased {
+		l.redis.settleLeased(t, actualTokens)
+		return
+	}
 	now := l.now()
 	l.settleLocal(t, now, actualTokens)
 	if t.redis {

@@ -50,6 +50,10 @@ type subjectState struct {
 	redisSeeded atomic.Int32 // month index this gateway seeded in Redis
 
 	redisKeys atomic.Pointer[[2]string] // its hash and lease set in Redis, named at first use
+
+	lease   *leaseSet    // this gateway's lease of the subject's limits in Redis (with mu)
+	leaseMu sync.Mutex   // serialises taking leases of the subject
+	noLease atomic.Int64 // unix nanoseconds before which no lease is asked (one was refused)
 }
 
 // perMinute converts a per-minute count into a rate.Limit (events per second).

@@ -61,6 +61,14 @@ local function clock(arg)
   return servernow
 end
 local day, halfday = 86400000, 43200000
+-- members names the k concurrency slots of admission tid: the id itself for one (a request),
+-- id:1..id:k for a leased block.
+local function members(tid, k)
+  if k == 1 then return {tid} end
+  local m = {}
+  for j = 1, k do m[j] = tid .. ':' .. j end
+  return m
+end
 `
 
 // admitScript decides a batch of admissions, in order, atomically. For each it checks every
@@ -79,8 +87,8 @@ local day, halfday = 86400000, 43200000
 // KEYS: per admission, 2 per subject (hash, leases), then its records hash.
 // ARGV: the number of admissions, then per admission: its number of subjects, now ms (0 =
 // Redis server time), reserved tokens, lease ms, ticket id, month YYYYMM, records hash expiry
-// (unix ms); then 6
-// per subject: rpm, tpm, max concurrent, budget, tpm charge, budget seed (-1 = report a
+// (unix ms), requests to charge (1; a lease's block), concurrency slots to take (1; a lease's
+// block, 0 = none); then 6 per subject: rpm, tpm, max concurrent, budget, tpm charge, budget seed (-1 = report a
 // missing counter, -2 = skip the budget when missing).
 // Returns one reply per admission: {0, budget mask} admitted; {1, subject, reason, retry ms,
 // used} refused; {3, subject...} budget counters missing: seed them and send it again; {4}
@@ -101,7 +109,7 @@ do -- read every admission's record: one HMGET per records hash
     end
     r.ids[#r.ids + 1] = ARGV[ai+4]
     ki = ki + ns * 2 + 1
-    ai = ai + 7 + ns * 6
+    ai = ai + 9 + ns * 6
   end
   for _, rk in ipairs(rorder) do
     local r = R[rk]
@@ -138,6 +146,7 @@ for j = 1, tonumber(ARGV[1]) do
   local lease = tonumber(ARGV[ai+3])
   local tid = ARGV[ai+4]
   local mon = ARGV[ai+5]
+  local q, k = tonumber(ARGV[ai+7]), tonumber(ARGV[ai+8])
   local rec = R[KEYS[ki + ns*2]]
   local prev = rec.got[tid]
   local res, missing, mask, plan = nil, {}, 0, {}
@@ -146,20 +155,20 @@ for j = 1, tonumber(ARGV[1]) do
     ns = 0 -- decided already: check nothing, charge nothing
   end
   for i = 1, ns do
-    local a = ai + 6 + (i - 1) * 6
+    local a = ai + 8 + (i - 1) * 6
     local rpm, tpm, cc, bud = tonumber(ARGV[a+1]), tonumber(ARGV[a+2]), tonumber(ARGV[a+3]), tonumber(ARGV[a+4])
     local charge = tonumber(ARGV[a+5])
     local zk = KEYS[ki + i*2 - 1]
     local s = subject(KEYS[ki + i*2 - 2])
     local p = {s = s}
-    if cc > 0 then
+    if cc > 0 and k > 0 then
       local z = leases(zk)
-      if z.n >= cc and not z.pruned then
+      if z.n + k > cc and not z.pruned then
         redis.call('ZREMRANGEBYSCORE', zk, '-inf', now)
         z.n = redis.call('ZCARD', zk) + #z.add / 2
         z.pruned = true
       end
-      if z.n >= cc then res = {1, i, 2, 1000, 0}; break end
+      if z.n + k > cc then res = {1, i, 2, 1000, 0}; break end
       p.z = z
     end
     if bud > 0 then
@@ -171,9 +180,9 @@ for j = 1, tonumber(ARGV[1]) do
         missing[#missing + 1] = i
       end
     end
-    if rpm > 0 then
+    if rpm > 0 and q > 0 then
       local tok = refill(s.r, s.rt, rpm, now)
-      if tok < 1 then res = {1, i, 0, math.ceil((1 - tok) * 60000 / rpm), 0}; break end
+      if tok < q then res = {1, i, 0, math.ceil((q - tok) * 60000 / rpm), 0}; break end
       p.r = tok
     end
     if tpm > 0 then
@@ -196,14 +205,16 @@ for j = 1, tonumber(ARGV[1]) do
         local p = plan[i]
         local s = p.s
         s.now = now
-        if p.r then s.r = p.r - 1; s.rt = now; s.dr = true end
+        if p.r then s.r = p.r - q; s.rt = now; s.dr = true end
         if p.t then s.t = p.t; s.tt = now; s.dt = true end
         if p.u then s.u = s.u + n; s.du = true end
         if p.z then
           local z = p.z
-          z.n = z.n + 1
-          z.add[#z.add + 1] = now + lease
-          z.add[#z.add + 1] = tid
+          z.n = z.n + k
+          for _, m in ipairs(members(tid, k)) do
+            z.add[#z.add + 1] = now + lease
+            z.add[#z.add + 1] = m
+          end
           z.s, z.now, z.lease = s, now, lease
         end
       end
@@ -213,7 +224,7 @@ for j = 1, tonumber(ARGV[1]) do
   out[j] = res
   ns = tonumber(ARGV[ai])
   ki = ki + ns * 2 + 1
-  ai = ai + 7 + ns * 6
+  ai = ai + 9 + ns * 6
 end
 for _, rk in ipairs(rorder) do
   local r = R[rk]
@@ -271,7 +282,7 @@ var seedScript = redis.NewScript(luaCommon + seedLua)
 // KEYS: per ticket, 2 per subject as admitScript, then its records hash. ARGV: the number of
 // tickets, then per ticket: its number of subjects, now ms, ticket id, actual tokens, month
 // YYYYMM of the admission; then 4 per subject: tpm limit, tpm charged (-1 = none), budget
-// reserved (-1 = none), lease held (0/1).
+// reserved (-1 = none), concurrency slots held (0 = none; 1 = the ticket id, k = id:1..id:k).
 const settleLua = `
 local S, order, Z, zorder = {}, {}, {}, {}
 local R, rorder = {}, {}
@@ -310,7 +321,7 @@ for j = 1, tonumber(ARGV[1]) do
   for i = 1, ns do
     local a = ai + 4 + (i - 1) * 4
     local tpm, charged, res, cc = tonumber(ARGV[a+1]), tonumber(ARGV[a+2]), tonumber(ARGV[a+3]), tonumber(ARGV[a+4])
-    if cc == 1 then
+    if cc > 0 then
       local zk = KEYS[ki + i*2 - 1]
       local z = Z[zk]
       if z == nil then
@@ -318,7 +329,7 @@ for j = 1, tonumber(ARGV[1]) do
         Z[zk] = z
         zorder[#zorder + 1] = zk
       end
-      z[#z + 1] = tid
+      for _, m in ipairs(members(tid, cc)) do z[#z + 1] = m end
     end
     local dt = live and tpm > 0 and charged >= 0 and charged ~= actual
     local db = live and res >= 0 and res ~= actual
@@ -367,6 +378,7 @@ local now = clock(ARGV[1])
 local n = tonumber(ARGV[2])
 local tid = ARGV[4]
 local mon = ARGV[5]
+local q, k = tonumber(ARGV[7]), tonumber(ARGV[8])
 local rec = KEYS[#KEYS]
 local prev = redis.call('HGET', rec, tid)
 redis.call('HSET', rec, tid, 'x')
@@ -374,13 +386,13 @@ redis.call('PEXPIREAT', rec, ARGV[6])
 if prev == false or prev == 'x' then return 0 end
 local mask = tonumber(prev)
 for i = 1, (#KEYS - 1) / 2 do
-  local a = 6 + (i - 1) * 6
+  local a = 8 + (i - 1) * 6
   local rpm, tpm, cc, charge = tonumber(ARGV[a+1]), tonumber(ARGV[a+2]), tonumber(ARGV[a+3]), tonumber(ARGV[a+5])
-  if cc > 0 then redis.call('ZREM', KEYS[i*2], tid) end
+  if cc > 0 and k > 0 then redis.call('ZREM', KEYS[i*2], unpack(members(tid, k))) end
   local h = redis.call('HMGET', KEYS[i*2-1], 'r', 'rt', 't', 'tt', 'm', 'u')
   local f = {}
-  if rpm > 0 and h[2] then
-    local tok = refill(tonumber(h[1]), tonumber(h[2]), rpm, now) + 1
+  if rpm > 0 and q > 0 and h[2] then
+    local tok = refill(tonumber(h[1]), tonumber(h[2]), rpm, now) + q
     if tok > rpm then tok = rpm end
     f[#f+1] = 'r'; f[#f+1] = tok; f[#f+1] = 'rt'; f[#f+1] = now
   end
@@ -427,6 +439,10 @@ type redisTier struct {
 	kick       chan struct{} // wakes the prober
 	liveMu     sync.Mutex
 	live       map[*Ticket]struct{} // tickets holding a lease, renewed by renewer
+	share      float64              // Options.LeaseShare; <= 0: no leases
+	leaseHold  time.Duration        // a lease is renewed after this long
+	leasesMu   sync.Mutex
+	leases     map[*leaseSet]*subjectState // leases not ended, by subject
 }
 
 // settleOp is a settlement (t set) or the undo of an admission whose reply the gateway did not
@@ -469,6 +485,9 @@ func newRedisTier(l *Limiter, o Options) (*redisTier, error) {
 		settleCh:   make(chan settleOp, settleQueue),
 		kick:       make(chan struct{}, 1),
 		live:       make(map[*Ticket]struct{}),
+		share:      o.LeaseShare,
+		leaseHold:  o.ReservationTTL / 2,
+		leases:     make(map[*leaseSet]*subjectState),
 	}
 	l.wg.Add(3 + o.AdmitPipelines)
 	for range o.AdmitPipelines {
@@ -576,7 +595,7 @@ func (r *redisTier) admit(ctx context.Context, t *Ticket, now time.Time) (decide
 				break
 			}
 			if attempt == 2 { // the counter keeps vanishing: admit without the budget
-				args[6+(i-1)*6+5] = -2
+				args[8+(i-1)*6+5] = -2
 				continue
 			}
 			c := &cs[i-1]
@@ -586,7 +605,7 @@ func (r *redisTier) admit(ctx context.Context, t *Ticket, now time.Time) (decide
 					return false, nil
 				}
 				r.l.log.Warn("quota budget seed failed; admitting without budget check", "scope", scopeNames[c.st.key.scope], "subject_id", c.st.key.id, "err", err)
-				args[6+(i-1)*6+5] = -2
+				args[8+(i-1)*6+5] = -2
 			}
 		}
 	}
@@ -597,12 +616,15 @@ func (r *redisTier) admit(ctx context.Context, t *Ticket, now time.Time) (decide
 			c := &cs[i]
 			if c.limits.TokensPerMinute > 0 {
 				c.tpm = min(n, int64(c.limits.TokensPerMinute))
+				if t.grant != nil {
+					c.tpm = t.grant.toks
+				}
 			}
 			c.budget = mask&(1<<i) != 0
 		}
 		t.redis = true
 		t.month = cur
-		t.hasLease = lease
+		t.hasLease = lease && t.slots() > 0
 		r.l.lockAll(cs)
 		ns := now.UnixNano()
 		for i := range cs {
@@ -610,7 +632,7 @@ func (r *redisTier) admit(ctx context.Context, t *Ticket, now time.Time) (decide
 			cs[i].st.lastUsed.Store(ns)
 		}
 		unlockAll(cs)
-		if lease {
+		if t.hasLease {
 			r.liveMu.Lock()
 			r.live[t] = struct{}{}
 			r.liveMu.Unlock()
@@ -623,7 +645,9 @@ func (r *redisTier) admit(ctx context.Context, t *Ticket, now time.Time) (decide
 		if why == reasonBudget {
 			retry = next.Sub(now)
 		}
-		r.l.m.rejected(c.st.key.scope, why)
+		if t.grant == nil { // a refused lease is not a refused request
+			r.l.m.rejected(c.st.key.scope, why)
+		}
 		return true, reject(c.st.key.scope, why, c.limits, n, res[4], retry)
 	}
 	// An unexpected reply ({4}: undone already, or garbage): decide locally, and undo in case
@@ -640,13 +664,20 @@ func (r *redisTier) request(t *Ticket, now time.Time) ([]string, []any) {
 	keys := r.keys(cs)
 	t.keys = keys
 	n := t.reserved
-	args := make([]any, 0, 6+6*len(cs))
-	args = append(args, r.nowArg(now), n, r.lease.Milliseconds(), t.id, yyyymm(r.l.monthOf(now).idx), r.records().expire)
+	q, k := int64(1), int64(1)
+	if g := t.grant; g != nil {
+		q, k = g.reqs, g.slots
+	}
+	args := make([]any, 0, 8+6*len(cs))
+	args = append(args, r.nowArg(now), n, r.lease.Milliseconds(), t.id, yyyymm(r.l.monthOf(now).idx), r.records().expire, q, k)
 	for i := range cs {
 		lim := cs[i].limits
 		charge := int64(0)
 		if lim.TokensPerMinute > 0 {
 			charge = min(n, int64(lim.TokensPerMinute))
+			if t.grant != nil {
+				charge = t.grant.toks
+			}
 		}
 		args = append(args, lim.RequestsPerMinute, lim.TokensPerMinute, lim.MaxConcurrent, lim.MonthlyTokenBudget, charge, -1)
 	}
@@ -837,7 +868,7 @@ func (r *redisTier) pipeSettle(ctx context.Context, ops []settleOp) error {
 				res = t.reserved
 			}
 			if t.hasLease && c.limits.MaxConcurrent > 0 {
-				cc = 1
+				cc = int(t.slots())
 			}
 			args = append(args, c.limits.TokensPerMinute, c.tpm, res, cc)
 		}
@@ -870,6 +901,9 @@ func (r *redisTier) renewer() {
 		case <-r.l.stop:
 			return
 		case <-tick.C:
+		}
+		if r.health.up.Load() {
+			r.endIdle(r.l.now().Add(-r.lease).UnixNano())
 		}
 		batch = batch[:0]
 		r.liveMu.Lock()
@@ -905,7 +939,12 @@ func (r *redisTier) renew(ts []*Ticket) error {
 		keys := t.keys
 		for i := range cs {
 			if cs[i].limits.MaxConcurrent > 0 {
-				pipe.ZAddXX(ctx, keys[i*2+1], redis.Z{Score: float64(exp), Member: t.id})
+				ms := t.members()
+				zs := make([]redis.Z, len(ms))
+				for j, m := range ms {
+					zs[j] = redis.Z{Score: float64(exp), Member: m}
+				}
+				pipe.ZAddXX(ctx, keys[i*2+1], zs...)
 				pipe.PExpire(ctx, keys[i*2+1], 2*r.lease)
 			}
 		}

@@ -148,7 +148,7 @@ func (r *redisTier) send(batch, sent []*call) []*call {
 	defer cancel()
 	begin := time.Now()
 	var keys []string
-	args := make([]any, 1, 1+len(sent)*19)
+	args := make([]any, 1, 1+len(sent)*21)
 	args[0] = len(sent)
 	for _, c := range sent {
 		keys = append(keys, c.keys...)

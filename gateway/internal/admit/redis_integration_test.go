@@ -323,6 +323,7 @@ func TestRedisRecovery(t *testing.T) {
 		o.KeyPrefix = env.prefix
 		o.RedisTimeout = 2 * time.Second // a cut connection fails at once; a loaded machine is slow
 		o.ProbeInterval = 20 * time.Millisecond
+		o.LeaseShare = -1 // every request's round trip counts for the switch
 	})
 	r := reqOf(10, keySubject(1, Limits{RequestsPerMinute: 1000, TokensPerMinute: 100000}))
 	admit := func() *Ticket {
