@@ -9,6 +9,12 @@
 // one script call in the next (a lone request is sent at once), each subject's state read
 // and written once per batch; settlements are batched the same way in the background.
 //
+// For subjects whose limits are large enough, a gateway leases a share of them from Redis
+// (Options.LeaseShare, 1/60 by default: one grant, one script call) and admits from the lease
+// in memory until it runs short (lease.go); a grant is an admission like a request's, with
+// the same exactly-once rules, charged when taken, and settled with what was used when the
+// lease ends.
+//
 // Every admission in Redis carries an id and leaves a record, so it is charged and settled
 // exactly once: an admission sent again charges nothing more, a settlement sent again
 // corrects nothing more. A request whose reply does not come within RedisTimeout is decided
@@ -25,7 +31,8 @@
 // Buckets hold at most one minute's worth (burst = the per-minute limit) and refill
 // continuously at limit/60 per second, so in any window of W seconds a subject is admitted at
 // most limit × (1 + W/60): a full minute's burst, then the steady rate. With Redis this holds
-// across all gateways to ±1 request (every admission is one atomic script, clocked by Redis);
-// during a Redis outage each gateway enforces it alone. The README lists the bound of each
+// across all gateways to ±1 request without leases (every admission is one atomic script,
+// clocked by Redis), and with leases to within what the gateways hold unspent (one grant
+// each); during a Redis outage each gateway enforces it alone. The README lists the bound of each
 // limit.
 package admit

@@ -316,6 +316,17 @@ func (r *redisTier) settleGrants(gs []*Ticket) {
 	}
 }
 
+// endLeases ends the leases idle for LeaseTTL, or all of them during an outage: their slots
+// are not renewed, so Redis may give them to others after LeaseTTL (their settlements wait
+// for Redis to return).
+func (r *redisTier) endLeases() {
+	if !r.health.up.Load() {
+		r.endIdle(0)
+		return
+	}
+	r.endIdle(r.l.now().Add(-r.lease).UnixNano())
+}
+
 // endIdle ends the leases unused since before cutoff (unix ns); all of them when cutoff is 0.
 func (r *redisTier) endIdle(cutoff int64) {
 	type held struct {

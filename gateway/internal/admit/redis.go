@@ -902,9 +902,7 @@ func (r *redisTier) renewer() {
 			return
 		case <-tick.C:
 		}
-		if r.health.up.Load() {
-			r.endIdle(r.l.now().Add(-r.lease).UnixNano())
-		}
+		r.endLeases()
 		batch = batch[:0]
 		r.liveMu.Lock()
 		for t := range r.live {

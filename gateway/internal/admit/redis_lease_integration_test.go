@@ -157,3 +157,47 @@ func TestRedisLeaseLateGrantUndone(t *testing.T) {
 	}
 	late.Settle(100)
 }
+
+// TestRedisLeaseEndsInOutage: during an outage a gateway's leases end (their slots are not
+// renewed, Redis may give them away); their settlements reach Redis when it returns, and
+// idle leases end after LeaseTTL.
+func TestRedisLeaseEndsInOutage(t *testing.T) {
+	env := newRedisEnv(t)
+	clk := newClock()
+	f := env.limiter(t, clk, func(o *Options) { o.ProbeInterval = 10 * time.Millisecond })
+	sub := userSubject(25, Limits{RequestsPerMinute: 6000, MaxConcurrent: 240})
+	ctx := context.Background()
+	tk, err := f.l.Admit(ctx, reqOf(0, sub))
+	if err != nil || !tk.leased {
+		t.Fatalf("admission: %v", err)
+	}
+	tk.Settle(0)
+	zkey := env.prefix + "c:user:25"
+	r := f.l.redis
+	held := func() int {
+		r.leasesMu.Lock()
+		defer r.leasesMu.Unlock()
+		return len(r.leases)
+	}
+	r.endLeases() // used just now: kept
+	if n := env.c.ZCard(ctx, zkey).Val(); n != 4 || held() != 1 {
+		t.Fatalf("after a fresh lease: %d slots, %d leases; want 4 and 1", n, held())
+	}
+	clk.Advance(f.l.o.LeaseTTL + time.Second)
+	r.endLeases() // idle for LeaseTTL: ended
+	poll(t, "the idle lease's slots released", func() bool { return env.c.ZCard(ctx, zkey).Val() == 0 })
+
+	if tk, err = f.l.Admit(ctx, reqOf(0, sub)); err != nil || !tk.leased {
+		t.Fatalf("admission: %v", err)
+	}
+	tk.Settle(0)
+	for range f.l.o.FailuresToFallback {
+		r.failed(errWait)
+	}
+	r.endLeases()
+	if n := held(); n != 0 {
+		t.Fatalf("%d leases held in an outage", n)
+	}
+	poll(t, "recovery", f.l.RedisUp)
+	poll(t, "the slots released once Redis is back", func() bool { return env.c.ZCard(ctx, zkey).Val() == 0 })
+}

@@ -101,6 +101,11 @@ type Options struct {
 	// QuotaRedisProbes is how many probes (one a second) in a row must succeed before Redis
 	// decides again (MAAS_QUOTA_REDIS_PROBES).
 	QuotaRedisProbes int
+	// QuotaLeaseSeconds is how much of each limit of a subject a gateway leases from Redis at
+	// once and then decides in memory, in seconds of the limit's steady rate (1 = 1/60 of a
+	// per-minute limit, of the monthly budget and of the concurrency limit); 0 = no leases,
+	// every request decided in Redis (MAAS_QUOTA_LEASE_SECONDS).
+	QuotaLeaseSeconds int
 
 	// PprofAddr, when set, serves Go's /debug/pprof on this address (MAAS_PPROF_ADDR); keep
 	// it on loopback.
@@ -146,6 +151,7 @@ func DefaultOptions() Options {
 		QuotaRedisTimeout:   50 * time.Millisecond,
 		QuotaRedisFailures:  3,
 		QuotaRedisProbes:    3,
+		QuotaLeaseSeconds:   1,
 		AccessLog:           true,
 	}
 }
@@ -183,6 +189,7 @@ func (o *Options) Bind(l *config.Loader) {
 	l.Duration(&o.QuotaRedisTimeout, "MAAS_QUOTA_REDIS_TIMEOUT", "quota-redis-timeout", o.QuotaRedisTimeout, "longest wait for Redis to admit a request")
 	l.Int(&o.QuotaRedisFailures, "MAAS_QUOTA_REDIS_FAILURES", "quota-redis-failures", o.QuotaRedisFailures, "failed Redis round trips in a row before local limits")
 	l.Int(&o.QuotaRedisProbes, "MAAS_QUOTA_REDIS_PROBES", "quota-redis-probes", o.QuotaRedisProbes, "good Redis probes in a row before global limits again")
+	l.Int(&o.QuotaLeaseSeconds, "MAAS_QUOTA_LEASE_SECONDS", "quota-lease-seconds", o.QuotaLeaseSeconds, "seconds of each limit a gateway leases from Redis at once (0: none)")
 	l.String(&o.PprofAddr, "MAAS_PPROF_ADDR", "pprof-addr", o.PprofAddr, "address of the /debug/pprof server (empty: off)")
 	l.Bool(&o.AccessLog, "MAAS_ACCESS_LOG", "access-log", o.AccessLog, "one log line per request")
 	l.Bool(&o.LogJSON, "MAAS_LOG_JSON", "log-json", o.LogJSON, "JSON logs")
@@ -231,10 +238,13 @@ func (o *Options) Validate() error {
 	for _, nn := range []struct {
 		name string
 		v    int
-	}{{"MAAS_MAX_N", o.MaxN}, {"MAAS_MAX_MESSAGES", o.MaxMessages}, {"MAAS_MAX_INPUTS", o.MaxInputs}} {
+	}{{"MAAS_MAX_N", o.MaxN}, {"MAAS_MAX_MESSAGES", o.MaxMessages}, {"MAAS_MAX_INPUTS", o.MaxInputs}, {"MAAS_QUOTA_LEASE_SECONDS", o.QuotaLeaseSeconds}} {
 		if nn.v < 0 {
 			return &config.Error{Name: nn.name, Msg: "must not be negative"}
 		}
+	}
+	if o.QuotaLeaseSeconds > 60 {
+		return &config.Error{Name: "MAAS_QUOTA_LEASE_SECONDS", Msg: "must be at most 60 (a whole per-minute limit)"}
 	}
 	if o.KeyLookupRate < 0 {
 		return &config.Error{Name: "MAAS_KEY_LOOKUP_RATE", Msg: "must not be negative"}

@@ -85,6 +85,10 @@ func Run(ctx context.Context, o Options) error {
 	}
 	ao.Panics = rec
 	ao.RedisTimeout, ao.FailuresToFallback, ao.ProbesToRecover = o.QuotaRedisTimeout, o.QuotaRedisFailures, o.QuotaRedisProbes
+	ao.LeaseShare = float64(o.QuotaLeaseSeconds) / 60
+	if o.QuotaLeaseSeconds == 0 {
+		ao.LeaseShare = -1
+	}
 	limiter, err := admit.New(ao)
 	if err != nil {
 		return fmt.Errorf("quota limiter: %w", err)
