@@ -19,13 +19,15 @@ import (
 //     reservation per gateway). Unspent requests are not given back (the bucket refills them
 //     within LeaseShare × 60 s); unspent tokens are, when the lease ends.
 //   - concurrency: exact (a request runs on a slot its gateway holds in Redis), but a gateway
-//     may hold up to one block of idle slots, which other gateways cannot use meanwhile.
+//     keeps the slots of its peak concurrency since the lease began (plus up to one block)
+//     until the lease ends: other gateways cannot use them meanwhile.
 //   - budget: reservations never exceed it (the grant is charged first); unspent budget goes
 //     back when the lease ends, until then other gateways may be refused up to G × one grant
 //     early.
 //
 // A lease ends when its subject has been idle for LeaseTTL, when its limits or the month
-// change, after half ReservationTTL (so that its records outlive it) and at Close; its grants
+// change, after a minute (at most half ReservationTTL, so that its records outlive it; its
+// requests still running keep it until they end), during a Redis outage and at Close; its grants
 // are then settled with what was used: unused tokens and budget refunded, slots released.
 // A subject whose limits are too small to lease (a grant under 2 requests, slots, or twice
 // the request's tokens) is decided per request, exactly, as before; so is every request while
@@ -44,12 +46,12 @@ type grant struct {
 type leaseSet struct {
 	limits   Limits
 	month    int32
-	born     time.Time
-	reqs     int64 // requests left
-	toks     int64 // tokens left (< 0: debt of requests that used more than they reserved)
-	bud      int64 // budget left (< 0: debt)
-	slots    int64 // concurrency slots held
-	inflight int64 // requests admitted from it, not settled
+	until    time.Time // admits no more from then on: a new lease is taken
+	reqs     int64     // requests left
+	toks     int64     // tokens left (< 0: debt of requests that used more than they reserved)
+	bud      int64     // budget left (< 0: debt)
+	slots    int64     // concurrency slots held
+	inflight int64     // requests admitted from it, not settled
 	grants   []*Ticket
 	draining bool // no new admissions: ended when inflight reaches 0
 	ended    bool
@@ -110,9 +112,9 @@ func (r *redisTier) sizes(lim Limits, n int64) (q, kt, kb, k int64, ok bool) {
 	return q, kt, kb, k, true
 }
 
-// fits reports whether ls can admit a request of lim reserving n tokens in month m.
-func (ls *leaseSet) fits(lim Limits, m int32, n int64) bool {
-	return ls != nil && !ls.draining && ls.limits == lim && ls.month == m &&
+// fits reports whether ls can admit now a request of lim reserving n tokens in month m.
+func (ls *leaseSet) fits(lim Limits, m int32, n int64, now time.Time) bool {
+	return ls != nil && !ls.draining && ls.limits == lim && ls.month == m && now.Before(ls.until) &&
 		(lim.RequestsPerMinute <= 0 || ls.reqs >= 1) &&
 		(lim.TokensPerMinute <= 0 || ls.toks >= min(n, int64(lim.TokensPerMinute))) &&
 		(lim.MonthlyTokenBudget <= 0 || ls.bud >= n) &&
@@ -138,7 +140,7 @@ func (r *redisTier) admitLeased(ctx context.Context, t *Ticket, now time.Time) l
 		r.l.lockAll(cs)
 		lack := -1
 		for i := range cs {
-			if !cs[i].st.lease.fits(cs[i].limits, mi.idx, n) {
+			if !cs[i].st.lease.fits(cs[i].limits, mi.idx, n, now) {
 				lack = i
 				break
 			}
@@ -186,7 +188,7 @@ func (r *redisTier) grow(ctx context.Context, st *subjectState, lim Limits, mi *
 	st.mu.Lock()
 	ls := st.lease
 	var ended []*Ticket
-	if ls != nil && (ls.limits != lim || ls.month != mi.idx || now.Sub(ls.born) > r.leaseHold) {
+	if ls != nil && (ls.limits != lim || ls.month != mi.idx || !now.Before(ls.until)) {
 		ls.draining = true
 		st.lease = nil
 		if ls.inflight == 0 {
@@ -194,7 +196,7 @@ func (r *redisTier) grow(ctx context.Context, st *subjectState, lim Limits, mi *
 		}
 		ls = nil
 	}
-	if ls.fits(lim, mi.idx, n) { // another request grew it meanwhile
+	if ls.fits(lim, mi.idx, n, now) { // another request grew it meanwhile
 		st.mu.Unlock()
 		return leaseAdmitted
 	}
@@ -234,7 +236,7 @@ func (r *redisTier) grow(ctx context.Context, st *subjectState, lim Limits, mi *
 	st.mu.Lock()
 	ls = st.lease
 	if ls == nil {
-		ls = &leaseSet{limits: lim, month: mi.idx, born: now}
+		ls = &leaseSet{limits: lim, month: mi.idx, until: now.Add(r.leaseHold)}
 		st.lease = ls
 		r.leasesMu.Lock()
 		r.leases[ls] = st

@@ -486,7 +486,7 @@ func newRedisTier(l *Limiter, o Options) (*redisTier, error) {
 		kick:       make(chan struct{}, 1),
 		live:       make(map[*Ticket]struct{}),
 		share:      o.LeaseShare,
-		leaseHold:  o.ReservationTTL / 2,
+		leaseHold:  min(o.ReservationTTL/2, time.Minute),
 		leases:     make(map[*leaseSet]*subjectState),
 	}
 	l.wg.Add(3 + o.AdmitPipelines)

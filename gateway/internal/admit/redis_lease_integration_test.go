@@ -201,3 +201,34 @@ func TestRedisLeaseEndsInOutage(t *testing.T) {
 	poll(t, "recovery", f.l.RedisUp)
 	poll(t, "the slots released once Redis is back", func() bool { return env.c.ZCard(ctx, zkey).Val() == 0 })
 }
+
+// TestRedisLeaseRenewedAfterAMinute: a lease older than a minute admits no more; a new one is
+// taken, and the old one ends (slots released, tokens given back) when its last request does.
+func TestRedisLeaseRenewedAfterAMinute(t *testing.T) {
+	env := newRedisEnv(t)
+	clk := newClock()
+	f := env.limiter(t, clk, nil)
+	sub := userSubject(26, Limits{TokensPerMinute: 60000, MaxConcurrent: 240})
+	ctx := context.Background()
+	old, err := f.l.Admit(ctx, reqOf(100, sub))
+	if err != nil || !old.leased {
+		t.Fatalf("admission: %v", err)
+	}
+	clk.Advance(time.Minute + time.Second)
+	tk, err := f.l.Admit(ctx, reqOf(100, sub))
+	if err != nil || !tk.leased {
+		t.Fatalf("admission: %v", err)
+	}
+	if tk.charges()[0].ls == old.charges()[0].ls {
+		t.Fatal("a lease older than a minute admitted a request")
+	}
+	zkey := env.prefix + "c:user:26"
+	if n := env.c.ZCard(ctx, zkey).Val(); n != 8 {
+		t.Fatalf("slots held: %d, want 8 (the old lease's request still runs)", n)
+	}
+	old.Settle(40)
+	poll(t, "the old lease to end", func() bool { return env.c.ZCard(ctx, zkey).Val() == 4 })
+	// The bucket: full after the minute, less the new grant, plus the old one's 960 unused.
+	poll(t, "the old lease's tokens back", func() bool { return env.hget(t, "user:26", "t") == 60000-1000+960 })
+	tk.Settle(100)
+}
