@@ -10,7 +10,6 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
-	"net"
 	"net/http"
 	"os"
 	"os/exec"
@@ -97,12 +96,10 @@ func moduleRoot() (string, error) {
 // FreeAddr returns a 127.0.0.1:port that was free a moment ago.
 func FreeAddr(t testing.TB) string {
 	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatalf("testenv: free port: %v", err)
-	}
-	defer l.Close()
-	return l.Addr().String()
+	// Below the ephemeral range: a port the kernel handed out for ":0" is one it may also
+	// give an outgoing connection before the process binds it (a control failed to start
+	// with "address already in use" that way, under load).
+	return fmt.Sprintf("127.0.0.1:%d", freePort(t))
 }
 
 // Proc is a started process. Its combined output is kept and printed when the test fails.
