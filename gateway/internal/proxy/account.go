@@ -16,7 +16,7 @@ func (c *call) partialUsage() {
 		return
 	}
 	if !c.use.ok {
-		c.use.prompt = c.fields.promptEstimate()
+		c.use.prompt = c.fields.PromptEstimate()
 	}
 	if c.use.completion < c.chunks {
 		c.use.completion = c.chunks
@@ -57,12 +57,12 @@ func (c *call) finish() {
 			RequestID: c.reqID, ClientRequestID: c.clientReqID, CreatedAt: c.start, UserID: c.key.UserID, KeyID: c.key.ID,
 			Model: c.reqModel, Backend: c.backend, Endpoint: c.path(), Status: c.status,
 			PromptTokens: c.use.prompt, CompletionTokens: c.use.completion, Estimated: c.estimated,
-			Streamed: c.fields.stream, TTFT: c.ttft, Duration: dur, ErrorType: c.errType,
+			Streamed: c.fields.Stream, TTFT: c.ttft, Duration: dur, ErrorType: c.errType,
 		})
 	}
 	if h.o.AccessLog {
 		f := accessFields{requestID: c.reqID, clientRequestID: c.clientReqID, endpoint: c.path(), model: label, backend: c.backend, status: c.status,
-			duration: dur, stream: c.fields.stream, prompt: c.use.prompt, completion: c.use.completion, attempts: c.attempts}
+			duration: dur, stream: c.fields.Stream, prompt: c.use.prompt, completion: c.use.completion, attempts: c.attempts}
 		if c.key != nil {
 			f.userID, f.keyID = c.key.UserID, c.key.ID
 		}

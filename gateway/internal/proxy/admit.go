@@ -19,7 +19,7 @@ func (c *call) admit() (err error) {
 			err = apierr.New(apierr.Internal, "internal error")
 		}
 	}()
-	t, err := c.h.o.Quota.Admit(context.Background(), c.key, c.fields.reservation(c.ep, c.model))
+	t, err := c.h.o.Quota.Admit(context.Background(), c.key, c.fields.Reservation(int64(c.model.MaxOutputTokens)))
 	if err != nil {
 		return err
 	}

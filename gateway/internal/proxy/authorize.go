@@ -4,6 +4,7 @@ import (
 	"github.com/valyala/fasthttp"
 
 	"github.com/maas-platform/maas/gateway/internal/snapshot"
+	"github.com/maas-platform/maas/gateway/internal/upstream"
 	"github.com/maas-platform/maas/pkg/apierr"
 )
 
@@ -24,7 +25,7 @@ func (c *call) authenticate(ctx *fasthttp.RequestCtx) (*snapshot.Snapshot, error
 
 // authorize resolves the model asked for and checks that the key may use it.
 func (c *call) authorize(snap *snapshot.Snapshot) error {
-	name := c.fields.model
+	name := c.fields.Model
 	m := snap.Model(string(name))
 	if m == nil || !m.Enabled {
 		c.reqModel = string(name)
@@ -36,8 +37,8 @@ func (c *call) authorize(snap *snapshot.Snapshot) error {
 		return &apierr.Error{Kind: apierr.PermissionDenied, Param: "model", Code: "model_not_allowed",
 			Message: "this API key may not use the model `" + m.Name + "`"}
 	}
-	if m.Policy != snapshot.PolicyPrefixAffinity {
-		c.fields.affinity = 0
+	if m.Policy == snapshot.PolicyPrefixAffinity && len(c.fields.Prefix) > 0 {
+		c.fields.affinity = upstream.AffinityKey(c.fields.Prefix) // only where routing uses it
 	}
 	return nil
 }

@@ -17,7 +17,7 @@ func (c *call) dispatch(ctx *fasthttp.RequestCtx) (streaming bool, err error) {
 	h := c.h
 	deadline := c.start.Add(h.o.RequestTimeout)
 	acq := context.Background()
-	if c.fields.stream {
+	if c.fields.Stream {
 		c.base, c.cancelBase = context.WithTimeout(h.o.BaseContext, h.o.RequestTimeout)
 		acq = c.base
 	}
@@ -33,13 +33,13 @@ func (c *call) dispatch(ctx *fasthttp.RequestCtx) (streaming bool, err error) {
 		}
 		var ok bool
 		var v verdict
-		if c.fields.stream {
+		if c.fields.Stream {
 			ok, v = c.openStream(ctx, l)
 		} else {
 			ok, v = c.exchange(ctx, l, deadline)
 		}
 		if ok {
-			return c.fields.stream, nil
+			return c.fields.Stream, nil
 		}
 		if v.kind != "" {
 			c.retryNote(l, v.kind)

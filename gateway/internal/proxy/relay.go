@@ -34,7 +34,7 @@ func (c *call) relayUnary(ctx *fasthttp.RequestCtx, resp *fasthttp.Response) {
 	c.use = parseUsage(member(body, "usage"))
 	if !c.use.ok {
 		c.estimated = true
-		c.use.prompt = c.fields.promptEstimate()
+		c.use.prompt = c.fields.PromptEstimate()
 		if c.ep != epEmbeddings {
 			c.use.completion = int64(len(member(body, "choices"))+3) / 4
 		}

@@ -20,10 +20,10 @@ import (
 // field byte for byte.
 func (c *call) rewrite(body []byte) {
 	c.body = bytebufferpool.Get()
-	r := c.fields.read.Rewrites(int64(c.model.MaxOutputTokens))
+	r := c.fields.Rewrites(int64(c.model.MaxOutputTokens))
 	c.injected = r.IncludeUsage
 	if r != (reqbody.Rewrite{}) {
-		c.body.B = c.fields.read.AppendRewrite(c.body.B[:0], body, r)
+		c.body.B = c.fields.AppendRewrite(c.body.B[:0], body, r)
 	} else {
 		c.body.B = append(c.body.B[:0], body...)
 	}

@@ -77,13 +77,6 @@ func (g *backendGuard) abort(r abortReason) {
 	}
 }
 
-// reset readies the guard for the next exchange.
-func (g *backendGuard) reset() {
-	g.mu.Lock()
-	g.conn, g.reason = nil, notAborted
-	g.mu.Unlock()
-}
-
 var continue100 = []byte("HTTP/1.1 100")
 
 // roundTrip sends req to u and reads its answer into resp, by deadline at the latest.

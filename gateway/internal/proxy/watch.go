@@ -105,9 +105,12 @@ func (w *clientWatch) fire() {
 	// fasthttp's deadline for reading the request is still set; the wait has none.
 	cleared := ctx.SetReadDeadline(time.Time{}) == nil
 	w.mu.Unlock()
-	stopBase := context.AfterFunc(w.base, func() { w.g.abort(abortShutdown) })
+	aborted := make(chan struct{})
+	stopBase := context.AfterFunc(w.base, func() { w.g.abort(abortShutdown); close(aborted) })
 	gone := cleared && waitClosed(ctx.Conn())
-	stopBase()
+	if !stopBase() {
+		<-aborted // the shutdown's abort has started: it must end before the call is reused
+	}
 	w.mu.Lock()
 	if gone && w.state == watchWatching {
 		w.g.abort(abortClientGone)
