@@ -172,17 +172,20 @@ func (r *redisTier) admitLeased(ctx context.Context, t *Ticket, now time.Time) l
 		}
 		st, lim := cs[lack].st, cs[lack].limits
 		unlockAll(cs)
-		if res := r.grow(ctx, st, lim, mi, n, now); res != leaseAdmitted {
+		res, cur := r.grow(ctx, st, lim, mi, n, now)
+		if res != leaseAdmitted {
 			return res
 		}
+		cs[lack].st = cur // the grant is on the state admit used (st, unless evicted)
 	}
 	return leaseNone
 }
 
 // grow takes a grant of what st's lease lacks for a request of lim reserving n tokens (a new
 // lease if it has none, or its limits or month changed, or it is old). leaseAdmitted: the
-// lease may fit now.
-func (r *redisTier) grow(ctx context.Context, st *subjectState, lim Limits, mi *monthInfo, n int64, now time.Time) leaseResult {
+// lease may fit now. It returns the subject's state as it is now: st, or the state the
+// admission looked up again when st had been evicted (the grant is on that one).
+func (r *redisTier) grow(ctx context.Context, st *subjectState, lim Limits, mi *monthInfo, n int64, now time.Time) (leaseResult, *subjectState) {
 	st.leaseMu.Lock()
 	defer st.leaseMu.Unlock()
 	st.mu.Lock()
@@ -198,7 +201,7 @@ func (r *redisTier) grow(ctx context.Context, st *subjectState, lim Limits, mi *
 	}
 	if ls.fits(lim, mi.idx, n, now) { // another request grew it meanwhile
 		st.mu.Unlock()
-		return leaseAdmitted
+		return leaseAdmitted, st
 	}
 	q, kt, kb, k, _ := r.sizes(lim, n)
 	if ls != nil { // ask only for what is short (and a debt)
@@ -226,11 +229,11 @@ func (r *redisTier) grow(ctx context.Context, st *subjectState, lim Limits, mi *
 	g.inline[0] = charge{st: st, limits: lim, tpm: -1}
 	decided, err := r.admit(ctx, g, now)
 	if !decided {
-		return leaseFailed
+		return leaseFailed, st
 	}
 	if err != nil {
 		st.noLease.Store(now.Add(time.Second).UnixNano())
-		return leaseNone
+		return leaseNone, st
 	}
 	st = g.inline[0].st // admit looks a evicted state up again
 	st.mu.Lock()
@@ -248,7 +251,7 @@ func (r *redisTier) grow(ctx context.Context, st *subjectState, lim Limits, mi *
 	ls.slots += k
 	ls.grants = append(ls.grants, g)
 	st.mu.Unlock()
-	return leaseAdmitted
+	return leaseAdmitted, st
 }
 
 // settleLeased settles a request admitted from leases: its lease gets back the tokens and

@@ -514,8 +514,8 @@ func (r *redisTier) nowArg(now time.Time) int64 {
 }
 
 // keys returns the Redis keys of an admission of cs: two per subject, then the records hash
-// of the current period.
-func (r *redisTier) keys(cs []charge) []string {
+// h (of the current period).
+func (r *redisTier) keys(cs []charge, h *recordsHash) []string {
 	keys := make([]string, 0, 2*len(cs)+1)
 	for i := range cs {
 		st := cs[i].st
@@ -527,7 +527,7 @@ func (r *redisTier) keys(cs []charge) []string {
 		}
 		keys = append(keys, sk[0], sk[1])
 	}
-	return append(keys, r.records().key)
+	return append(keys, h.key)
 }
 
 // recordsHash names the records hash of one period and says when it expires.
@@ -661,7 +661,8 @@ func (r *redisTier) admit(ctx context.Context, t *Ticket, now time.Time) (decide
 func (r *redisTier) request(t *Ticket, now time.Time) ([]string, []any) {
 	cs := t.charges()
 	t.id = r.instance + strconv.FormatUint(r.seq.Add(1), 10)
-	keys := r.keys(cs)
+	h := r.records() // one period for the record's hash and its expiry
+	keys := r.keys(cs, h)
 	t.keys = keys
 	n := t.reserved
 	q, k := int64(1), int64(1)
@@ -669,7 +670,7 @@ func (r *redisTier) request(t *Ticket, now time.Time) ([]string, []any) {
 		q, k = g.reqs, g.slots
 	}
 	args := make([]any, 0, 8+6*len(cs))
-	args = append(args, r.nowArg(now), n, r.lease.Milliseconds(), t.id, yyyymm(r.l.monthOf(now).idx), r.records().expire, q, k)
+	args = append(args, r.nowArg(now), n, r.lease.Milliseconds(), t.id, yyyymm(r.l.monthOf(now).idx), h.expire, q, k)
 	for i := range cs {
 		lim := cs[i].limits
 		charge := int64(0)
