@@ -323,9 +323,13 @@ func (s *Service) RunReaper(ctx context.Context) {
 	for {
 		if _, _, err := s.Reap(ctx); err != nil && ctx.Err() == nil {
 			s.log.Error("backend reaper", "err", err)
-			// The database may be away: no heartbeat can land meanwhile, so silence is
-			// counted afresh from the next reap that reaches it, as after a restart.
-			s.since = nil
+			// The database is away: no heartbeat can land meanwhile, so silence is counted
+			// afresh from the next reap that reaches it, as after a restart. (A failure of
+			// one statement on a reachable database keeps the count.)
+			var one int
+			if s.db.QueryRow(ctx, `SELECT 1`).Scan(&one) != nil {
+				s.since = nil
+			}
 		}
 		if err := s.countStates(ctx); err != nil && ctx.Err() == nil {
 			s.log.Error("backend reaper", "err", err)
