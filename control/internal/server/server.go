@@ -16,6 +16,7 @@ import (
 	"github.com/maas-platform/maas/pkg/apierr"
 	"github.com/maas-platform/maas/pkg/apikey"
 	"github.com/maas-platform/maas/pkg/internalauth"
+	"github.com/maas-platform/maas/pkg/linger"
 	"github.com/maas-platform/maas/pkg/obs"
 )
 
@@ -148,6 +149,7 @@ func New(opts Options) (*Server, error) {
 		NoDefaultServerHeader:         true,
 		CloseOnShutdown:               true,
 		ErrorHandler: func(rc *fasthttp.RequestCtx, err error) {
+			linger.Mark(rc.Conn()) // the body is not read: let the client see the answer
 			if errors.Is(err, fasthttp.ErrBodyTooLarge) {
 				apierr.WriteFast(rc, apierr.New(apierr.TooLarge, "request body is larger than %d bytes", MaxBodySize))
 				return
@@ -233,7 +235,7 @@ func (s *Server) Serve(ctx context.Context, grace time.Duration, ready func(addr
 		ready(ln.Addr().String())
 	}
 	errc := make(chan error, 1)
-	go func() { errc <- s.srv.Serve(ln) }()
+	go func() { errc <- s.srv.Serve(linger.Listen(ln)) }()
 	select {
 	case err := <-errc:
 		return fmt.Errorf("serve: %w", err)

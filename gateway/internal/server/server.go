@@ -30,6 +30,7 @@ import (
 	"github.com/maas-platform/maas/gateway/internal/upstream"
 	"github.com/maas-platform/maas/pkg/apierr"
 	"github.com/maas-platform/maas/pkg/config"
+	"github.com/maas-platform/maas/pkg/linger"
 	"github.com/maas-platform/maas/pkg/obs"
 	"github.com/maas-platform/maas/pkg/pgdb"
 )
@@ -166,7 +167,7 @@ func Run(ctx context.Context, o Options) error {
 	}
 	log.Info("gateway listening", "addr", ln.Addr().String())
 	serveErr := make(chan error, 1)
-	go func() { serveErr <- srv.Serve(ln) }()
+	go func() { serveErr <- srv.Serve(linger.Listen(ln)) }()
 
 	select {
 	case <-ctx.Done():
@@ -288,6 +289,7 @@ func New(o Options, d Deps) *fasthttp.Server {
 		ReduceMemoryUsage:             false,
 		Logger:                        fasthttpLogger{log},
 		ErrorHandler: func(ctx *fasthttp.RequestCtx, err error) {
+			linger.Mark(ctx.Conn()) // the body is not read: let the client see the answer
 			var tooLarge *fasthttp.ErrSmallBuffer
 			switch {
 			case errors.Is(err, fasthttp.ErrBodyTooLarge):
