@@ -18,7 +18,7 @@ import (
 	"strings"
 	"syscall"
 
-	"github.com/maas-platform/maas/control/internal/app"
+	"github.com/maas-platform/maas/control/internal/service"
 	"github.com/maas-platform/maas/pkg/config"
 )
 
@@ -28,10 +28,10 @@ func main() {
 		cmd, args = args[0], args[1:]
 	}
 	if cmd == "help" {
-		fmt.Print(app.Usage)
+		fmt.Print(service.Usage)
 		return
 	}
-	opts, pos, err := app.Load(args)
+	opts, pos, err := service.Load(args)
 	if errors.Is(err, flag.ErrHelp) {
 		return
 	}
@@ -39,10 +39,10 @@ func main() {
 		config.Fatal("control", err)
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
-	err = app.Exec(ctx, cmd, opts, pos, os.Stdout)
+	err = service.Exec(ctx, cmd, opts, pos, os.Stdout)
 	stop()
 	if err != nil {
-		if app.IsUsage(err) {
+		if service.IsUsage(err) {
 			config.Fatal("control", err)
 		}
 		fmt.Fprintf(os.Stderr, "control: %v\n", err)

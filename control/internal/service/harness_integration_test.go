@@ -1,4 +1,4 @@
-package app
+package service
 
 import (
 	"bytes"
@@ -55,7 +55,7 @@ func testOptions(dbURL string) Options {
 	}
 }
 
-// startControl runs control in-process (app.Run) and stops it when the test ends.
+// startControl runs control in-process (service.Run) and stops it when the test ends.
 func startControl(t *testing.T, mutate func(*Options)) *testControl {
 	t.Helper()
 	pool, dbURL := pgtest.NewPool(t)

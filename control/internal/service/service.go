@@ -1,7 +1,7 @@
-// Package app is control's process: it turns Options into running components (database
+// Package service is control's process: it turns Options into running components (database
 // pool, migrations, bootstrap, HTTP server, backend reaper) and implements the subcommands
 // serve, migrate, bootstrap and keys.
-package app
+package service
 
 import (
 	"context"
