@@ -3,7 +3,6 @@ package sim
 import (
 	"bufio"
 	"encoding/json"
-	"errors"
 	"net"
 	"strconv"
 	"sync"
@@ -50,6 +49,14 @@ type gen struct {
 	includeUsage bool
 	start        time.Time
 	prefix       []byte // chunk prefix up to and including `"choices":[`
+	tokens       int64  // the engine capacity it holds (prompt and completion)
+
+	// A stream's progress, and its state as a pulled body (Read, Close).
+	st      streamState
+	ended   bool
+	timer   *time.Timer
+	buf     *[]byte
+	pending []byte
 }
 
 func (g *gen) completionTokens() int {
@@ -233,10 +240,11 @@ func (s *Sim) respond(ctx *fasthttp.RequestCtx, g *gen) {
 	if answered {
 		return
 	}
-	tokens := int64(g.prompt + g.completionTokens())
-	if !s.admitOrRefuse(ctx, tokens) {
+	g.tokens = int64(g.prompt + g.completionTokens())
+	if !s.admitOrRefuse(ctx, g.tokens) {
 		return
 	}
+	g.m.mm.promptTokens.Add(float64(g.prompt)) // prefilled on admission, whatever happens next
 	queued := time.Since(g.start)
 	g.id = s.nextID(make([]byte, 0, 48), idPrefixFor(g.chat))
 	g.created = time.Now().Unix()
@@ -245,41 +253,37 @@ func (s *Sim) respond(ctx *fasthttp.RequestCtx, g *gen) {
 	}
 	if g.stream {
 		g.prefix = g.chunkPrefix()
-		drop := -1
-		if f.Drop {
-			drop = f.DropAfter
-		}
+		g.st.malformed = f.Malformed
 		if f.Drop {
 			s.hijack(ctx, func(c net.Conn) {
-				defer s.release(tokens)
 				bw := bufio.NewWriter(c)
 				if _, err := bw.WriteString(rawStreamHeader); err != nil || bw.Flush() != nil {
+					g.finish(false)
 					return
 				}
-				g.streamEvents(&eventWriter{w: bw, chunked: true, dropAfter: drop}, f.Malformed)
-				_ = bw.Flush() // the events before the drop point, then the server closes the connection
+				// The events before the drop point, then the server closes the connection.
+				g.push(&eventWriter{w: bw, chunked: true, dropAfter: f.DropAfter})
+				_ = bw.Flush()
 			}, false)
 			return
 		}
 		ctx.Response.Header.SetContentType("text/event-stream")
 		ctx.Response.Header.Set("Cache-Control", "no-cache")
-		if s.o.TTFT == 0 && s.o.ITL == 0 && s.o.ITLJitter == 0 {
-			// Nothing to wait for: the whole stream is written at once, as one body,
-			// which spares a goroutine and a pipe per request.
+		if s.o.TTFT == 0 && s.o.ITL == 0 && s.o.ITLJitter == 0 && !s.o.FlushEveryToken {
+			// Nothing to wait for: the whole stream is written at once, as one body.
 			bp := bufPool.Get().(*[]byte)
 			bb := &bodyBuf{b: (*bp)[:0]}
-			g.streamEvents(&eventWriter{w: bb, dropAfter: -1}, f.Malformed)
-			s.release(tokens)
+			g.push(&eventWriter{w: bb, dropAfter: -1})
 			ctx.SetBody(bb.b)
 			*bp = bb.b
 			bufPool.Put(bp)
 			return
 		}
-		ctx.Response.ImmediateHeaderFlush = true // headers now, the first token after TTFT
-		ctx.SetBodyStreamWriter(func(w *bufio.Writer) {
-			defer s.release(tokens)
-			g.streamEvents(&eventWriter{w: w, dropAfter: -1}, f.Malformed)
-		})
+		// Pulled event by event on the connection's goroutine, each event written and
+		// flushed as one chunk.
+		ctx.Response.ImmediateHeaderFlush = s.o.TTFT > 0 // headers now, the first token after TTFT
+		g.buf = bufPool.Get().(*[]byte)
+		ctx.Response.SetBodyStream(g, -1)
 		return
 	}
 
@@ -290,14 +294,15 @@ func (s *Sim) respond(ctx *fasthttp.RequestCtx, g *gen) {
 		}
 	}
 	ok := s.sleep(&timer, wait)
-	s.release(tokens)
+	s.release(g.tokens)
 	if !ok {
 		apierr.WriteFast(ctx, apierr.New(apierr.Unavailable, "simulator is stopping"))
 		return
 	}
 	bp := bufPool.Get().(*[]byte)
 	body := g.appendBody((*bp)[:0])
-	g.record(queued + s.o.TTFT)
+	g.m.mm.genTokens.Add(float64(g.completionTokens()))
+	g.recordDone(queued + s.o.TTFT)
 	switch {
 	case f.Drop:
 		writeDropped(s, ctx, body, f.DropAfter)
@@ -332,11 +337,10 @@ func idPrefixFor(chat bool) string {
 	return "cmpl-"
 }
 
-// record adds a finished request to the vLLM metrics.
-func (g *gen) record(ttft time.Duration) {
+// recordDone adds a request that ran to its end to the vLLM metrics (its tokens are
+// counted as they are admitted and produced).
+func (g *gen) recordDone(ttft time.Duration) {
 	mm := g.m.mm
-	mm.promptTokens.Add(float64(g.prompt))
-	mm.genTokens.Add(float64(g.completionTokens()))
 	for _, c := range g.choices {
 		if c.finish == finishLength {
 			mm.length.Inc()
@@ -413,216 +417,4 @@ func (g *gen) appendBody(b []byte) []byte {
 	b = append(b, `],"usage":`...)
 	b = appendUsage(b, g.prompt, g.completionTokens())
 	return append(b, '}')
-}
-
-func (g *gen) chunkPrefix() []byte {
-	b := make([]byte, 0, 128)
-	b = append(b, `{"id":"`...)
-	b = append(b, g.id...)
-	if g.chat {
-		b = append(b, `","object":"chat.completion.chunk","created":`...)
-	} else {
-		b = append(b, `","object":"text_completion","created":`...)
-	}
-	b = strconv.AppendInt(b, g.created, 10)
-	b = append(b, `,"model":`...)
-	b = append(b, g.m.quoted...)
-	return append(b, `,"choices":[`...)
-}
-
-// chunk appends one event's data: the prefix, one choice, and the closing.
-func (g *gen) chunk(b []byte, index int, kind chunkKind, text string, lead bool, finish string) []byte {
-	b = append(b, g.prefix...)
-	b = append(b, `{"index":`...)
-	b = strconv.AppendInt(b, int64(index), 10)
-	if g.chat {
-		switch kind {
-		case chunkRole:
-			b = append(b, `,"delta":{"role":"assistant","content":""}`...)
-		case chunkText:
-			b = append(b, `,"delta":{"content":"`...)
-			if lead {
-				b = append(b, ' ')
-			}
-			b = appendJSONEscaped(b, text)
-			b = append(b, `"}`...)
-		case chunkFinish:
-			b = append(b, `,"delta":{}`...)
-		}
-	} else {
-		b = append(b, `,"text":"`...)
-		if lead {
-			b = append(b, ' ')
-		}
-		b = appendJSONEscaped(b, text)
-		b = append(b, '"')
-	}
-	b = append(b, `,"logprobs":null,"finish_reason":`...)
-	if kind == chunkFinish {
-		b = append(b, '"')
-		b = append(b, finish...)
-		b = append(b, '"')
-	} else {
-		b = append(b, "null"...)
-	}
-	b = append(b, '}', ']')
-	if g.includeUsage {
-		b = append(b, `,"usage":null`...)
-	}
-	return append(b, '}')
-}
-
-type chunkKind uint8
-
-const (
-	chunkRole chunkKind = iota
-	chunkText
-	chunkFinish
-)
-
-var errDropped = errors.New("sim: connection dropped on purpose")
-
-// flushWriter is a *bufio.Writer, or a bodyBuf when the whole stream is built at once.
-type flushWriter interface {
-	Write(p []byte) (int, error)
-	WriteString(s string) (int, error)
-	Flush() error
-}
-
-// bodyBuf collects a whole stream in memory.
-type bodyBuf struct{ b []byte }
-
-func (w *bodyBuf) Write(p []byte) (int, error)       { w.b = append(w.b, p...); return len(p), nil }
-func (w *bodyBuf) WriteString(s string) (int, error) { w.b = append(w.b, s...); return len(s), nil }
-func (w *bodyBuf) Flush() error                      { return nil }
-
-// eventWriter writes SSE events, optionally in HTTP chunked framing (on a hijacked
-// connection), and stops after dropAfter events when dropAfter >= 0.
-type eventWriter struct {
-	w         flushWriter
-	chunked   bool
-	dropAfter int
-	events    int
-	buf       []byte
-}
-
-func (e *eventWriter) event(data []byte) error {
-	if e.dropAfter >= 0 && e.events >= e.dropAfter {
-		return errDropped
-	}
-	e.events++
-	if e.chunked {
-		e.buf = strconv.AppendInt(e.buf[:0], int64(len(data)+8), 16)
-		e.buf = append(e.buf, '\r', '\n')
-		e.buf = openai.AppendEvent(e.buf, data)
-		e.buf = append(e.buf, '\r', '\n')
-		_, err := e.w.Write(e.buf)
-		return err
-	}
-	e.buf = openai.AppendEvent(e.buf[:0], data)
-	_, err := e.w.Write(e.buf)
-	return err
-}
-
-func (e *eventWriter) done() error {
-	if e.dropAfter >= 0 && e.events >= e.dropAfter {
-		return errDropped
-	}
-	e.events++
-	if e.chunked {
-		if _, err := e.w.WriteString("e\r\ndata: [DONE]\n\n\r\n0\r\n\r\n"); err != nil {
-			return err
-		}
-		return e.w.Flush()
-	}
-	if err := openai.WriteDone(e.w); err != nil {
-		return err
-	}
-	return e.w.Flush()
-}
-
-// streamEvents writes the whole stream. It returns early when the client is gone, the
-// simulator stops, or the drop point is reached.
-func (g *gen) streamEvents(ew *eventWriter, malformed bool) {
-	s := g.s
-	var timer *time.Timer
-	defer func() {
-		if timer != nil {
-			timer.Stop()
-		}
-	}()
-	if !s.sleep(&timer, s.o.TTFT) {
-		return
-	}
-	ttft := time.Since(g.start)
-	bp := bufPool.Get().(*[]byte)
-	b := (*bp)[:0]
-	defer func() { *bp = b; bufPool.Put(bp) }()
-
-	first := true
-	emit := func(data []byte) bool {
-		if ew.event(data) != nil {
-			return false
-		}
-		if first && malformed {
-			first = false
-			bad := append(append([]byte(nil), g.prefix...), `{"index":0,"delta":{"content":`...)
-			if ew.event(bad) != nil {
-				return false
-			}
-		}
-		first = false
-		return true
-	}
-	for _, c := range g.choices {
-		if g.chat {
-			b = g.chunk(b[:0], c.index, chunkRole, "", false, "")
-			if !emit(b) {
-				return
-			}
-		}
-		if c.echo != "" {
-			b = g.chunk(b[:0], c.index, chunkText, c.echo, false, "")
-			if !emit(b) {
-				return
-			}
-		}
-	}
-	for k := 0; k < g.maxN; k++ {
-		if k > 0 {
-			if d := s.itl(); d > 0 {
-				if ew.w.Flush() != nil || !s.sleep(&timer, d) {
-					return
-				}
-			}
-		}
-		for _, c := range g.choices {
-			if k >= c.n {
-				continue
-			}
-			b = g.chunk(b[:0], c.index, chunkText, word(c.seed, k), k > 0 || !g.chat, "")
-			if !emit(b) {
-				return
-			}
-			if k == c.n-1 {
-				b = g.chunk(b[:0], c.index, chunkFinish, "", false, c.finish)
-				if !emit(b) {
-					return
-				}
-			}
-		}
-	}
-	if g.includeUsage {
-		b = append(b[:0], g.prefix...)
-		b = append(b, `],"usage":`...)
-		b = appendUsage(b, g.prompt, g.completionTokens())
-		b = append(b, '}')
-		if !emit(b) {
-			return
-		}
-	}
-	if ew.done() != nil {
-		return
-	}
-	g.record(ttft)
 }

@@ -53,6 +53,13 @@ type Options struct {
 	// that inject failures per request turn it on; Fail above is the operator's own choice
 	// and applies either way.
 	FailHeaderEnabled bool
+	// FlushEveryToken writes and flushes every event of a stream on its own even when there
+	// is nothing to wait for (MAAS_SIM_FLUSH_EVERY_TOKEN; default off). Off, a stream with
+	// zero TTFT and inter-token latency is written as one body, the cheapest for the
+	// simulator; on, each event is one write on the connection, as a real engine's would be,
+	// so that a benchmark measures relaying tokens one by one. With any latency set, events
+	// are written one by one either way.
+	FlushEveryToken bool
 
 	// Logger receives the simulator's few log lines (start, LoRA changes); nil = discard.
 	// Its metrics live in a registry of its own, served on its own /metrics.
@@ -150,7 +157,7 @@ type Flags struct {
 	addr, models, embModels, outTokens, fail, failRate string
 	ttft, itl, jitter                                  time.Duration
 	maxConc, maxQueue, dim, maxLen, kvTokens           int
-	failHeader                                         bool
+	failHeader, flushEvery                             bool
 }
 
 // Bind declares the simulator's settings (MAAS_SIM_*) on l.
@@ -170,6 +177,7 @@ func (f *Flags) Bind(l *config.Loader) {
 	l.Int(&f.kvTokens, "MAAS_SIM_KV_CACHE_TOKENS", "sim-kv-cache-tokens", d.KVCacheTokens, "simulated KV-cache size in tokens")
 	l.String(&f.fail, "MAAS_SIM_FAIL", "sim-fail", "", "failure injected into requests (X-Sim-Fail syntax)")
 	l.String(&f.failRate, "MAAS_SIM_FAIL_RATE", "sim-fail-rate", "1", "share of requests (0..1) that get MAAS_SIM_FAIL")
+	l.Bool(&f.flushEvery, "MAAS_SIM_FLUSH_EVERY_TOKEN", "sim-flush-every-token", d.FlushEveryToken, "write and flush every stream event on its own, even at zero latency (benchmarks of per-token relaying)")
 	l.Bool(&f.failHeader, "MAAS_SIM_FAIL_HEADER", "sim-fail-header", d.FailHeaderEnabled, "honour the X-Sim-Fail request header (tests only; off: the header is ignored)")
 }
 
@@ -183,6 +191,7 @@ func (f *Flags) Options() (Options, error) {
 	o.MaxConcurrency, o.MaxQueue = f.maxConc, f.maxQueue
 	o.EmbeddingDim, o.MaxModelLen, o.KVCacheTokens = f.dim, f.maxLen, f.kvTokens
 	o.FailHeaderEnabled = f.failHeader
+	o.FlushEveryToken = f.flushEvery
 	var err error
 	if o.OutputTokens, err = ParseDist(f.outTokens); err != nil {
 		return o, &config.Error{Name: "MAAS_SIM_OUTPUT_TOKENS", Msg: err.Error()}

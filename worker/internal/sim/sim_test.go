@@ -8,6 +8,7 @@ import (
 	"errors"
 	"io"
 	"math"
+	"net"
 	"net/http"
 	"strings"
 	"sync"
@@ -22,6 +23,12 @@ import (
 // start runs a simulator on a free loopback port for the test.
 func start(t *testing.T, mod func(*Options)) *Sim {
 	t.Helper()
+	return startWith(t, mod, nil)
+}
+
+// startWith is start with the listener wrapped by wrap (when not nil).
+func startWith(t *testing.T, mod func(*Options), wrap func(net.Listener) net.Listener) *Sim {
+	t.Helper()
 	o := DefaultOptions()
 	o.Addr = "127.0.0.1:0"
 	if mod != nil {
@@ -33,6 +40,9 @@ func start(t *testing.T, mod func(*Options)) *Sim {
 	}
 	if err := s.Listen(); err != nil {
 		t.Fatal(err)
+	}
+	if wrap != nil {
+		s.ln = wrap(s.ln)
 	}
 	done := make(chan error, 1)
 	go func() { done <- s.Serve() }()
