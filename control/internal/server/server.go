@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"net"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/fasthttp/router"
@@ -20,7 +21,8 @@ import (
 	"github.com/maas-platform/maas/pkg/obs"
 )
 
-// MaxBodySize is the largest request body control accepts (413 beyond).
+// MaxBodySize is the largest request body a route accepts unless its RouteOptions say
+// otherwise (413 beyond).
 const MaxBodySize = 1 << 20
 
 // Options configures a Server.
@@ -72,11 +74,29 @@ type Route struct {
 	Access Access
 }
 
+// RouteOptions widen one route's limits beyond the server's defaults (file uploads and
+// downloads). The zero value keeps the defaults.
+type RouteOptions struct {
+	// MaxBody is the largest request body the route accepts (MaxBodySize when zero).
+	MaxBody int64
+	// Stream leaves the body unread when the handler starts: the handler reads it with
+	// Call.BodyStream, never with PostBody, so a large body is not held in memory.
+	Stream bool
+	// Timeout replaces the server's RequestTimeout (the handler's context), ReadTimeout
+	// (reading the request) and WriteTimeout (writing the response) for this route when
+	// positive. Only routes whose path has no wildcard ({name:*}) get the read and write
+	// timeouts, which are chosen from the request's header before routing.
+	Timeout time.Duration
+}
+
 // Call is one request as a handler sees it. It must not be kept after the handler returns.
 type Call struct {
 	Ctx       context.Context
 	RC        *fasthttp.RequestCtx
 	Principal *Principal // set on Authenticated and AdminOnly routes
+
+	maxBody int64
+	stream  *limitedBody
 }
 
 // HandlerFunc handles a call; a returned error is written in the OpenAI error shape.
@@ -92,6 +112,9 @@ type Server struct {
 	srv     *fasthttp.Server
 	metrics *metrics
 	now     func() time.Time
+	// wide are the routes with RouteOptions.Timeout, looked up by the server's
+	// HeaderReceived hook; written only by Handle, before Serve.
+	wide []wideRoute
 }
 
 // New returns a Server with /health, /ready and /metrics registered.
@@ -138,12 +161,17 @@ func New(opts Options) (*Server, error) {
 	s.routes = append(s.routes, Route{"GET", "/metrics", Public})
 
 	s.srv = &fasthttp.Server{
-		Name:                          "maas-control",
-		Handler:                       s.router.Handler,
-		ReadTimeout:                   opts.ReadTimeout,
-		WriteTimeout:                  opts.WriteTimeout,
-		IdleTimeout:                   opts.IdleTimeout,
+		Name:         "maas-control",
+		Handler:      s.router.Handler,
+		ReadTimeout:  opts.ReadTimeout,
+		WriteTimeout: opts.WriteTimeout,
+		IdleTimeout:  opts.IdleTimeout,
+		// Bodies are streamed: each route reads its own up to its own limit (Handle), so a
+		// file upload does not sit in memory and a 1 MiB route still answers 413 past 1 MiB.
 		MaxRequestBodySize:            MaxBodySize,
+		StreamRequestBody:             true,
+		DisablePreParseMultipartForm:  true,
+		HeaderReceived:                s.headerReceived,
 		ReadBufferSize:                16 << 10, // also the header size limit
 		DisableHeaderNamesNormalizing: false,
 		NoDefaultServerHeader:         true,
@@ -176,17 +204,41 @@ func (s *Server) RouterList() map[string][]string { return s.router.List() }
 // Handler is the top-level fasthttp handler (for in-process tests).
 func (s *Server) Handler() fasthttp.RequestHandler { return s.srv.Handler }
 
-// Handle registers h for method and path with the given access.
+// Handle registers h for method and path with the given access and the default limits.
 func (s *Server) Handle(method, path string, access Access, h HandlerFunc) {
+	s.HandleWith(method, path, access, RouteOptions{}, h)
+}
+
+// HandleWith registers h for method and path with the given access and limits.
+func (s *Server) HandleWith(method, path string, access Access, ro RouteOptions, h HandlerFunc) {
 	s.routes = append(s.routes, Route{Method: method, Path: path, Access: access})
+	if ro.MaxBody <= 0 {
+		ro.MaxBody = MaxBodySize
+	}
+	timeout := s.opts.RequestTimeout
+	if ro.Timeout > 0 {
+		timeout = ro.Timeout
+		if !strings.Contains(path, ":*}") {
+			s.wide = append(s.wide, wideRoute{method: method, segs: strings.Split(path, "/"), timeout: ro.Timeout})
+		}
+	}
 	s.router.Handle(method, path, func(rc *fasthttp.RequestCtx) {
 		start := time.Now()
-		ctx, cancel := context.WithTimeout(context.Background(), s.opts.RequestTimeout)
+		ctx, cancel := context.WithTimeout(context.Background(), timeout)
 		defer cancel()
-		c := &Call{Ctx: ctx, RC: rc}
-		err := s.admit(c, path, access)
+		c := &Call{Ctx: ctx, RC: rc, maxBody: ro.MaxBody}
+		err := c.readBody(ro.Stream)
+		if err == nil {
+			err = s.admit(c, path, access)
+		}
 		if err == nil {
 			err = h(c)
+		}
+		if err != nil && c.unreadBody() {
+			// The client may still be sending: close after the answer, lingering so that
+			// it reads the answer instead of a reset.
+			linger.Mark(rc.Conn())
+			rc.SetConnectionClose()
 		}
 		if err != nil {
 			e := apierr.WriteFast(rc, err)
