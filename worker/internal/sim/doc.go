@@ -16,7 +16,31 @@
 // Completion length: max_tokens (max_completion_tokens for chat) caps a length drawn from
 // the configured distribution; the draw is derived from the prompt, so the same request
 // gives the same answer. finish_reason is "length" when the cap cut the answer, else "stop".
-// With vLLM's ignore_eos the answer is exactly max_tokens long.
+// With vLLM's ignore_eos the answer is exactly max_tokens long. Stop sequences (stop, a
+// string or a list; an empty one is refused, as vLLM does) end the answer at the token that
+// completes one: the text ends where the sequence begins, the tokens up to it are counted,
+// finish_reason is "stop" (vLLM's detokenizer rule; vLLM's extra stop_reason field is not
+// sent).
+//
+// Streams are shaped like vLLM's: a chat stream opens each choice with a role chunk, then
+// sends one chunk per token; the chunk of a choice's last token carries its finish_reason
+// (there is no separate empty finishing chunk; vLLM sends one only for the end-of-sequence
+// token, which the simulator does not model). With stream_options.include_usage a last
+// chunk with empty choices carries the usage, and the other chunks "usage":null; with
+// continuous_usage_stats as well (vLLM's extension; ignored without include_usage, as vLLM
+// does) every chunk carries the usage so far: its prompt's tokens and its choice's tokens.
+// system_fingerprint is null in non-streamed answers and absent from chunks, as vLLM sends
+// it by default; MAAS_SIM_SYSTEM_FINGERPRINT sets a value, sent as vLLM started with
+// --fingerprint-mode does (answers, and a stream's usage chunk or finishing chunks).
+//
+// Writes: with no latency configured a stream is written as one body, the cheapest for the
+// simulator; MAAS_SIM_FLUSH_EVERY_TOKEN (or any latency) writes and flushes every event on
+// its own, one chunk each, as a real engine does.
+//
+// Metrics count like vLLM's: vllm:prompt_tokens_total when a request starts running,
+// vllm:generation_tokens_total as tokens are produced, whether or not the client stays for
+// them (a stream the client dropped counts the tokens produced before the engine noticed);
+// vllm:request_success_total and the latency histograms only requests that ran to the end.
 //
 // Load. At most MaxConcurrency requests run at once; the rest wait in a queue (as vLLM
 // does), bounded by MaxQueue when set (503 beyond it). The running and waiting counts and

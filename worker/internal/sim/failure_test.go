@@ -215,7 +215,7 @@ func TestFailureMalformed(t *testing.T) {
 			}
 		}
 	}
-	if bad != 1 || len(events) != 1+1+5+1 {
+	if bad != 1 || len(events) != 1+1+5 { // role, the bad one, 5 tokens (the last carries finish_reason)
 		t.Errorf("%d malformed of %d events", bad, len(events))
 	}
 }

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"net"
 	"strconv"
+	"strings"
 	"sync"
 	"time"
 
@@ -33,6 +34,34 @@ type choice struct {
 	n      int    // completion tokens
 	finish string // stop or length
 	echo   string // completions with echo: the prompt, sent first
+	prompt int    // tokens of the prompt it answers
+	lead   bool   // its first token has a leading space (completions)
+	// cut is where a stop sequence begins in the generated text (bytes; -1: none): the text
+	// from there on is not returned.
+	cut int
+	off int // bytes of generated text produced so far (streaming)
+}
+
+// piece returns token k of c as it is sent: its word, and whether a space leads it, cut
+// where a stop sequence begins. Tokens are produced in order.
+func (g *gen) piece(c *choice, k int) (string, bool) {
+	w, lead := word(c.seed, k), k > 0 || c.lead
+	if c.cut < 0 {
+		return w, lead
+	}
+	avail := c.cut - c.off
+	c.off += len(w)
+	if lead {
+		c.off++
+		avail--
+	}
+	switch {
+	case avail < 0: // the stop sequence began before this token (at its space, or earlier)
+		return "", false
+	case avail < len(w):
+		return w[:avail], lead
+	}
+	return w, lead
 }
 
 // gen is one generation request, planned before it is admitted.
@@ -47,9 +76,12 @@ type gen struct {
 	maxN         int
 	stream       bool
 	includeUsage bool
-	start        time.Time
-	prefix       []byte // chunk prefix up to and including `"choices":[`
-	tokens       int64  // the engine capacity it holds (prompt and completion)
+	// continuousUsage puts the usage so far in every chunk (vLLM's
+	// stream_options.continuous_usage_stats, honoured with include_usage only, as vLLM does).
+	continuousUsage bool
+	start           time.Time
+	prefix          []byte // chunk prefix up to and including `"choices":[`
+	tokens          int64  // the engine capacity it holds (prompt and completion)
 
 	// A stream's progress, and its state as a pulled body (Read, Close).
 	st      streamState
@@ -91,8 +123,9 @@ func (s *Sim) lookup(name string, embedding bool) (*model, error) {
 	return m, nil
 }
 
-// plan decides the length and finish reason of count choices.
-func (s *Sim) plan(seed uint64, prompt, limit int, hasLimit, ignoreEOS bool, count int) ([]choice, error) {
+// plan decides the length and finish reason of count choices answering a prompt of prompt
+// tokens; lead is true when the answer's first token has a leading space (completions).
+func (s *Sim) plan(seed uint64, prompt, limit int, hasLimit, ignoreEOS bool, count int, stops []string, lead bool) ([]choice, error) {
 	maxLen := s.o.MaxModelLen
 	switch {
 	case hasLimit && limit < 1:
@@ -113,10 +146,78 @@ func (s *Sim) plan(seed uint64, prompt, limit int, hasLimit, ignoreEOS bool, cou
 		case n >= room:
 			n, fin = room, finishLength
 		}
-		out[i] = choice{index: i, seed: cs, n: n, finish: fin}
+		c := choice{index: i, seed: cs, n: n, finish: fin, prompt: prompt, lead: lead, cut: -1}
+		if len(stops) > 0 {
+			c.applyStops(stops)
+		}
+		out[i] = c
 	}
 	return out, nil
 }
+
+// applyStops ends the choice at the first token whose text completes one of stops, as vLLM
+// does: after each token it looks for the stops, in the order given, in the text that
+// token may have completed; the first found ends generation there (finish_reason "stop"),
+// the text is cut where that stop begins, and the tokens generated up to it are counted.
+func (c *choice) applyStops(stops []string) {
+	var text strings.Builder
+	for k := 0; k < c.n; k++ {
+		prev := text.Len()
+		if k > 0 || c.lead {
+			text.WriteByte(' ')
+		}
+		text.WriteString(word(c.seed, k))
+		t := text.String()
+		for _, stop := range stops {
+			from := max(0, prev-len(stop)+1)
+			if i := strings.Index(t[from:], stop); i >= 0 {
+				c.n, c.finish, c.cut = k+1, finishStop, from+i
+				return
+			}
+		}
+	}
+}
+
+// stopList validates a request's stop sequences (vLLM refuses an empty one).
+func stopList(l *openai.StringList) ([]string, error) {
+	if l == nil {
+		return nil, nil
+	}
+	for _, s := range *l {
+		if s == "" {
+			return nil, apierr.Param("stop", "stop cannot contain an empty string")
+		}
+	}
+	return *l, nil
+}
+
+// streamOptions is stream_options with vLLM's continuous_usage_stats.
+type streamOptions struct {
+	IncludeUsage         bool `json:"include_usage"`
+	ContinuousUsageStats bool `json:"continuous_usage_stats"`
+}
+
+// usage returns include_usage and continuous usage for a request (vLLM's
+// should_include_usage: continuous stats need include_usage).
+func (o *streamOptions) usage(stream bool) (include, continuous bool) {
+	if !stream || o == nil {
+		return false, false
+	}
+	return o.IncludeUsage, o.IncludeUsage && o.ContinuousUsageStats
+}
+
+// The request bodies as the simulator reads them: OpenAI's, with vLLM's stream_options
+// (the outer field shadows the embedded one).
+type (
+	chatRequest struct {
+		openai.ChatCompletionRequest
+		StreamOptions *streamOptions `json:"stream_options,omitempty"`
+	}
+	completionRequest struct {
+		openai.CompletionRequest
+		StreamOptions *streamOptions `json:"stream_options,omitempty"`
+	}
+)
 
 func choiceCount(n *int) (int, error) {
 	if n == nil {
@@ -130,7 +231,7 @@ func choiceCount(n *int) (int, error) {
 
 func (s *Sim) chat(ctx *fasthttp.RequestCtx) {
 	start := time.Now()
-	var req openai.ChatCompletionRequest
+	var req chatRequest
 	if err := json.Unmarshal(ctx.PostBody(), &req); err != nil {
 		apierr.WriteFast(ctx, badJSON(err))
 		return
@@ -158,20 +259,25 @@ func (s *Sim) chat(ctx *fasthttp.RequestCtx) {
 		apierr.WriteFast(ctx, err)
 		return
 	}
-	limit, hasLimit := req.Limit()
-	choices, err := s.plan(seed, prompt, limit, hasLimit, req.IgnoreEOS, count)
+	stops, err := stopList(req.Stop)
 	if err != nil {
 		apierr.WriteFast(ctx, err)
 		return
 	}
-	g := &gen{s: s, m: m, chat: true, prompt: prompt, choices: choices, stream: req.Stream, start: start,
-		includeUsage: req.Stream && req.StreamOptions != nil && req.StreamOptions.IncludeUsage}
+	limit, hasLimit := req.Limit()
+	choices, err := s.plan(seed, prompt, limit, hasLimit, req.IgnoreEOS, count, stops, false)
+	if err != nil {
+		apierr.WriteFast(ctx, err)
+		return
+	}
+	g := &gen{s: s, m: m, chat: true, prompt: prompt, choices: choices, stream: req.Stream, start: start}
+	g.includeUsage, g.continuousUsage = req.StreamOptions.usage(req.Stream)
 	s.respond(ctx, g)
 }
 
 func (s *Sim) completions(ctx *fasthttp.RequestCtx) {
 	start := time.Now()
-	var req openai.CompletionRequest
+	var req completionRequest
 	if err := json.Unmarshal(ctx.PostBody(), &req); err != nil {
 		apierr.WriteFast(ctx, badJSON(err))
 		return
@@ -194,8 +300,13 @@ func (s *Sim) completions(ctx *fasthttp.RequestCtx) {
 	if req.MaxTokens != nil {
 		limit, hasLimit = *req.MaxTokens, true
 	}
-	g := &gen{s: s, m: m, prompt: 0, stream: req.Stream, start: start,
-		includeUsage: req.Stream && req.StreamOptions != nil && req.StreamOptions.IncludeUsage}
+	stops, err := stopList(req.Stop)
+	if err != nil {
+		apierr.WriteFast(ctx, err)
+		return
+	}
+	g := &gen{s: s, m: m, prompt: 0, stream: req.Stream, start: start}
+	g.includeUsage, g.continuousUsage = req.StreamOptions.usage(req.Stream)
 	for p := 0; p < req.Prompt.Len(); p++ {
 		var tokens int
 		var seed uint64
@@ -213,7 +324,7 @@ func (s *Sim) completions(ctx *fasthttp.RequestCtx) {
 				echo = text
 			}
 		}
-		cs, err := s.plan(seed, tokens, limit, hasLimit, req.IgnoreEOS, count)
+		cs, err := s.plan(seed, tokens, limit, hasLimit, req.IgnoreEOS, count, stops, true)
 		if err != nil {
 			apierr.WriteFast(ctx, err)
 			return
@@ -401,10 +512,11 @@ func (g *gen) appendBody(b []byte) []byte {
 			b = appendJSONEscaped(b, c.echo)
 		}
 		for k := 0; k < c.n; k++ {
-			if k > 0 || !g.chat {
+			w, lead := g.piece(&g.choices[i], k)
+			if lead {
 				b = append(b, ' ')
 			}
-			b = append(b, word(c.seed, k)...)
+			b = append(b, w...)
 		}
 		if g.chat {
 			b = append(b, `"},"logprobs":null,"finish_reason":"`...)
@@ -414,7 +526,13 @@ func (g *gen) appendBody(b []byte) []byte {
 		b = append(b, c.finish...)
 		b = append(b, `"}`...)
 	}
-	b = append(b, `],"usage":`...)
+	b = append(b, `],"system_fingerprint":`...)
+	if g.s.fingerprint != nil {
+		b = append(b, g.s.fingerprint...)
+	} else {
+		b = append(b, "null"...) // vLLM's default: the field, null
+	}
+	b = append(b, `,"usage":`...)
 	b = appendUsage(b, g.prompt, g.completionTokens())
 	return append(b, '}')
 }

@@ -60,6 +60,12 @@ type Options struct {
 	// so that a benchmark measures relaying tokens one by one. With any latency set, events
 	// are written one by one either way.
 	FlushEveryToken bool
+	// SystemFingerprint is the system_fingerprint of answers (MAAS_SIM_SYSTEM_FINGERPRINT).
+	// Empty (the default), the simulator does what vLLM does by default: "system_fingerprint":
+	// null in non-streamed answers, no such field in stream chunks. Set, it does what vLLM
+	// started with --fingerprint-mode does: the value in non-streamed answers, and in a
+	// stream on the usage chunk, or on each choice's finishing chunk when there is none.
+	SystemFingerprint string
 
 	// Logger receives the simulator's few log lines (start, LoRA changes); nil = discard.
 	// Its metrics live in a registry of its own, served on its own /metrics.
@@ -155,6 +161,7 @@ func (d Dist) pick(seed uint64) int {
 // Flags holds the raw settings bound by Bind; Options turns them into Options.
 type Flags struct {
 	addr, models, embModels, outTokens, fail, failRate string
+	fingerprint                                        string
 	ttft, itl, jitter                                  time.Duration
 	maxConc, maxQueue, dim, maxLen, kvTokens           int
 	failHeader, flushEvery                             bool
@@ -178,6 +185,7 @@ func (f *Flags) Bind(l *config.Loader) {
 	l.String(&f.fail, "MAAS_SIM_FAIL", "sim-fail", "", "failure injected into requests (X-Sim-Fail syntax)")
 	l.String(&f.failRate, "MAAS_SIM_FAIL_RATE", "sim-fail-rate", "1", "share of requests (0..1) that get MAAS_SIM_FAIL")
 	l.Bool(&f.flushEvery, "MAAS_SIM_FLUSH_EVERY_TOKEN", "sim-flush-every-token", d.FlushEveryToken, "write and flush every stream event on its own, even at zero latency (benchmarks of per-token relaying)")
+	l.String(&f.fingerprint, "MAAS_SIM_SYSTEM_FINGERPRINT", "sim-system-fingerprint", d.SystemFingerprint, "system_fingerprint of answers (empty: null in non-streamed answers, absent from chunks, as vLLM by default)")
 	l.Bool(&f.failHeader, "MAAS_SIM_FAIL_HEADER", "sim-fail-header", d.FailHeaderEnabled, "honour the X-Sim-Fail request header (tests only; off: the header is ignored)")
 }
 
@@ -192,6 +200,7 @@ func (f *Flags) Options() (Options, error) {
 	o.EmbeddingDim, o.MaxModelLen, o.KVCacheTokens = f.dim, f.maxLen, f.kvTokens
 	o.FailHeaderEnabled = f.failHeader
 	o.FlushEveryToken = f.flushEvery
+	o.SystemFingerprint = strings.TrimSpace(f.fingerprint)
 	var err error
 	if o.OutputTokens, err = ParseDist(f.outTokens); err != nil {
 		return o, &config.Error{Name: "MAAS_SIM_OUTPUT_TOKENS", Msg: err.Error()}

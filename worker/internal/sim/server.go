@@ -54,6 +54,8 @@ type Sim struct {
 	idPrefix string
 	idSeq    atomic.Uint64
 	created  int64
+	// fingerprint is Options.SystemFingerprint as a JSON string; nil when not set.
+	fingerprint []byte
 }
 
 // model is one served model (a base model or a LoRA adapter).
@@ -91,6 +93,9 @@ func New(o Options) (*Sim, error) {
 	}
 	if o.MaxConcurrency > 0 {
 		s.slots = make(chan struct{}, o.MaxConcurrency)
+	}
+	if o.SystemFingerprint != "" {
+		s.fingerprint = appendJSONString(nil, o.SystemFingerprint)
 	}
 	reg := obs.NewRegistry("sim")
 	primary := ""

@@ -36,7 +36,7 @@ const (
 // streamState is a stream's progress: which event next produces.
 type streamState struct {
 	phase     phase
-	ci, sub   int // choice, and step within it
+	ci, sub   int // choice, and step within it (head)
 	k         int // token round
 	gap       bool
 	malformed bool // one bad event is due after the first
@@ -64,32 +64,29 @@ func (g *gen) chunkPrefix() []byte {
 type chunkKind uint8
 
 const (
-	chunkRole chunkKind = iota
-	chunkText
-	chunkFinish
+	chunkRole chunkKind = iota // chat's first chunk of a choice
+	chunkText                  // text (a token, or the echoed prompt)
 )
 
 // event appends one framed event ("data: {...}\n\n"): the prefix, one choice, the closing.
-func (g *gen) event(b []byte, index int, kind chunkKind, text string, lead bool, finish string) []byte {
+// finish is the choice's finish_reason on its last token's chunk, "" (null) before it;
+// completion is the choice's tokens so far, for continuous usage stats.
+func (g *gen) event(b []byte, c *choice, kind chunkKind, text string, lead bool, finish string, completion int) []byte {
 	b = append(b, "data: "...)
 	b = append(b, g.prefix...)
 	b = append(b, `{"index":`...)
-	b = strconv.AppendInt(b, int64(index), 10)
-	if g.chat {
-		switch kind {
-		case chunkRole:
-			b = append(b, `,"delta":{"role":"assistant","content":""}`...)
-		case chunkText:
-			b = append(b, `,"delta":{"content":"`...)
-			if lead {
-				b = append(b, ' ')
-			}
-			b = appendJSONEscaped(b, text)
-			b = append(b, `"}`...)
-		case chunkFinish:
-			b = append(b, `,"delta":{}`...)
+	b = strconv.AppendInt(b, int64(c.index), 10)
+	switch {
+	case g.chat && kind == chunkRole:
+		b = append(b, `,"delta":{"role":"assistant","content":""}`...)
+	case g.chat:
+		b = append(b, `,"delta":{"content":"`...)
+		if lead {
+			b = append(b, ' ')
 		}
-	} else {
+		b = appendJSONEscaped(b, text)
+		b = append(b, `"}`...)
+	default:
 		b = append(b, `,"text":"`...)
 		if lead {
 			b = append(b, ' ')
@@ -98,7 +95,7 @@ func (g *gen) event(b []byte, index int, kind chunkKind, text string, lead bool,
 		b = append(b, '"')
 	}
 	b = append(b, `,"logprobs":null,"finish_reason":`...)
-	if kind == chunkFinish {
+	if finish != "" {
 		b = append(b, '"')
 		b = append(b, finish...)
 		b = append(b, '"')
@@ -106,8 +103,16 @@ func (g *gen) event(b []byte, index int, kind chunkKind, text string, lead bool,
 		b = append(b, "null"...)
 	}
 	b = append(b, '}', ']')
-	if g.includeUsage {
+	switch {
+	case g.continuousUsage:
+		b = append(b, `,"usage":`...)
+		b = appendUsage(b, c.prompt, completion)
+	case g.includeUsage:
 		b = append(b, `,"usage":null`...)
+	case finish != "" && g.s.fingerprint != nil:
+		// vLLM with a fingerprint stamps it on the finishing chunks when no usage chunk follows.
+		b = append(b, `,"system_fingerprint":`...)
+		b = append(b, g.s.fingerprint...)
 	}
 	return append(b, "}\n\n"...)
 }
@@ -118,6 +123,10 @@ func (g *gen) usageEvent(b []byte) []byte {
 	b = append(b, g.prefix...)
 	b = append(b, `],"usage":`...)
 	b = appendUsage(b, g.prompt, g.completionTokens())
+	if g.s.fingerprint != nil {
+		b = append(b, `,"system_fingerprint":`...)
+		b = append(b, g.s.fingerprint...)
+	}
 	return append(b, "}\n\n"...)
 }
 
@@ -164,9 +173,9 @@ func (g *gen) produce(b []byte) (_ []byte, gap, ok bool) {
 			st.sub++
 			switch {
 			case st.sub == 1 && g.chat:
-				return g.event(b, c.index, chunkRole, "", false, ""), false, true
+				return g.event(b, c, chunkRole, "", false, "", 0), false, true
 			case st.sub == 2 && c.echo != "":
-				return g.event(b, c.index, chunkText, c.echo, false, ""), false, true
+				return g.event(b, c, chunkText, c.echo, false, "", 0), false, true
 			case st.sub >= 2:
 				st.ci, st.sub = st.ci+1, 0
 			}
@@ -179,21 +188,18 @@ func (g *gen) produce(b []byte) (_ []byte, gap, ok bool) {
 				continue
 			}
 			c := &g.choices[st.ci]
+			st.ci++
 			if st.k >= c.n {
-				st.ci++
 				continue
 			}
-			if st.sub == 0 {
-				st.sub = 1
-				gap, st.gap = st.gap, false
-				st.produced++
-				return g.event(b, c.index, chunkText, word(c.seed, st.k), st.k > 0 || !g.chat, ""), gap, true
-			}
-			st.sub = 0
-			st.ci++
+			gap, st.gap = st.gap, false
+			st.produced++
+			text, lead := g.piece(c, st.k)
+			finish := ""
 			if st.k == c.n-1 {
-				return g.event(b, c.index, chunkFinish, "", false, c.finish), false, true
+				finish = c.finish // on the last token's chunk, as vLLM sends it
 			}
+			return g.event(b, c, chunkText, text, lead, finish, st.k+1), gap, true
 		case phaseUsage:
 			st.phase = phaseDone
 			if g.includeUsage {
