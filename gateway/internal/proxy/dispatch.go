@@ -31,15 +31,18 @@ func (c *call) dispatch(ctx *fasthttp.RequestCtx) (streaming bool, err error) {
 			}
 			return false, err
 		}
-		var ok bool
+		var r attempt
 		var v verdict
 		if c.fields.Stream {
-			ok, v = c.openStream(ctx, l)
+			r, v = c.openStream(ctx, l)
 		} else {
-			ok, v = c.exchange(ctx, l, deadline)
+			r, v = c.exchange(ctx, l, deadline)
 		}
-		if ok {
-			return c.fields.Stream, nil
+		switch r {
+		case committed:
+			return true, nil
+		case answered:
+			return false, nil
 		}
 		if v.kind != "" {
 			c.retryNote(l, v.kind)
@@ -57,6 +60,15 @@ func (c *call) dispatch(ctx *fasthttp.RequestCtx) (streaming bool, err error) {
 		h.m.retries.WithLabelValues(c.label).Inc()
 	}
 }
+
+// attempt is how an attempt on one backend ended.
+type attempt uint8
+
+const (
+	failed    attempt = iota // nothing reached the client; the verdict says what next
+	answered                 // the backend's answer (or refusal) was relayed whole
+	committed                // a stream was committed: its writer owns the call
+)
 
 // acquire takes a slot on a backend serving the model, other than those tried.
 //
@@ -87,7 +99,7 @@ func (c *call) judge(f failure) verdict {
 
 // exchange sends a non-streamed request to l's backend and relays its answer. On a
 // failure that another backend may not see, the lease is still held (dispatch releases it).
-func (c *call) exchange(ctx *fasthttp.RequestCtx, l *upstream.Lease, deadline time.Time) (bool, verdict) {
+func (c *call) exchange(ctx *fasthttp.RequestCtx, l *upstream.Lease, deadline time.Time) (attempt, verdict) {
 	req := fasthttp.AcquireRequest()
 	resp := fasthttp.AcquireResponse()
 	defer fasthttp.ReleaseRequest(req)
@@ -103,17 +115,21 @@ func (c *call) exchange(ctx *fasthttp.RequestCtx, l *upstream.Lease, deadline ti
 		c.watch = newClientWatch(&c.guard, c.h.o.BaseContext)
 	}
 	c.watch.arm(ctx)
-	f := c.roundTrip(l.U, req, resp, deadline)
+	f := c.roundTrip(l.U, req, resp, deadline, false)
+	if f.err != nil && f.stale {
+		c.freshAgain(l)
+		resp.Reset()
+		f = c.roundTrip(l.U, req, resp, deadline, true)
+	}
 	c.watch.disarm()
 	if f.err != nil {
-		return false, c.judge(f)
+		return failed, c.judge(f)
 	}
-	status := resp.StatusCode()
 	outcome := upstream.Success
-	if status != 200 {
-		v := c.judge(failure{status: status}) // the body is relayed as it is, not read
+	if status := resp.StatusCode(); status != 200 {
+		v := c.judge(failure{status: status, body: resp.Body()})
 		if v.retry {
-			return false, v
+			return failed, v
 		}
 		if v.kind != "" {
 			c.retryNote(l, v.kind)
@@ -123,13 +139,22 @@ func (c *call) exchange(ctx *fasthttp.RequestCtx, l *upstream.Lease, deadline ti
 	l.Release(outcome)
 	c.lease = nil
 	c.relayUnary(ctx, resp)
-	return true, verdict{}
+	return answered, verdict{}
+}
+
+// freshAgain notes a stale connection to l's backend before the request is sent again on
+// a new one, and closes the backend's other idle connections: they were opened before the
+// backend closed this one (a restarted engine closed them all).
+func (c *call) freshAgain(l *upstream.Lease) {
+	c.retryNote(l, "stale")
+	l.U.DropIdle()
 }
 
 // openStream opens the stream on l's backend and reads its first event before anything
 // is sent to the client, so that failures up to then fail over to another backend. On
-// success the stream is committed: the client's response body is the stream's writer.
-func (c *call) openStream(ctx *fasthttp.RequestCtx, l *upstream.Lease) (bool, verdict) {
+// success the stream is committed: the client's response body is the stream's writer. A
+// refusal (a status the backend's answer keeps, judge) is relayed as it came.
+func (c *call) openStream(ctx *fasthttp.RequestCtx, l *upstream.Lease) (attempt, verdict) {
 	h := c.h
 	st := &streamState{c: c, l: l, resp: fasthttp.AcquireResponse(), idleFor: h.o.StreamIdleTimeout}
 	st.resp.StreamBody = true
@@ -137,8 +162,19 @@ func (c *call) openStream(ctx *fasthttp.RequestCtx, l *upstream.Lease) (bool, ve
 	st.stopBase = context.AfterFunc(c.base, st.closeStream)
 	f, ok := st.open(&ctx.Request.Header)
 	if !ok {
+		v := c.judge(f)
+		if v.relay {
+			if v.kind != "" {
+				c.retryNote(l, v.kind)
+			}
+			c.relayRefusal(ctx, &st.resp.Header, f.body)
+			st.release()
+			l.Release(v.outcome)
+			c.lease = nil
+			return answered, verdict{}
+		}
 		st.release()
-		return false, c.judge(f)
+		return failed, v
 	}
 	// Committed: from here on the client receives bytes.
 	ctx.SetStatusCode(200)
@@ -148,5 +184,5 @@ func (c *call) openStream(ctx *fasthttp.RequestCtx, l *upstream.Lease) (bool, ve
 	_ = ctx.SetWriteDeadline(c.start.Add(h.o.RequestTimeout))
 	h.m.streams.Inc()
 	ctx.Response.SetBodyStream(st, -1)
-	return true, verdict{}
+	return committed, verdict{}
 }

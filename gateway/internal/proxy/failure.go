@@ -1,7 +1,6 @@
 package proxy
 
 import (
-	"encoding/json"
 	"errors"
 	"net"
 
@@ -15,26 +14,43 @@ import (
 type failure struct {
 	err       error  // transport error; nil when the backend answered with status
 	status    int    // the backend's status when it answered (not 200)
-	body      []byte // the backend's error body, whose message a refusal relays
+	body      []byte // the backend's answer to a failed request (read only to classify it)
 	timedOut  bool   // one of our timers fired (first byte, idle)
 	midStream bool   // the client has already received bytes
 	shutdown  bool   // the gateway is cutting requests (shutdown grace over)
+	// stale: the request failed on a reused pooled connection before any byte of its
+	// answer, and not by a timeout: the backend closed the connection while it sat in the
+	// pool (an engine restarted, or its keep-alive idle time ran out), so it never saw
+	// the request.
+	stale bool
 	// clientGone: the client closed its connection, and the exchange was aborted for it.
 	clientGone bool
 }
 
 // verdict is what a failure means for the request.
 type verdict struct {
-	err     *apierr.Error
-	retry   bool             // another backend may be tried (the client has seen nothing)
+	err   *apierr.Error // the gateway's own error for the client (nil when relay)
+	relay bool          // the backend's answer goes to the client as it is
+	retry bool          // another backend may be tried (the client has seen nothing)
+	// fresh: try once more on the same backend, on a new connection (stale).
+	fresh   bool
 	kind    string           // the kind label of maas_gateway_upstream_errors_total; "" none
 	outcome upstream.Outcome // for the backend's circuit breaker
 }
 
-// judge is the one mapping from a backend failure to the client's error: the client gone →
-// 499 (no health signal), shutdown → 503,
-// timeout → 504, anything else from the transport → 502, and 502/503/504 from a backend
-// are retried elsewhere; any other refusal (a 400, say) is the client's error, relayed.
+// judge is the one mapping from a backend failure to what the client sees, for streamed
+// and non-streamed requests alike (README, "Errors, retries and circuit breakers"):
+//
+//   - the client gone → 499, shutdown → 503; neither says anything of the backend;
+//   - a stale pooled connection → one more try on a new connection to the same backend,
+//     not counted against it;
+//   - a timeout → 504, any other transport error → 502, a 502/503/504 answer → the same
+//     status as the gateway's own error: tried on another backend while the client has
+//     seen nothing, and counted against the backend's breaker;
+//   - any other answer (400, 401, 404, 422, 429, 500, …) is relayed as the backend sent it
+//     (status, body, Content-Type, Retry-After) and not retried. It counts against the
+//     breaker only when it is a 5xx that does not blame the request (blamesRequest): a 4xx,
+//     or a 500 whose body says the request was bad, is the client's doing.
 func judge(f failure) verdict {
 	switch {
 	case f.clientGone:
@@ -49,6 +65,9 @@ func judge(f failure) verdict {
 	case f.midStream:
 		return verdict{err: &apierr.Error{Kind: apierr.BadGateway, Message: "the backend stream broke off", Err: f.err},
 			kind: "stream", outcome: upstream.Failure}
+	case f.stale:
+		return verdict{err: &apierr.Error{Kind: apierr.BadGateway, Message: "the backend could not be reached", Err: f.err},
+			fresh: true, kind: "stale", outcome: upstream.Neutral}
 	case f.err != nil && isTimeout(f.err, f.timedOut):
 		return verdict{err: &apierr.Error{Kind: apierr.UpstreamTimeout, Message: "the backend did not answer in time", Err: f.err},
 			retry: true, kind: "timeout", outcome: upstream.Failure}
@@ -65,32 +84,27 @@ func judge(f failure) verdict {
 		}
 		return verdict{err: &apierr.Error{Kind: kind, Message: "the backend failed (status " + itoa(f.status) + ")"},
 			retry: true, kind: "status", outcome: upstream.Failure}
+	case f.status >= 500 && !blamesRequest(f.body):
+		return verdict{relay: true, kind: "status", outcome: upstream.Failure}
 	}
-	// The backend refused the request (e.g. 400): relay its OpenAI error message.
-	var env struct {
-		Error struct {
-			Message string `json:"message"`
-		} `json:"error"`
+	return verdict{relay: true, outcome: upstream.Success}
+}
+
+// blamesRequest reports whether a backend's error body says the request was at fault: an
+// OpenAI error object ({"error":{…}}, or vLLM's older flat {"object":"error",…}) whose
+// type is invalid_request_error (OpenAI) or BadRequestError (vLLM), or whose code is a
+// 4xx status number (vLLM puts the status it meant there).
+func blamesRequest(body []byte) bool {
+	e := member(body, "error")
+	if len(e) == 0 || e[0] != '{' {
+		e = body // the flat form
 	}
-	if len(f.body) > 0 {
-		_ = json.Unmarshal(f.body, &env)
+	switch string(member(e, "type")) {
+	case `"invalid_request_error"`, `"BadRequestError"`:
+		return true
 	}
-	msg := env.Error.Message
-	if msg == "" {
-		msg = "the backend refused the request (status " + itoa(f.status) + ")"
-	}
-	v := verdict{err: &apierr.Error{Kind: apierr.InvalidRequest, Message: msg}, outcome: upstream.Success}
-	switch {
-	case f.status == 404:
-		v.err.Kind = apierr.NotFound
-	case f.status == 413:
-		v.err.Kind = apierr.TooLarge
-	case f.status == 422:
-		v.err.Kind = apierr.Unprocessable
-	case f.status >= 500:
-		v.err.Kind, v.kind, v.outcome = apierr.BadGateway, "status", upstream.Failure
-	}
-	return v
+	code, ok := intValue(member(e, "code"))
+	return ok && code >= 400 && code < 500
 }
 
 func isTimeout(err error, timedOut bool) bool {

@@ -19,18 +19,17 @@ import (
 // relayUnary copies a backend's non-streamed answer to the client and reads its usage.
 // Refusals (4xx, 5xx that are not retried) are relayed as the backend wrote them.
 func (c *call) relayUnary(ctx *fasthttp.RequestCtx, resp *fasthttp.Response) {
-	status := resp.StatusCode()
-	c.status = status
-	ctx.SetStatusCode(status)
+	body := resp.Body()
+	if resp.StatusCode() != 200 {
+		c.relayRefusal(ctx, &resp.Header, body)
+		return
+	}
+	c.status = 200
+	ctx.SetStatusCode(200)
 	if ct := resp.Header.ContentType(); len(ct) > 0 {
 		ctx.Response.Header.SetContentTypeBytes(ct)
 	}
-	body := resp.Body()
 	ctx.SetBody(body)
-	if status != 200 {
-		c.errType = "upstream_" + itoa(status)
-		return
-	}
 	c.use = parseUsage(member(body, "usage"))
 	if !c.use.ok {
 		c.estimated = true
@@ -39,6 +38,22 @@ func (c *call) relayUnary(ctx *fasthttp.RequestCtx, resp *fasthttp.Response) {
 			c.use.completion = int64(len(member(body, "choices"))+3) / 4
 		}
 	}
+}
+
+// relayRefusal answers the client with a backend's refusal as the backend sent it, for
+// streamed and non-streamed requests alike: its status, body, Content-Type and
+// Retry-After (a 429's advice to rate-limited clients and their SDKs).
+func (c *call) relayRefusal(ctx *fasthttp.RequestCtx, hd *fasthttp.ResponseHeader, body []byte) {
+	status := hd.StatusCode()
+	c.status, c.errType = status, "upstream_"+itoa(status)
+	ctx.SetStatusCode(status)
+	if ct := hd.ContentType(); len(ct) > 0 {
+		ctx.Response.Header.SetContentTypeBytes(ct)
+	}
+	if ra := hd.Peek("Retry-After"); len(ra) > 0 {
+		ctx.Response.Header.SetBytesV("Retry-After", ra)
+	}
+	ctx.SetBody(body)
 }
 
 // --- streaming ---
@@ -93,7 +108,8 @@ type streamState struct {
 	outPos  int    // sent part of out (Read)
 	outcome upstream.Outcome
 	mm      *modelMetrics
-	sawDone bool // [DONE] seen
+	sawDone bool   // [DONE] seen
+	scratch []byte // an event being edited (stripUsage)
 }
 
 var readerPool = sync.Pool{New: func() any { return sse.NewReader(nil, 4<<20) }}
@@ -125,6 +141,14 @@ func (st *streamState) headersIn() {
 		st.bodyAt = bodyClosed
 		_ = st.resp.CloseBodyStream()
 	}
+}
+
+// awaited reports that nothing asked to close the stream before its headers came (no
+// first-byte timeout, no end of the call's base context): a request may be sent again.
+func (st *streamState) awaited() bool {
+	st.closeMu.Lock()
+	defer st.closeMu.Unlock()
+	return st.bodyAt == bodyAwaited
 }
 
 // timeout is the timer's callback: first-byte timeout, or idle timeout between events.
@@ -175,6 +199,12 @@ func (st *streamState) open(in *fasthttp.RequestHeader) (failure, bool) {
 	req.Header.Set("Accept", "text/event-stream")
 	req.SetBodyRaw(c.body.B)
 	err := l.U.Stream.Do(req, st.resp)
+	if err != nil && upstream.StaleStream(st.resp, err) && st.awaited() {
+		// The pooled connection was closed by the backend: once more on a new one.
+		c.freshAgain(l)
+		req.SetConnectionClose() // u.FreshStream keeps no connection
+		err = l.U.FreshStream.Do(req, st.resp)
+	}
 	fasthttp.ReleaseRequest(req)
 	if err != nil {
 		return failure{err: err, timedOut: st.timedOut.Load()}, false
@@ -316,8 +346,14 @@ func (st *streamState) emit(raw, data []byte) {
 	case bytes.Equal(data, sse.Done):
 		st.sawDone = true
 		st.out = append(st.out, "data: [DONE]\n\n"...)
-	case st.event(data, st.mm):
-		st.out = sse.AppendData(st.out, data)
+	default:
+		switch st.event(data, st.mm) {
+		case passEvent:
+			st.out = sse.AppendData(st.out, data)
+		case stripUsage:
+			st.scratch = appendWithout(st.scratch[:0], data, "usage")
+			st.out = sse.AppendData(st.out, st.scratch)
+		}
 	}
 }
 
@@ -397,9 +433,21 @@ func (st *streamState) panicked(v any, w io.Writer) error {
 	return errStreamPanic
 }
 
-// event inspects one data event: usage, token timing. It returns false when the event
-// must not reach the client (the usage chunk we asked for).
-func (st *streamState) event(data []byte, mm *modelMetrics) bool {
+// eventFate is what reaches the client of a data event.
+type eventFate uint8
+
+const (
+	passEvent  eventFate = iota // the event as it came
+	dropEvent                   // nothing: the usage chunk the gateway asked for itself
+	stripUsage                  // the event without its usage member
+)
+
+// event inspects one data event: usage, token timing. When the gateway asked for usage
+// itself (c.injected), the client sees none: the final usage chunk is dropped, and a
+// usage object in a chunk with choices (vLLM puts one in every chunk when the request
+// has stream_options.continuous_usage_stats) is removed from it. The last usage seen is
+// the one the ledger takes.
+func (st *streamState) event(data []byte, mm *modelMetrics) eventFate {
 	c := st.c
 	c.hook("event")
 	emptyChoices, usageRaw := chunkFields(data)
@@ -419,10 +467,13 @@ func (st *streamState) event(data []byte, mm *modelMetrics) bool {
 		}
 		c.lastTok = now
 	}
-	if c.injected && emptyChoices && len(usageRaw) > 0 && usageRaw[0] == '{' {
-		return false
+	if c.injected && len(usageRaw) > 0 && usageRaw[0] == '{' {
+		if emptyChoices {
+			return dropEvent
+		}
+		return stripUsage
 	}
-	return true
+	return passEvent
 }
 
 // clientGone: the client went away; the backend request is aborted now.

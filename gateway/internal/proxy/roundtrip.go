@@ -79,9 +79,18 @@ func (g *backendGuard) abort(r abortReason) {
 
 var continue100 = []byte("HTTP/1.1 100")
 
-// roundTrip sends req to u and reads its answer into resp, by deadline at the latest.
-func (c *call) roundTrip(u *upstream.Upstream, req *fasthttp.Request, resp *fasthttp.Response, deadline time.Time) failure {
+// roundTrip sends req to u and reads its answer into resp, by deadline at the latest. fresh
+// sends it on a new connection (u.Fresh), closed after it.
+//
+// A failure is stale (failure.stale: retried once on a new connection) when the
+// connection was reused from the pool (it carried an earlier exchange) and the request
+// failed before any byte of its answer: while it was being written, or while waiting for
+// the first byte with nothing received, and not by a timeout or an abort of ours.
+func (c *call) roundTrip(u *upstream.Upstream, req *fasthttp.Request, resp *fasthttp.Response, deadline time.Time, fresh bool) failure {
 	h, hc := c.h, u.Client
+	if fresh {
+		hc = u.Fresh
+	}
 	now := time.Now()
 	if !now.Before(deadline) {
 		return failure{err: fasthttp.ErrTimeout}
@@ -102,15 +111,18 @@ func (c *call) roundTrip(u *upstream.Upstream, req *fasthttp.Request, resp *fast
 		return failure{err: err}
 	}
 	conn := cc.Conn()
+	reused := !cc.LastUseTime().IsZero() // set when a connection goes back to the pool
 	if !c.guard.attach(conn) {
 		hc.CloseConn(cc)
 		return failure{err: net.ErrClosed, clientGone: c.guard.detach() == abortClientGone}
 	}
-	// fail closes the connection (its state is unknown) and describes the failure.
-	fail := func(err error, timedOut bool) failure {
+	// fail closes the connection (its state is unknown) and describes the failure;
+	// noAnswer: not one byte of the answer was received.
+	fail := func(err error, noAnswer bool) failure {
 		reason := c.guard.detach()
 		hc.CloseConn(cc)
-		return failure{err: err, timedOut: timedOut, clientGone: reason == abortClientGone}
+		stale := reused && noAnswer && reason == notAborted && !isTimeout(err, false)
+		return failure{err: err, stale: stale, clientGone: reason == abortClientGone}
 	}
 	if err := conn.SetWriteDeadline(deadline); err != nil {
 		return fail(err, false)
@@ -122,7 +134,7 @@ func (c *call) roundTrip(u *upstream.Upstream, req *fasthttp.Request, resp *fast
 	}
 	hc.ReleaseWriter(bw)
 	if err != nil {
-		return fail(err, false)
+		return fail(err, true)
 	}
 
 	// answerBy bounds the whole answer: the request's deadline, or sooner the response
@@ -145,8 +157,9 @@ func (c *call) roundTrip(u *upstream.Upstream, req *fasthttp.Request, resp *fast
 	// The first byte: a status line (interim or final) starts with these 12 bytes.
 	head, err := br.Peek(len(continue100))
 	if err != nil {
+		none := br.Buffered() == 0
 		hc.ReleaseReader(br)
-		return fail(err, false)
+		return fail(err, none)
 	}
 	if !bytes.Equal(head, continue100) && !noContinue {
 		h.noContinue.Store(u, struct{}{}) // the answer came without "100 Continue"
@@ -168,8 +181,8 @@ func (c *call) roundTrip(u *upstream.Upstream, req *fasthttp.Request, resp *fast
 		hc.CloseConn(cc) // the answer arrived whole: it is delivered
 		return failure{}
 	}
-	if resp.ConnectionClose() || req.ConnectionClose() {
-		hc.CloseConn(cc)
+	if fresh || resp.ConnectionClose() || req.ConnectionClose() {
+		hc.CloseConn(cc) // u.Fresh keeps no connection: its next request dials anew
 	} else {
 		hc.ReleaseConn(cc)
 	}

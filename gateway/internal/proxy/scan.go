@@ -206,6 +206,34 @@ func member(b []byte, key string) []byte {
 	return out
 }
 
+// appendWithout appends object b to dst without its top-level member key (and the comma
+// that separated it), or b unchanged when it has no such member.
+func appendWithout(dst, b []byte, key string) []byte {
+	ks, ve := -1, -1
+	eachMember(b, func(k []byte, s, e int) bool {
+		if string(k) == key {
+			ks, ve = cap(b)-cap(k)-1, e // k is a subslice of b: its quote is at ks
+			return false
+		}
+		return true
+	})
+	if ks < 0 {
+		return append(dst, b...)
+	}
+	i := ks
+	for i > 0 && isSpace(b[i-1]) {
+		i--
+	}
+	if i > 0 && b[i-1] == ',' { // not the first member: drop the comma before it
+		return append(append(dst, b[:i-1]...), b[ve:]...)
+	}
+	j := skipSpace(b, ve)
+	if j < len(b) && b[j] == ',' {
+		j++
+	}
+	return append(append(dst, b[:ks]...), b[j:]...)
+}
+
 // intValue parses an integer value; ok is false for anything else.
 func intValue(v []byte) (int64, bool) {
 	if len(v) == 0 || len(v) > 19 {

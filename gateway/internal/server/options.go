@@ -40,6 +40,11 @@ type Options struct {
 
 	// ConnectTimeout bounds dialing a backend (MAAS_CONNECT_TIMEOUT).
 	ConnectTimeout time.Duration
+	// UpstreamIdleTimeout closes a pooled connection to a backend after it sat idle this
+	// long. Keep it below the engines' own keep-alive timeout (vLLM and SGLang: 5 s), so
+	// that the gateway closes idle connections before an engine does
+	// (MAAS_UPSTREAM_IDLE_TIMEOUT).
+	UpstreamIdleTimeout time.Duration
 	// FirstByteTimeout bounds the wait for a stream's first event, and for the first byte of a
 	// backend's answer to a non-streamed request, an interim "100 Continue" included (engines
 	// send it when they read the request); past it the request fails over to another
@@ -134,6 +139,7 @@ func DefaultOptions() Options {
 		IdleTimeout:         120 * time.Second,
 		ShutdownGrace:       30 * time.Second,
 		ConnectTimeout:      2 * time.Second,
+		UpstreamIdleTimeout: 3 * time.Second,
 		FirstByteTimeout:    60 * time.Second,
 		StreamIdleTimeout:   60 * time.Second,
 		RequestTimeout:      10 * time.Minute,
@@ -170,6 +176,7 @@ func (o *Options) Bind(l *config.Loader) {
 	l.Duration(&o.IdleTimeout, "MAAS_IDLE_TIMEOUT", "idle-timeout", o.IdleTimeout, "keep-alive idle timeout")
 	l.Duration(&o.ShutdownGrace, "MAAS_SHUTDOWN_GRACE", "shutdown-grace", o.ShutdownGrace, "time in-flight requests may finish after SIGTERM")
 	l.Duration(&o.ConnectTimeout, "MAAS_CONNECT_TIMEOUT", "connect-timeout", o.ConnectTimeout, "backend dial timeout")
+	l.Duration(&o.UpstreamIdleTimeout, "MAAS_UPSTREAM_IDLE_TIMEOUT", "upstream-idle-timeout", o.UpstreamIdleTimeout, "idle time after which a pooled backend connection is closed (below the engines' keep-alive)")
 	l.Duration(&o.FirstByteTimeout, "MAAS_FIRST_BYTE_TIMEOUT", "first-byte-timeout", o.FirstByteTimeout, "wait for a backend's first byte (a stream's first event)")
 	l.Duration(&o.ResponseHeaderTimeout, "MAAS_RESPONSE_HEADER_TIMEOUT", "response-header-timeout", o.ResponseHeaderTimeout, "wait for a non-streamed answer (0: the request timeout)")
 	l.Duration(&o.StreamIdleTimeout, "MAAS_STREAM_IDLE_TIMEOUT", "stream-idle-timeout", o.StreamIdleTimeout, "largest gap between stream events")
@@ -216,6 +223,7 @@ func (o *Options) Validate() error {
 		{"MAAS_WRITE_TIMEOUT", int64(o.WriteTimeout)},
 		{"MAAS_IDLE_TIMEOUT", int64(o.IdleTimeout)},
 		{"MAAS_CONNECT_TIMEOUT", int64(o.ConnectTimeout)},
+		{"MAAS_UPSTREAM_IDLE_TIMEOUT", int64(o.UpstreamIdleTimeout)},
 		{"MAAS_FIRST_BYTE_TIMEOUT", int64(o.FirstByteTimeout)},
 		{"MAAS_STREAM_IDLE_TIMEOUT", int64(o.StreamIdleTimeout)},
 		{"MAAS_REQUEST_TIMEOUT", int64(o.RequestTimeout)},

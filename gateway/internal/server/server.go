@@ -61,6 +61,7 @@ func Run(ctx context.Context, o Options) error {
 		QueueTimeout: o.QueueTimeout, QueueSize: o.QueueSize,
 		BreakerFailures: 3, BreakerOpenFor: 5 * time.Second, BreakerInterval: 10 * time.Second,
 		StreamReadTimeout:  max(o.FirstByteTimeout, o.StreamIdleTimeout) + 5*time.Second,
+		IdleTimeout:        o.UpstreamIdleTimeout,
 		AffinityLoadFactor: 1.25,
 		Logger:             log, Registerer: reg, Now: time.Now,
 	})

@@ -45,9 +45,13 @@ type Options struct {
 	// StreamReadTimeout bounds the silence between two reads of a streamed response
 	// (waiting for its headers included); 0 disables it.
 	StreamReadTimeout time.Duration
-	Logger            *slog.Logger
-	Registerer        prometheus.Registerer
-	Now               func() time.Time
+	// IdleTimeout closes a pooled connection to a backend after it sat idle this long. It
+	// must stay below the engines' own keep-alive timeout (vLLM and SGLang close idle
+	// connections after 5 s), so that the gateway, not the engine, closes idle connections.
+	IdleTimeout time.Duration
+	Logger      *slog.Logger
+	Registerer  prometheus.Registerer
+	Now         func() time.Time
 }
 
 // DefaultOptions returns the defaults.
@@ -62,6 +66,7 @@ func DefaultOptions() Options {
 		BreakerInterval:    10 * time.Second,
 		AffinityLoadFactor: 1.25,
 		StreamReadTimeout:  70 * time.Second,
+		IdleTimeout:        3 * time.Second,
 		Now:                time.Now,
 	}
 }

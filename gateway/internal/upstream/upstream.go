@@ -32,6 +32,12 @@ type Upstream struct {
 	// on its connections has a sliding deadline of StreamReadTimeout (a backend that stops
 	// sending fails the read instead of holding the stream forever).
 	Stream *fasthttp.HostClient
+	// Fresh and FreshStream send the one retry of a request whose pooled connection turned
+	// out closed by the backend (StaleStream): their pools stay empty (a request on them
+	// is sent with "Connection: close" or its connection closed after it), so every
+	// request dials a new connection. They dial with Client's and Stream's Dial.
+	Fresh       *fasthttp.HostClient
+	FreshStream *fasthttp.HostClient
 
 	inFlight atomic.Int64
 	capacity atomic.Int64
@@ -106,9 +112,11 @@ func (u *Upstream) load() int64 { return u.waiting.Load()*1000 + u.kvMilli.Load(
 type Outcome uint8
 
 const (
-	// Success: the backend answered (any status below 500, or a completed stream).
+	// Success: the backend answered (a completed stream, or a status that says the
+	// request, not the backend, was at fault: see the gateway's error rules).
 	Success Outcome = iota
-	// Failure: connection error, timeout or a 5xx; counts against the breaker.
+	// Failure: connection error, timeout, 502/503/504 or a 5xx that does not blame the
+	// request; counts against the breaker.
 	Failure
 	// Neutral: the client went away or the request was cancelled; no health signal.
 	Neutral
@@ -163,12 +171,16 @@ func newUpstream(b snapshot.Backend, o *Options, breakerChanged func()) (*Upstre
 	}
 	connect := o.ConnectTimeout
 	u := &Upstream{ID: b.ID, Base: base}
+	idle := o.IdleTimeout
+	if idle <= 0 {
+		idle = DefaultOptions().IdleTimeout
+	}
 	u.Client = &fasthttp.HostClient{
 		Addr:                          addr,
 		IsTLS:                         isTLS,
 		TLSConfig:                     &tls.Config{MinVersion: tls.VersionTLS12},
 		Name:                          "maas-gateway",
-		MaxIdleConnDuration:           90 * time.Second,
+		MaxIdleConnDuration:           idle,
 		DisableHeaderNamesNormalizing: false,
 		NoDefaultUserAgentHeader:      true,
 		MaxResponseBodySize:           o.MaxResponseBytes,
@@ -182,18 +194,30 @@ func newUpstream(b snapshot.Backend, o *Options, breakerChanged func()) (*Upstre
 		IsTLS:                    isTLS,
 		TLSConfig:                &tls.Config{MinVersion: tls.VersionTLS12},
 		Name:                     "maas-gateway",
-		MaxIdleConnDuration:      90 * time.Second,
+		MaxIdleConnDuration:      idle,
 		NoDefaultUserAgentHeader: true,
 		StreamResponseBody:       true,
 		ReadBufferSize:           4 << 10,
 		WriteBufferSize:          2 << 10,
 		Dial: func(a string) (net.Conn, error) {
 			c, err := fasthttp.DialTimeout(a, connect)
-			if err != nil || slide <= 0 {
+			if err != nil {
 				return c, err
 			}
-			return &slidingConn{Conn: c, slide: slide}, nil
+			sc := &streamConn{Conn: c, slide: slide}
+			sc.laddr = connAddr{Addr: c.LocalAddr(), c: sc}
+			return sc, nil
 		},
+	}
+	u.Fresh = &fasthttp.HostClient{
+		Addr: addr, IsTLS: isTLS, TLSConfig: u.Client.TLSConfig, Name: "maas-gateway",
+		NoDefaultUserAgentHeader: true, MaxResponseBodySize: o.MaxResponseBytes,
+		Dial: func(a string) (net.Conn, error) { return u.Client.Dial(a) },
+	}
+	u.FreshStream = &fasthttp.HostClient{
+		Addr: addr, IsTLS: isTLS, TLSConfig: u.Stream.TLSConfig, Name: "maas-gateway",
+		NoDefaultUserAgentHeader: true, StreamResponseBody: true, ReadBufferSize: 4 << 10, WriteBufferSize: 2 << 10,
+		Dial: func(a string) (net.Conn, error) { return u.Stream.Dial(a) },
 	}
 	u.breaker = gobreaker.NewTwoStepCircuitBreaker[struct{}](gobreaker.Settings{
 		Name:        b.ID,
@@ -228,33 +252,108 @@ func (u *Upstream) update(b snapshot.Backend) {
 	// request starts (fasthttp fails a request at once when no connection is free).
 	u.Client.SetMaxConns(capacity + connHeadroom)
 	u.Stream.SetMaxConns(capacity + connHeadroom)
+	u.Fresh.SetMaxConns(capacity + connHeadroom)
+	u.FreshStream.SetMaxConns(capacity + connHeadroom)
 	u.weight.Store(int64(b.Weight))
 	models := b.Models
 	u.models.Store(&models)
 }
 
-// slidingConn gives every Read a fresh deadline, so a deadline bounds the silence between
-// two reads rather than the whole (possibly long) stream. Deadlines set by the HTTP client
-// for a whole response are replaced by this sliding one. The deadline is moved only when
-// it is more than slide/16 old (a stream reads once per event; moving a deadline is a
-// timer update): a read may wait between 15/16 of slide and slide.
-type slidingConn struct {
+// DropIdle closes the idle pooled connections of u's clients. Called when one of them was
+// found closed by the backend (a restarted engine): those opened before are closed too.
+func (u *Upstream) DropIdle() {
+	u.Client.CloseIdleConnections()
+	u.Stream.CloseIdleConnections()
+}
+
+// StaleStream reports whether a request sent by u.Stream (or u.FreshStream) into resp,
+// which failed with err, failed on a reused connection before any byte of its answer: the
+// connection carried an earlier exchange, the request's answer had not sent one byte,
+// and the failure was not a timeout (a backend that may be working on the request). Such
+// a connection was closed by the backend while it sat in the pool (an engine restarted,
+// or closed it after its keep-alive idle time): the backend never saw the request.
+func StaleStream(resp *fasthttp.Response, err error) bool {
+	a, ok := resp.LocalAddr().(*connAddr) // set by the transport from the connection used
+	if err == nil || !ok || a.c == nil {
+		return false
+	}
+	if errors.Is(err, fasthttp.ErrTimeout) {
+		return false
+	}
+	var ne net.Error
+	if errors.As(err, &ne) && ne.Timeout() {
+		return false
+	}
+	return a.c.exchanges > 1 && !a.c.answered
+}
+
+// streamConn is a stream connection. It keeps what StaleStream needs (how many requests
+// the connection has carried, whether the current one has had a byte of its answer), and
+// gives every Read a fresh deadline when slide > 0, so a deadline bounds the silence
+// between two reads rather than the whole (possibly long) stream. Deadlines set by the
+// HTTP client for a whole response are then replaced by this sliding one. The deadline is
+// moved only when it is more than slide/16 old (a stream reads once per event; moving a
+// deadline is a timer update): a read may wait between 15/16 of slide and slide.
+//
+// A connection is used by one exchange at a time (HTTP/1.1, no pipelining): its fields
+// are touched by that exchange's goroutine only, handed over through the client's pool.
+type streamConn struct {
 	net.Conn
 	slide time.Duration
-	setAt time.Time // when the read deadline was last moved; used by one reader at a time
+	setAt time.Time // when the read deadline was last moved
+	laddr connAddr
+	// exchanges counts requests begun (the first write after an answer was read begins
+	// one); answered: a byte of the current one's answer was read.
+	exchanges uint32
+	answered  bool
+	writing   bool
 }
 
-func (c *slidingConn) Read(p []byte) (int, error) {
-	now := time.Now()
-	if now.Sub(c.setAt) > c.slide/16 {
-		if err := c.Conn.SetReadDeadline(now.Add(c.slide)); err != nil {
-			return 0, err
-		}
-		c.setAt = now
+// connAddr is the connection's local address, carrying the connection itself: the
+// client's transport records it in the Response (LocalAddr), which is how StaleStream
+// finds the connection a failed request used.
+type connAddr struct {
+	net.Addr
+	c *streamConn
+}
+
+func (c *streamConn) LocalAddr() net.Addr { return &c.laddr }
+
+func (c *streamConn) Write(p []byte) (int, error) {
+	if !c.writing {
+		c.writing, c.answered = true, false
+		c.exchanges++
 	}
-	return c.Conn.Read(p)
+	return c.Conn.Write(p)
 }
 
-func (c *slidingConn) SetReadDeadline(time.Time) error { return nil }
+func (c *streamConn) Read(p []byte) (int, error) {
+	if c.slide > 0 {
+		now := time.Now()
+		if now.Sub(c.setAt) > c.slide/16 {
+			if err := c.Conn.SetReadDeadline(now.Add(c.slide)); err != nil {
+				return 0, err
+			}
+			c.setAt = now
+		}
+	}
+	n, err := c.Conn.Read(p)
+	if n > 0 {
+		c.answered, c.writing = true, false
+	}
+	return n, err
+}
 
-func (c *slidingConn) SetDeadline(t time.Time) error { return c.Conn.SetWriteDeadline(t) }
+func (c *streamConn) SetReadDeadline(t time.Time) error {
+	if c.slide > 0 {
+		return nil
+	}
+	return c.Conn.SetReadDeadline(t)
+}
+
+func (c *streamConn) SetDeadline(t time.Time) error {
+	if c.slide > 0 {
+		return c.Conn.SetWriteDeadline(t)
+	}
+	return c.Conn.SetDeadline(t)
+}

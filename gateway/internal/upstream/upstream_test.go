@@ -8,12 +8,12 @@ import (
 	"time"
 )
 
-func TestSlidingConnBoundsSilenceBetweenReads(t *testing.T) {
+func TestStreamConnBoundsSilenceBetweenReads(t *testing.T) {
 	a, b := net.Pipe()
 	defer a.Close()
 	defer b.Close()
 	const slide = 300 * time.Millisecond
-	c := &slidingConn{Conn: a, slide: slide}
+	c := &streamConn{Conn: a, slide: slide}
 	go func() {
 		// Each gap is under the slide, the total is over it: only a sliding deadline passes.
 		for range 3 {
