@@ -16,6 +16,7 @@ import (
 
 	"github.com/jackc/pgx/v5"
 
+	"github.com/maas-platform/maas/bench/internal/load"
 	"github.com/maas-platform/maas/bench/internal/report"
 	"github.com/maas-platform/maas/bench/internal/stack"
 	"github.com/maas-platform/maas/pkg/apikey"
@@ -39,6 +40,7 @@ type env struct {
 	logger *slog.Logger
 	stack  *stack.Stack
 	dbURL  string
+	db     *pgx.Conn // the bench database, for the ledger checks (one trial at a time)
 
 	fast, itl5, idleSim *sim
 	control             *stack.Proc
@@ -54,9 +56,10 @@ type env struct {
 	self         string // this executable, for pass-through processes
 
 	directCapacity float64
+	chunkNote      string // how a zero-latency stream arrives, for the stream scenarios
 
-	// platform measures PostgreSQL and Redis for the quota scenarios; platformErr says why
-	// it could not be found (those scenarios then fail).
+	// platform measures PostgreSQL and Redis in every trial; platformErr says why it could
+	// not be found (every measured scenario then fails).
 	platform         *platform
 	platformErr      error
 	localPlatformCPU float64 // platform CPU µs/request of the local-tier scenario
@@ -84,6 +87,9 @@ func setup(ctx context.Context, o options, logger *slog.Logger) (*env, error) {
 	}}}
 	if e.dbURL, err = createDatabase(ctx, o.dbURL); err != nil {
 		return e, err
+	}
+	if e.db, err = pgx.Connect(ctx, e.dbURL); err != nil {
+		return e, fmt.Errorf("connect to the bench database: %w", err)
 	}
 	bin := func(name string) string { return filepath.Join(o.bin, name) }
 	self, err := os.Executable()
@@ -174,14 +180,55 @@ func setup(ctx context.Context, o options, logger *slog.Logger) (*env, error) {
 			return e, err
 		}
 	}
+	if e.chunkNote, err = e.streamChunks(ctx); err != nil {
+		return e, err
+	}
 	return e, nil
 }
 
 // simEnv configures one benchmark simulator: one model, no queue limit, answers as long as
-// max_tokens asks (the output distribution is far above every request's cap).
+// max_tokens asks (the output distribution is far above every request's cap), and every
+// stream event written and flushed on its own, also at zero latency (a real engine sends
+// tokens one by one; a stream written at once would measure relaying a burst).
 func simEnv(addr, model string, itl time.Duration) []string {
 	return []string{"MAAS_SIM_ADDR=" + addr, "MAAS_SIM_MODELS=" + model, "MAAS_SIM_EMBEDDING_MODELS=",
-		"MAAS_SIM_ITL=" + itl.String(), "MAAS_SIM_TTFT=0s", "MAAS_SIM_MAX_CONCURRENCY=0", "MAAS_SIM_OUTPUT_TOKENS=100000"}
+		"MAAS_SIM_ITL=" + itl.String(), "MAAS_SIM_TTFT=0s", "MAAS_SIM_MAX_CONCURRENCY=0", "MAAS_SIM_OUTPUT_TOKENS=100000",
+		"MAAS_SIM_FLUSH_EVERY_TOKEN=true"}
+}
+
+// streamChunks counts the HTTP chunks of one 64-token stream from the zero-latency
+// simulator, directly, through its pass-through and through the gateway. The simulator
+// must send at least one chunk per token, or the stream scenarios would not measure what
+// they say; the other two show what each proxy's client receives (unloaded).
+func (e *env) streamChunks(ctx context.Context) (string, error) {
+	body := chatBody(modelFast, 64, true)
+	path := "/v1/chat/completions"
+	var counts [3]int
+	for i, t := range []load.Target{
+		{Addr: e.fast.proc.Addr, Path: path, Body: body},
+		{Addr: e.fast.pass.Addr, Path: path, Body: body},
+		{Addr: e.gateway.Addr, Path: path, Body: body, Tokens: []string{e.key}},
+	} {
+		n, err := load.Chunks(ctx, t)
+		if err != nil {
+			return "", fmt.Errorf("count stream chunks from %s: %w", t.Addr, err)
+		}
+		counts[i] = n
+	}
+	if counts[0] < 64 {
+		return "", fmt.Errorf("the simulator sent a 64-token stream in %d HTTP chunks, not one per token: "+
+			"does bin/worker know MAAS_SIM_FLUSH_EVERY_TOKEN? (make build)", counts[0])
+	}
+	return fmt.Sprintf("one 64-token stream, unloaded, arrives in %d HTTP chunks direct, %d through the pass-through, %d through the gateway",
+		counts[0], counts[1], counts[2]), nil
+}
+
+// close stops every process and closes the database connection.
+func (e *env) close() {
+	e.stack.Stop()
+	if e.db != nil {
+		e.db.Close(context.Background())
+	}
 }
 
 func createDatabase(ctx context.Context, server string) (string, error) {

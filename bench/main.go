@@ -41,6 +41,7 @@ func main() {
 	flag.StringVar(&o.redisURL, "redis-url", os.Getenv("MAAS_BENCH_REDIS_URL"), "Redis URL for the global-quota scenario ($MAAS_BENCH_REDIS_URL)")
 	flag.DurationVar(&o.duration, "duration", 2*time.Second, "length of one trial")
 	flag.IntVar(&o.trials, "trials", 3, "interleaved trials per scenario and mode")
+	flag.IntVar(&o.headlineTrials, "headline-trials", 5, "interleaved trials per mode of the scenarios the targets are judged on (chat c64, stream 64 tok itl 0)")
 	scen := flag.String("scenarios", "", "regular expression selecting scenarios by name (default: all)")
 	flag.StringVar(&o.cpuprofile, "cpuprofile", "", "directory for gateway CPU profiles of the main non-streaming and streaming scenarios")
 	flag.BoolVar(&o.list, "list", false, "list the scenarios and exit")
@@ -65,7 +66,7 @@ func main() {
 type options struct {
 	out, bin, dbURL, redisURL string
 	duration                  time.Duration
-	trials                    int
+	trials, headlineTrials    int
 	filter                    *regexp.Regexp
 	cpuprofile                string
 	list                      bool

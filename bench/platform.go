@@ -11,18 +11,16 @@ import (
 	"github.com/redis/go-redis/v9"
 
 	"github.com/maas-platform/maas/bench/internal/procstat"
+	"github.com/maas-platform/maas/bench/internal/trial"
 )
 
-// platform is the shared services every gateway of a run uses, measured beside the gateway
-// so that a figure cannot look cheaper by moving work into them: the PostgreSQL cluster (the
+// platform is the shared services every gateway of a run uses, measured in every trial
+// beside the proxy so that a figure cannot look cheaper by moving work into them: the PostgreSQL cluster (the
 // postmaster and all its backends) and redis-server. Both must run on this machine.
 type platform struct {
 	pgPID    int // the postmaster
 	redisPID int // 0 without Redis
 }
-
-// platformCPU is CPU consumed so far by the platform's processes.
-type platformCPU struct{ pg, redis time.Duration }
 
 // findPlatform finds the postmaster (the parent of the backend serving a fresh connection)
 // and redis-server (its INFO process_id).
@@ -71,18 +69,16 @@ func findPlatform(ctx context.Context, dbURL, redisURL string) (*platform, error
 	return p, nil
 }
 
-// cpu reads the platform's CPU so far. Any read error is returned: a figure without it would
-// silently leave the services out.
-func (p *platform) cpu() (platformCPU, error) {
-	var c platformCPU
-	var err error
-	if c.pg, err = procstat.TreeCPU(p.pgPID); err != nil {
-		return c, fmt.Errorf("postgres cpu: %w", err)
-	}
+// pgCPU reads the PostgreSQL cluster's CPU so far.
+func (p *platform) pgCPU() (time.Duration, error) { return procstat.TreeCPU(p.pgPID) }
+
+// sources are the platform's processes as CPU sources for a trial: the PostgreSQL
+// cluster (the postmaster and every process under it) and, with Redis, redis-server. Either
+// may idle through a trial; a read that fails fails the trial.
+func (p *platform) sources() []trial.Source {
+	src := []trial.Source{{Name: "postgres", Read: p.pgCPU}}
 	if p.redisPID != 0 {
-		if c.redis, err = procstat.TreeCPU(p.redisPID); err != nil {
-			return c, fmt.Errorf("redis cpu: %w", err)
-		}
+		src = append(src, trial.Source{Name: "redis", Read: func() (time.Duration, error) { return procstat.TreeCPU(p.redisPID) }})
 	}
-	return c, nil
+	return src
 }

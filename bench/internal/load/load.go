@@ -10,6 +10,8 @@ import (
 	"io"
 	"net"
 	"slices"
+	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -341,6 +343,70 @@ func (s *Streams) Close() {
 	for _, c := range s.conns {
 		if c != nil {
 			c.Close()
+		}
+	}
+}
+
+// Chunks sends one streamed request and returns how many HTTP chunks its body came in: a
+// backend that flushes every event sends one chunk per event, one that writes the stream
+// at once sends a single chunk, or a body with a Content-Length (reported as 1).
+func Chunks(ctx context.Context, t Target) (int, error) {
+	var d net.Dialer
+	conn, err := d.DialContext(ctx, "tcp", t.Addr)
+	if err != nil {
+		return 0, err
+	}
+	defer conn.Close()
+	conn.SetDeadline(time.Now().Add(30 * time.Second))
+	var b bytes.Buffer
+	fmt.Fprintf(&b, "POST %s HTTP/1.1\r\nHost: %s\r\nContent-Type: application/json\r\nContent-Length: %d\r\nConnection: close\r\n", t.Path, t.Addr, len(t.Body))
+	if len(t.Tokens) > 0 {
+		fmt.Fprintf(&b, "Authorization: Bearer %s\r\n", t.Tokens[0])
+	}
+	b.WriteString("\r\n")
+	b.Write(t.Body)
+	if _, err := conn.Write(b.Bytes()); err != nil {
+		return 0, err
+	}
+	br := bufio.NewReader(conn)
+	status, err := br.ReadString('\n')
+	if err != nil {
+		return 0, err
+	}
+	if !strings.Contains(status, " 200 ") {
+		return 0, fmt.Errorf("stream status %q", strings.TrimSpace(status))
+	}
+	chunked := false
+	for {
+		line, err := br.ReadString('\n')
+		if err != nil {
+			return 0, err
+		}
+		if line == "\r\n" {
+			break
+		}
+		k, v, _ := strings.Cut(line, ":")
+		if strings.EqualFold(k, "Transfer-Encoding") && strings.Contains(strings.ToLower(v), "chunked") {
+			chunked = true
+		}
+	}
+	if !chunked {
+		return 1, nil
+	}
+	for n := 0; ; n++ {
+		line, err := br.ReadString('\n')
+		if err != nil {
+			return n, err
+		}
+		size, err := strconv.ParseInt(strings.TrimSpace(strings.SplitN(line, ";", 2)[0]), 16, 64)
+		if err != nil {
+			return n, fmt.Errorf("chunk size %q: %w", line, err)
+		}
+		if size == 0 {
+			return n, nil
+		}
+		if _, err := br.Discard(int(size) + 2); err != nil {
+			return n, err
 		}
 	}
 }

@@ -3,7 +3,9 @@ package load
 import (
 	"bufio"
 	"context"
+	"io"
 	"net"
+	"strings"
 	"testing"
 	"time"
 
@@ -86,5 +88,43 @@ func TestOpenStreams(t *testing.T) {
 	defer s.Close()
 	if s.Opened != 50 || s.Failed != 0 {
 		t.Errorf("opened %d failed %d (%s)", s.Opened, s.Failed, s.FirstEr)
+	}
+}
+
+// events is a streamed body written event by event: fasthttp frames each Write of
+// WriteTo as one chunk and flushes it.
+type events struct{ n int }
+
+func (e *events) SupportsBodyWriteTo() bool { return true }
+func (e *events) Read([]byte) (int, error)  { return 0, io.EOF }
+func (e *events) WriteTo(w io.Writer) (int64, error) {
+	for range e.n {
+		if _, err := io.WriteString(w, "data: {}\n\n"); err != nil {
+			return 0, err
+		}
+	}
+	_, err := io.WriteString(w, "data: [DONE]\n\n")
+	return 0, err
+}
+
+func TestChunks(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		h    fasthttp.RequestHandler
+		want int
+	}{
+		{"flushed per event", func(ctx *fasthttp.RequestCtx) { ctx.Response.SetBodyStream(&events{n: 5}, -1) }, 6},
+		{"one write", func(ctx *fasthttp.RequestCtx) {
+			ctx.SetBodyStreamWriter(func(w *bufio.Writer) { w.WriteString(strings.Repeat("data: {}\n\n", 5)) })
+		}, 1},
+		{"content length", func(ctx *fasthttp.RequestCtx) { ctx.SetBodyString("data: [DONE]\n\n") }, 1},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			addr := serve(t, tc.h)
+			n, err := Chunks(context.Background(), Target{Addr: addr, Path: "/v1/chat/completions", Body: []byte(`{"stream":true}`)})
+			if err != nil || n != tc.want {
+				t.Fatalf("%d chunks, %v; want %d", n, err, tc.want)
+			}
+		})
 	}
 }

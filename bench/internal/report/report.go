@@ -7,6 +7,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"math"
 	"os"
 	"path/filepath"
 	"slices"
@@ -40,7 +41,11 @@ type Figures struct {
 	PostgresCPUPerReqUS float64 `json:"postgres_cpu_us_per_request,omitempty"`
 	RedisCPUPerReqUS    float64 `json:"redis_cpu_us_per_request,omitempty"`
 	PlatformCPUPerReqUS float64 `json:"platform_cpu_us_per_request,omitempty"`
-	FirstError          string  `json:"first_error,omitempty"`
+	// Usage ledger (gateway trials): the rows written for the trial's requests, counted
+	// once the ledger had flushed them; LedgerChecked says the count was made.
+	LedgerRows    int64  `json:"ledger_rows,omitempty"`
+	LedgerChecked bool   `json:"ledger_checked,omitempty"`
+	FirstError    string `json:"first_error,omitempty"`
 }
 
 // Target is a goal checked against a scenario's medians.
@@ -53,8 +58,12 @@ type Target struct {
 	Met   bool    `json:"met"`
 }
 
-// Check fills Met.
+// Check fills Met. A value that is not a number (a ratio to a missing figure) is not met.
 func (t *Target) Check() {
+	if math.IsNaN(t.Value) || math.IsInf(t.Value, 0) {
+		t.Met = false
+		return
+	}
 	if t.Max {
 		t.Met = t.Value <= t.Limit
 	} else {
@@ -74,6 +83,23 @@ type Scenario struct {
 	// HeldStreams marks a scenario that holds streams open instead of completing requests:
 	// its "requests" are streams opened and its rate is streams opened per second.
 	HeldStreams bool `json:"held_streams,omitempty"`
+	// Failures are what made the scenario fail: a figure that could not be measured (a
+	// CPU read), or a check that did not hold (ledger rows against requests served). A
+	// failed scenario's figures are not to be trusted; the run exits with an error.
+	Failures []string `json:"failures,omitempty"`
+}
+
+// Fail records a failure of the scenario.
+func (s *Scenario) Fail(err error) { s.Failures = append(s.Failures, err.Error()) }
+
+// Failed reports whether any scenario of the run failed.
+func (r *Run) Failed() bool {
+	for _, s := range r.Scenarios {
+		if len(s.Failures) > 0 {
+			return true
+		}
+	}
+	return false
 }
 
 // Add records a trial.
@@ -99,6 +125,7 @@ func (s *Scenario) Summarise() {
 	}
 	if p, ok := s.Median[Passthrough]; ok && okG && p.RPS > 0 {
 		s.Ratios["gateway_over_passthrough_rps"] = gw.RPS / p.RPS
+		s.Ratios["gateway_added_p99_over_passthrough_ms"] = gw.P99ms - p.P99ms
 		if p.CPUPerReqUS > 0 {
 			s.Ratios["gateway_over_passthrough_cpu"] = gw.CPUPerReqUS / p.CPUPerReqUS
 		}
@@ -121,6 +148,27 @@ func (s *Scenario) Spread(mode string, f func(Figures) float64) (lo, hi float64)
 	return lo, hi
 }
 
+// RatioSpread is the min–max over the trials of num's figure divided by den's, trial by
+// trial (trial i of every mode ran in the same round, one after the other). ok is false
+// without trials in both modes or with a zero divisor.
+func (s *Scenario) RatioSpread(num, den string, f func(Figures) float64) (lo, hi float64, ok bool) {
+	a, b := s.Trials[num], s.Trials[den]
+	n := min(len(a), len(b))
+	for i := range n {
+		if f(b[i]) == 0 {
+			return 0, 0, false
+		}
+		r := f(a[i]) / f(b[i])
+		if i == 0 {
+			lo, hi = r, r
+		}
+		lo, hi = min(lo, r), max(hi, r)
+	}
+	return lo, hi, n > 0
+}
+
+// median is the per-figure median of the trials; Requests, Errors and LedgerRows are
+// totals over the trials.
 func median(ts []Figures) Figures {
 	pick := func(f func(Figures) float64) float64 {
 		v := make([]float64, len(ts))
@@ -131,9 +179,12 @@ func median(ts []Figures) Figures {
 		return v[len(v)/2]
 	}
 	var m Figures
+	m.LedgerChecked = len(ts) > 0
 	for _, t := range ts {
 		m.Requests += t.Requests
 		m.Errors += t.Errors
+		m.LedgerRows += t.LedgerRows
+		m.LedgerChecked = m.LedgerChecked && t.LedgerChecked
 		if m.FirstError == "" {
 			m.FirstError = t.FirstError
 		}
@@ -198,13 +249,22 @@ func (r *Run) Markdown(w io.Writer) {
 	m := r.Machine
 	fmt.Fprintf(w, "# Benchmark results\n\n")
 	fmt.Fprintf(w, "- date: %s\n- commit: `%s`\n- machine: %s, %d cores\n- Go: %s\n- command: `%s`\n\n", m.Date, m.Commit, m.CPU, m.Cores, m.GoVersion, m.Command)
-	fmt.Fprintf(w, "Every figure is the median of the interleaved trials of one run; the spread column gives min–max requests/s over the trials. CPU per request is the proxy process's own CPU (user+system from /proc) divided by requests served. Load generator, simulator, pass-through and gateway share the same cores.\n\n")
+	fmt.Fprintf(w, "Every figure is the median of the trials of one run; the modes run one after the other in each trial, "+
+		"in an order that rotates from trial to trial (direct, pass-through, gateway; then pass-through, gateway, direct; …), "+
+		"and spreads are min–max over the trials (ratios: trial by trial). "+
+		"CPU per request is a process's own CPU (user+system from /proc) divided by requests served; "+
+		"PostgreSQL is the whole cluster (postmaster and every backend), Redis is redis-server, both read around every trial; "+
+		"platform CPU is the proxy's plus PostgreSQL's plus Redis's. "+
+		"A gateway trial's CPU is read once the usage ledger holds a row for each of its requests (its flush included), "+
+		"and a trial whose rows differ from the requests served, or whose CPU cannot be read, fails its scenario. "+
+		"Load generator, simulators, pass-through, gateway, PostgreSQL and Redis share the same cores.\n\n")
+	r.FailureList(w)
 	r.Headline(w)
 	r.HeldTable(w)
 	r.PlatformTable(w)
 	fmt.Fprintf(w, "\n## All scenarios\n\n")
-	fmt.Fprintln(w, "| scenario | mode | req/s (spread) | p50 ms | p90 ms | p99 ms | max ms | TTFT p50/p99 ms | proxy CPU µs/req | proxy peak RSS MiB | errors |")
-	fmt.Fprintln(w, "|---|---|---|---|---|---|---|---|---|---|---|")
+	fmt.Fprintln(w, "| scenario | mode | req/s (spread) | p50 ms | p90 ms | p99 ms | max ms | TTFT p50/p99 ms | proxy CPU µs/req | PostgreSQL µs/req | Redis µs/req | platform µs/req | proxy peak RSS MiB | errors |")
+	fmt.Fprintln(w, "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
 	for _, s := range r.Scenarios {
 		if s.HeldStreams {
 			continue
@@ -219,15 +279,10 @@ func (r *Run) Markdown(w io.Writer) {
 			if f.TTFTp50ms > 0 {
 				ttft = fmt.Sprintf("%.2f / %.2f", f.TTFTp50ms, f.TTFTp99ms)
 			}
-			cpu, rss := "–", "–"
-			if f.CPUPerReqUS > 0 {
-				cpu = fmt.Sprintf("%.0f", f.CPUPerReqUS)
-			}
-			if f.PeakRSSMiB > 0 {
-				rss = fmt.Sprintf("%.0f", f.PeakRSSMiB)
-			}
-			fmt.Fprintf(w, "| %s | %s | %.0f (%.0f–%.0f) | %.2f | %.2f | %.2f | %.2f | %s | %s | %s | %d |\n",
-				s.Name, mode, f.RPS, lo, hi, f.P50ms, f.P90ms, f.P99ms, f.MaxMs, ttft, cpu, rss, f.Errors)
+			fmt.Fprintf(w, "| %s | %s | %.0f (%.0f–%.0f) | %.2f | %.2f | %.2f | %.2f | %s | %s | %.1f | %.1f | %.0f | %s | %d |\n",
+				s.name(), mode, f.RPS, lo, hi, f.P50ms, f.P90ms, f.P99ms, f.MaxMs, ttft,
+				orDash("%.0f", f.CPUPerReqUS), f.PostgresCPUPerReqUS, f.RedisCPUPerReqUS,
+				f.PlatformCPUPerReqUS, orDash("%.0f", f.PeakRSSMiB), f.Errors)
 		}
 	}
 	fmt.Fprintf(w, "\n## Targets\n\n| scenario | target | measured | limit | met |\n|---|---|---|---|---|\n")
@@ -255,10 +310,42 @@ func (r *Run) Markdown(w io.Writer) {
 	}
 }
 
-// Headline renders the short table for the README: gateway against direct and pass-through.
+// orDash formats v, or "–" when it is zero (not measured in this mode).
+func orDash(format string, v float64) string {
+	if v == 0 {
+		return "–"
+	}
+	return fmt.Sprintf(format, v)
+}
+
+// name is a scenario's name in the tables, marked when the scenario failed.
+func (s *Scenario) name() string {
+	if len(s.Failures) > 0 {
+		return s.Name + " **FAILED**"
+	}
+	return s.Name
+}
+
+// FailureList renders the failed scenarios and why, first thing after the preamble.
+func (r *Run) FailureList(w io.Writer) {
+	var lines []string
+	for _, s := range r.Scenarios {
+		for _, f := range s.Failures {
+			lines = append(lines, fmt.Sprintf("- **%s**: %s", s.Name, f))
+		}
+	}
+	if len(lines) == 0 {
+		return
+	}
+	fmt.Fprintf(w, "**Failed scenarios** (their figures are not to be trusted):\n\n%s\n\n", strings.Join(lines, "\n"))
+}
+
+// Headline renders the short table for the README: the gateway against the pass-through
+// (the floor any fasthttp proxy pays) and direct, with the spreads of the CPU figures.
 func (r *Run) Headline(w io.Writer) {
-	fmt.Fprintln(w, "| scenario | direct req/s | pass-through req/s | gateway req/s | gateway/direct | gateway CPU µs/req | pass-through CPU µs/req | gateway/pass-through CPU | added p50 ms | added p99 ms | errors |")
-	fmt.Fprintln(w, "|---|---|---|---|---|---|---|---|---|---|---|")
+	fmt.Fprintln(w, "| scenario | trials | direct req/s | pass-through req/s | gateway req/s | gateway/pass-through req/s | pass-through CPU µs/req | gateway CPU µs/req (spread) | gateway/pass-through CPU (spread) | gateway platform CPU µs/req | added p99 vs pass-through ms | errors |")
+	fmt.Fprintln(w, "|---|---|---|---|---|---|---|---|---|---|---|---|")
+	cpu := func(f Figures) float64 { return f.CPUPerReqUS }
 	for _, s := range r.Scenarios {
 		if s.HeldStreams {
 			continue
@@ -269,9 +356,15 @@ func (r *Run) Headline(w io.Writer) {
 		if !okD || !okG {
 			continue
 		}
-		fmt.Fprintf(w, "| %s | %.0f | %.0f | %.0f | %.2f | %.0f | %.0f | %.2f | %.3f | %.3f | %d |\n",
-			s.Name, d.RPS, p.RPS, g.RPS, s.Ratios["gateway_over_direct_rps"], g.CPUPerReqUS, p.CPUPerReqUS,
-			s.Ratios["gateway_over_passthrough_cpu"], s.Ratios["gateway_added_p50_ms"], s.Ratios["gateway_added_p99_ms"], d.Errors+p.Errors+g.Errors)
+		glo, ghi := s.Spread(Gateway, cpu)
+		ratio := "–"
+		if lo, hi, ok := s.RatioSpread(Gateway, Passthrough, cpu); ok {
+			ratio = fmt.Sprintf("%.2f (trials %.2f–%.2f)", s.Ratios["gateway_over_passthrough_cpu"], lo, hi)
+		}
+		fmt.Fprintf(w, "| %s | %d | %.0f | %.0f | %.0f | %.2f | %.0f | %.0f (%.0f–%.0f) | %s | %s | %.3f | %d |\n",
+			s.name(), len(s.Trials[Gateway]), d.RPS, p.RPS, g.RPS, s.Ratios["gateway_over_passthrough_rps"], p.CPUPerReqUS,
+			g.CPUPerReqUS, glo, ghi, ratio, orDash("%.0f", g.PlatformCPUPerReqUS), s.Ratios["gateway_added_p99_over_passthrough_ms"],
+			d.Errors+p.Errors+g.Errors)
 	}
 }
 
@@ -285,7 +378,7 @@ func (r *Run) HeldTable(w io.Writer) {
 		}
 		p, g, d := s.Median[Passthrough], s.Median[Gateway], s.Median[Direct]
 		rows = append(rows, fmt.Sprintf("| %s | %d / %d / %d | %.0f | %.0f | %.2f | %.2f | %d |",
-			s.Name, d.Requests, p.Requests, g.Requests, p.PeakRSSMiB, g.PeakRSSMiB, p.ProxyCPUSecs, g.ProxyCPUSecs, g.Errors))
+			s.name(), d.Requests, p.Requests, g.Requests, p.PeakRSSMiB, g.PeakRSSMiB, p.ProxyCPUSecs, g.ProxyCPUSecs, g.Errors))
 	}
 	if len(rows) == 0 {
 		return
@@ -294,8 +387,10 @@ func (r *Run) HeldTable(w io.Writer) {
 	fmt.Fprintln(w, strings.Join(rows, "\n"))
 }
 
-// PlatformTable renders the scenarios measured with the platform's processes: the gateway's
-// CPU per request beside PostgreSQL's and Redis's, and their sum.
+// PlatformTable renders, for every scenario whose gateway trials measured the platform,
+// the gateway's CPU per request beside PostgreSQL's and Redis's, their sum, what
+// PostgreSQL and Redis used during the pass-through's trials (the background: heartbeats,
+// autovacuum), and the ledger rows written against the requests served.
 func (r *Run) PlatformTable(w io.Writer) {
 	var rows []string
 	for _, s := range r.Scenarios {
@@ -304,12 +399,23 @@ func (r *Run) PlatformTable(w io.Writer) {
 			continue
 		}
 		lo, hi := s.Spread(Gateway, func(f Figures) float64 { return f.PlatformCPUPerReqUS })
-		rows = append(rows, fmt.Sprintf("| %s | %.0f | %.0f | %.1f | %.1f | %.0f (%.0f–%.0f) |",
-			s.Name, g.RPS, g.CPUPerReqUS, g.PostgresCPUPerReqUS, g.RedisCPUPerReqUS, g.PlatformCPUPerReqUS, lo, hi))
+		bg := "–"
+		if p, ok := s.Median[Passthrough]; ok && p.PlatformCPUPerReqUS > 0 {
+			bg = fmt.Sprintf("%.1f", p.PostgresCPUPerReqUS+p.RedisCPUPerReqUS)
+		}
+		ledger := "–"
+		if g.LedgerChecked {
+			ledger = fmt.Sprintf("%d / %d", g.LedgerRows, g.Requests)
+			if g.LedgerRows != g.Requests {
+				ledger += " **✘**"
+			}
+		}
+		rows = append(rows, fmt.Sprintf("| %s | %.0f | %.1f | %.1f | %.0f (%.0f–%.0f) | %s | %s |",
+			s.name(), g.CPUPerReqUS, g.PostgresCPUPerReqUS, g.RedisCPUPerReqUS, g.PlatformCPUPerReqUS, lo, hi, bg, ledger))
 	}
 	if len(rows) == 0 {
 		return
 	}
-	fmt.Fprintf(w, "\n| platform CPU | gateway req/s | gateway CPU µs/req | PostgreSQL CPU µs/req | Redis CPU µs/req | platform CPU µs/req (spread) |\n|---|---|---|---|---|---|\n")
+	fmt.Fprintf(w, "\n| platform CPU (gateway trials) | gateway CPU µs/req | PostgreSQL CPU µs/req | Redis CPU µs/req | platform CPU µs/req (spread) | PostgreSQL + Redis µs/req in pass-through trials | ledger rows / requests served |\n|---|---|---|---|---|---|---|\n")
 	fmt.Fprintln(w, strings.Join(rows, "\n"))
 }
