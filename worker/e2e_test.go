@@ -5,6 +5,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"regexp"
 	"strconv"
 	"strings"
 	"syscall"
@@ -61,16 +62,18 @@ func TestE2ESimWorkerLifecycle(t *testing.T) {
 	token := p.AdminToken()
 	simAddr := testenv.FreeAddr(t)
 	const id = "e2e-sim-1"
+	// The simulator runs 8 requests at once; a setting above that does not raise the
+	// registered capacity (it was registered as given: 100).
 	w, wURL := p.StartWorker([]string{"--engine", "sim"},
 		"MAAS_SIM_ADDR="+simAddr, "MAAS_BACKEND_ID="+id, "MAAS_HEARTBEAT_INTERVAL=200ms",
-		"MAAS_SIM_ITL=50ms", "MAAS_DRAIN_GRACE=20s")
+		"MAAS_SIM_ITL=50ms", "MAAS_DRAIN_GRACE=20s", "MAAS_SIM_MAX_CONCURRENCY=8", "MAAS_ENGINE_CAPACITY=100")
 	var b registry.Backend
 	poll(t, 15*time.Second, "backend registered healthy", func() bool {
 		var ok bool
 		b, ok = backend(t, p, token, id)
 		return ok && b.State == registry.StateHealthy
 	})
-	if b.URL != "http://"+simAddr || b.EngineKind != registry.KindSim || strings.Join(b.Models, ",") != "sim-chat,sim-embedding" || b.HeartbeatIntervalMS != 200 || b.Capacity != 256 {
+	if b.URL != "http://"+simAddr || b.EngineKind != registry.KindSim || strings.Join(b.Models, ",") != "sim-chat,sim-embedding" || b.HeartbeatIntervalMS != 200 || b.Capacity != 8 {
 		t.Errorf("registered backend %+v", b)
 	}
 	// Load reaches control through heartbeats: a long stream is running.
@@ -89,7 +92,7 @@ func TestE2ESimWorkerLifecycle(t *testing.T) {
 	mb := new(strings.Builder)
 	_, _ = bufio.NewReader(resp.Body).WriteTo(mb)
 	resp.Body.Close()
-	for _, want := range []string{"maas_worker_registered 1", "maas_worker_engine_up 1", "maas_worker_heartbeat_failures_total 0", "maas_worker_engine_running_requests 1"} {
+	for _, want := range []string{"maas_worker_registered 1", "maas_worker_engine_up 1", "maas_worker_heartbeat_failures_total 0", "maas_worker_engine_running_requests 1", "maas_worker_engine_capacity 8"} {
 		if !strings.Contains(mb.String(), want) {
 			t.Errorf("worker /metrics lacks %q", want)
 		}
@@ -146,13 +149,14 @@ func TestE2ESuperviseRestartsEngine(t *testing.T) {
 	simAddr := testenv.FreeAddr(t)
 	pidFile := filepath.Join(t.TempDir(), "engine.pid")
 	const id = "e2e-supervised"
-	// The child is the worker binary's standalone simulator; it writes its pid first.
+	// The child is the worker binary's standalone simulator; it writes its pid first. As a
+	// "vllm" engine it states no limit (no /server_info), so the capacity is configured.
 	cmd := "echo $$ > " + pidFile + "; MAAS_SIM_ADDR=" + simAddr + " exec " + p.Bin.Worker + " sim"
 	w, wURL := p.StartWorker([]string{"--engine-cmd", cmd, "--engine-url", "http://" + simAddr, "--engine-kind", "vllm"},
-		"MAAS_BACKEND_ID="+id, "MAAS_HEARTBEAT_INTERVAL=200ms")
+		"MAAS_BACKEND_ID="+id, "MAAS_HEARTBEAT_INTERVAL=200ms", "MAAS_ENGINE_CAPACITY=16")
 	poll(t, 15*time.Second, "registered", func() bool {
 		b, ok := backend(t, p, token, id)
-		return ok && b.State == registry.StateHealthy && b.EngineKind == registry.KindVLLM
+		return ok && b.State == registry.StateHealthy && b.EngineKind == registry.KindVLLM && b.Capacity == 16
 	})
 	raw, err := os.ReadFile(pidFile)
 	if err != nil {
@@ -176,6 +180,16 @@ func TestE2ESuperviseRestartsEngine(t *testing.T) {
 		b, ok := backend(t, p, token, id)
 		return ok && b.State == registry.StateHealthy
 	})
+	// One line when the engine went down, one when it came back with how long it was down.
+	poll(t, 5*time.Second, "recovery logged", func() bool {
+		return strings.Contains(w.Output(), "engine recovered")
+	})
+	if n := strings.Count(w.Output(), `msg="engine down`); n != 1 {
+		t.Errorf("want one 'engine down' line, got %d:\n%s", n, w.Output())
+	}
+	if !regexp.MustCompile(`msg="engine recovered[^"]*".* down_for=[0-9.]+m?s`).MatchString(w.Output()) {
+		t.Errorf("recovery line without down_for:\n%s", w.Output())
+	}
 	w.Stop(20 * time.Second)
 	if code, ok := w.Wait(time.Second); !ok || code != 0 {
 		t.Errorf("worker exit %d\n%s", code, w.Output())
@@ -199,6 +213,10 @@ func TestE2EInvalidConfigExits2(t *testing.T) {
 		{"no engine", nil, []string{"MAAS_INTERNAL_TOKEN=tok-0123456789abcdef"}, "MAAS_ENGINE_URL"},
 		{"bad kind", []string{"--engine-url", "http://127.0.0.1:1", "--engine-kind", "gpt"}, []string{"MAAS_INTERNAL_TOKEN=tok-0123456789abcdef"}, "MAAS_ENGINE_KIND"},
 		{"sim bad output tokens", []string{"sim"}, []string{"MAAS_SIM_OUTPUT_TOKENS=9-3"}, "MAAS_SIM_OUTPUT_TOKENS"},
+		// Engines that state their concurrency limit nowhere need MAAS_ENGINE_CAPACITY (the
+		// worker used to register 256 for them).
+		{"ollama without capacity", []string{"--engine-url", "http://127.0.0.1:1", "--engine-kind", "ollama"}, []string{"MAAS_INTERNAL_TOKEN=tok-0123456789abcdef"}, "MAAS_ENGINE_CAPACITY"},
+		{"sim without a limit or capacity", []string{"--engine", "sim"}, []string{"MAAS_INTERNAL_TOKEN=tok-0123456789abcdef", "MAAS_SIM_MAX_CONCURRENCY=0"}, "MAAS_ENGINE_CAPACITY"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -208,5 +226,25 @@ func TestE2EInvalidConfigExits2(t *testing.T) {
 				t.Errorf("exit %d (exited %v), output:\n%s", code, ok, p.Output())
 			}
 		})
+	}
+}
+
+// TestE2EUnknownCapacityRefused: attached to an engine of kind vllm that states no limit
+// (the simulator serves no /server_info, as vLLM without VLLM_SERVER_DEV_MODE) and with no
+// MAAS_ENGINE_CAPACITY, the worker waits for the engine, then exits 1 naming the setting and
+// the engine's flag, without registering (control is never reached: none runs here).
+func TestE2EUnknownCapacityRefused(t *testing.T) {
+	bin := testenv.Build(t).Worker
+	simAddr := testenv.FreeAddr(t)
+	sim := testenv.Start(t, "sim", bin, []string{"sim"}, "MAAS_SIM_ADDR="+simAddr)
+	testenv.WaitHTTP(t, sim, "http://"+simAddr+"/health", 15*time.Second)
+	w := testenv.Start(t, "worker", bin, []string{"--engine-url", "http://" + simAddr, "--engine-kind", "vllm"},
+		"MAAS_INTERNAL_TOKEN=tok-0123456789abcdef", "MAAS_CONTROL_URL=http://127.0.0.1:1", "MAAS_WORKER_ADDR="+testenv.FreeAddr(t))
+	code, ok := w.Wait(15 * time.Second)
+	if !ok || code != 1 || !strings.Contains(w.Output(), "MAAS_ENGINE_CAPACITY") || !strings.Contains(w.Output(), "--max-num-seqs") {
+		t.Fatalf("exit %d (exited %v), output:\n%s", code, ok, w.Output())
+	}
+	if strings.Contains(w.Output(), "registered with control") {
+		t.Errorf("registered despite the refusal:\n%s", w.Output())
 	}
 }

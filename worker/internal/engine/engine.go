@@ -1,7 +1,9 @@
 // Package engine talks to an inference engine over HTTP for the sidecar: it probes the
-// engine's health endpoint, lists its models from /v1/models, and scrapes its Prometheus
-// endpoint into load figures. What differs between engine kinds (paths, metric names) is
-// an Adapter; each kind has its own subpackage (engine/vllm, engine/sglang, …).
+// engine's health endpoint, lists its models from /v1/models, scrapes its Prometheus
+// endpoint into load figures, and reads its concurrency limit where the engine states one
+// (an info endpoint, or a flag in the command line the worker starts it with). What
+// differs between engine kinds (paths, metric names, limit fields) is an Adapter; each kind
+// has its own subpackage (engine/vllm, engine/sglang, …).
 package engine
 
 import (
@@ -33,6 +35,14 @@ type Adapter struct {
 	Waiting     []string
 	// KVCacheUsage lists gauges of KV-cache usage as a fraction 0..1; the first present wins.
 	KVCacheUsage []string
+	// LimitProbes are endpoints that may state the engine's concurrency limit, tried in
+	// order; none when the engine exposes it nowhere.
+	LimitProbes []LimitProbe
+	// LimitArgs reads the limit from the engine's command line (split on white space):
+	// the limit and the flag it came from, or 0. Nil when no flag sets it.
+	LimitArgs func(args []string) (int, string)
+	// LimitName is the engine's own name for its limit, for messages ("--max-num-seqs").
+	LimitName string
 }
 
 // ParseMetrics reads a Prometheus text exposition and returns the load figures: running

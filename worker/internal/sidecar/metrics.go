@@ -9,6 +9,7 @@ type metrics struct {
 	scrapeFailures                 prometheus.Counter
 	engineRestarts                 prometheus.Counter
 	running, waiting, kvCache      prometheus.Gauge
+	capacity                       prometheus.Gauge
 }
 
 func newMetrics(reg prometheus.Registerer) *metrics {
@@ -28,7 +29,8 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 		running:           g("maas_worker_engine_running_requests", "Requests the engine is running (last scrape)."),
 		waiting:           g("maas_worker_engine_waiting_requests", "Requests waiting in the engine's queue (last scrape)."),
 		kvCache:           g("maas_worker_engine_kv_cache_usage_ratio", "Engine KV-cache usage, 0..1 (last scrape)."),
+		capacity:          g("maas_worker_engine_capacity", "Capacity registered for the backend: the engine's concurrency limit, capped by MAAS_ENGINE_CAPACITY."),
 	}
-	reg.MustRegister(m.registered, m.draining, m.engineUp, m.heartbeatFailures, m.scrapeFailures, m.engineRestarts, m.running, m.waiting, m.kvCache)
+	reg.MustRegister(m.registered, m.draining, m.engineUp, m.heartbeatFailures, m.scrapeFailures, m.engineRestarts, m.running, m.waiting, m.kvCache, m.capacity)
 	return m
 }

@@ -30,8 +30,12 @@ type Options struct {
 	EngineCmd  string // supervise: command that starts the engine (MAAS_ENGINE_CMD)
 	// AdvertiseURL is the engine URL registered with control (default: the engine URL).
 	AdvertiseURL string
-	Capacity     int // registered capacity; 0 = the simulator's, else 256
-	Logger       *slog.Logger
+	// Capacity (MAAS_ENGINE_CAPACITY) caps the registered capacity, the gateway's in-flight
+	// cap for this backend; 0 = not set. The engine's own limit is used where the engine
+	// states one, the smaller of the two when both are known; with neither the worker
+	// refuses to start (see capacity.go).
+	Capacity int
+	Logger   *slog.Logger
 }
 
 // DefaultOptions are the documented defaults.
@@ -69,7 +73,7 @@ func (f *Flags) Bind(l *config.Loader) {
 	l.String(&f.o.EngineKind, "MAAS_ENGINE_KIND", "engine-kind", d.EngineKind, "vllm, sglang, tgi, llamacpp, ollama or openai")
 	l.String(&f.o.EngineCmd, "MAAS_ENGINE_CMD", "engine-cmd", "", "command that starts the engine (supervise mode)")
 	l.String(&f.o.AdvertiseURL, "MAAS_ENGINE_ADVERTISE_URL", "engine-advertise-url", "", "engine URL given to control (default: the engine URL)")
-	l.Int(&f.o.Capacity, "MAAS_ENGINE_CAPACITY", "engine-capacity", 0, "in-flight requests the engine takes (0 = the simulator's limit, else 256)")
+	l.Int(&f.o.Capacity, "MAAS_ENGINE_CAPACITY", "engine-capacity", 0, "most requests the backend is given at once; caps the limit the engine states (required when the engine states none)")
 	l.Bool(&f.jsonLogs, "MAAS_LOG_JSON", "log-json", false, "JSON log lines")
 }
 
@@ -116,6 +120,15 @@ func (f *Flags) Options() (Options, error) {
 	}
 	if o.Capacity < 0 {
 		return o, &config.Error{Name: "MAAS_ENGINE_CAPACITY", Msg: "must not be negative"}
+	}
+	// Refuse now what can be known now: an engine that states its limit nowhere.
+	if o.Capacity == 0 {
+		switch a := adapters[o.EngineKind]; {
+		case o.Sim && o.SimOptions.MaxConcurrency == 0:
+			return o, &config.Error{Name: "MAAS_ENGINE_CAPACITY", Msg: "not set, and the simulator runs with no concurrency limit (MAAS_SIM_MAX_CONCURRENCY=0): set one of them"}
+		case !o.Sim && len(a.LimitProbes) == 0 && a.LimitFromCommand(o.EngineCmd).N == 0:
+			return o, noCapacityError(a)
+		}
 	}
 	return o, nil
 }

@@ -1,8 +1,11 @@
 // Package sidecar is the worker's core: it makes an engine known to control and keeps it
-// known. It waits for the engine to be ready, registers its models, heartbeats its load
-// every interval (re-registering when control forgot it), marks it unhealthy while the
-// engine is down, and on shutdown drains (state draining, wait for in-flight requests to
-// finish or the grace period to end), deregisters and stops the engine it owns.
+// known. It waits for the engine to be ready, decides the capacity it registers (the
+// engine's stated concurrency limit, capped by MAAS_ENGINE_CAPACITY; see capacity.go),
+// registers its models, heartbeats its load every interval (re-registering when control
+// forgot it), marks it unhealthy while the engine is down — logging once when it goes down
+// and once when it recovers, with how long it was down — and on shutdown drains (state
+// draining, wait for in-flight requests to finish or the grace period to end), deregisters
+// and stops the engine it owns.
 package sidecar
 
 import (
@@ -34,6 +37,9 @@ type Engine interface {
 	Ready(ctx context.Context) error
 	Models(ctx context.Context) ([]string, error)
 	Load(ctx context.Context) (registry.Load, error)
+	// Limit is the concurrency limit the engine states (engine.Limit{} when none); an
+	// error when it could not be asked.
+	Limit(ctx context.Context) (engine.Limit, error)
 }
 
 var adapters = map[string]engine.Adapter{
@@ -56,6 +62,14 @@ func (e simEngine) Load(context.Context) (registry.Load, error) {
 	l := e.s.Load()
 	return registry.Load{Running: l.Running, Waiting: l.Waiting, KVCacheUsage: l.KVCacheUsage, InFlight: l.Running + l.Waiting}, nil
 }
+
+// Limit is the simulator's MaxConcurrency (0 = no limit, none stated).
+func (e simEngine) Limit(context.Context) (engine.Limit, error) {
+	return engine.Limit{N: e.s.Capacity(), Source: "MAAS_SIM_MAX_CONCURRENCY"}, nil
+}
+
+// simAdapter names the simulator in capacity messages.
+var simAdapter = engine.Adapter{Kind: registry.KindSim, LimitName: "MAAS_SIM_MAX_CONCURRENCY"}
 
 // Run runs the worker until ctx ends, then drains and returns.
 func Run(ctx context.Context, o Options) error {
@@ -97,6 +111,7 @@ func Run(ctx context.Context, o Options) error {
 
 	// The engine.
 	var eng Engine
+	adapter, cmdLimit := simAdapter, engine.Limit{}
 	var simSrv *sim.Sim
 	var sup *supervise.Supervisor
 	supDone := make(chan struct{})
@@ -122,12 +137,11 @@ func Run(ctx context.Context, o Options) error {
 		}()
 		eng = simEngine{simSrv}
 		o.fill(simSrv.URL())
-		if o.Capacity == 0 {
-			o.Capacity = simSrv.Capacity()
-		}
 		close(supDone)
 	default:
-		eng = engine.NewClient(adapters[o.EngineKind], o.EngineURL)
+		adapter = adapters[o.EngineKind]
+		cmdLimit = adapter.LimitFromCommand(o.EngineCmd)
+		eng = engine.NewClient(adapter, o.EngineURL)
 		o.fill(o.EngineURL)
 		if o.EngineCmd != "" {
 			so := supervise.DefaultOptions()
@@ -145,14 +159,15 @@ func Run(ctx context.Context, o Options) error {
 		}
 	}
 	defer func() { stopEngine(); <-supDone }()
-	if o.Capacity == 0 {
-		o.Capacity = 256
-	}
 	log.Info("worker started", "backend_id", o.BackendID, "engine_kind", o.EngineKind, "engine_url", o.AdvertiseURL, "addr", ln.Addr().String(), "simulator", o.Sim)
 
-	w := &worker{o: o, log: log, m: m, eng: eng, cc: newControlClient(o.ControlURL, o.InternalToken)}
-	if !w.waitReady(ctx) {
-		return nil // stopped before the engine came up: nothing registered
+	w := &worker{o: o, log: log, m: m, eng: eng, adapter: adapter, cmdLimit: cmdLimit, now: time.Now,
+		cc: newControlClient(o.ControlURL, o.InternalToken)}
+	if err := w.waitReady(ctx); err != nil {
+		if ctx.Err() != nil {
+			return nil // stopped before the engine came up: nothing registered
+		}
+		return err
 	}
 	w.loop(ctx)
 	return w.drain()
@@ -164,13 +179,20 @@ type worker struct {
 	log        *slog.Logger
 	m          *metrics
 	eng        Engine
+	adapter    engine.Adapter // the engine kind, for capacity messages
+	cmdLimit   engine.Limit   // the limit set in the supervised command line, if any
 	cc         *controlClient
+	now        func() time.Time
 	models     []string
+	capacity   int // registered capacity
 	registered bool
+	downSince  time.Time // when the engine stopped answering; zero while it answers
 }
 
-// waitReady polls the engine's health, then its models, until both answer.
-func (w *worker) waitReady(ctx context.Context) bool {
+// waitReady polls the engine's health, then its models and its limit, until they answer.
+// It returns ctx's error when ctx ends first, and an error naming MAAS_ENGINE_CAPACITY
+// when the engine is up but no capacity can be decided.
+func (w *worker) waitReady(ctx context.Context) error {
 	t := time.NewTicker(250 * time.Millisecond)
 	defer t.Stop()
 	logged := false
@@ -179,10 +201,19 @@ func (w *worker) waitReady(ctx context.Context) bool {
 		if err == nil {
 			var models []string
 			if models, err = w.eng.Models(ctx); err == nil && len(models) > 0 {
-				w.models = models
-				w.m.engineUp.Set(1)
-				w.log.Info("engine ready", "models", models)
-				return true
+				var c int
+				var from string
+				c, from, err = w.readCapacity(ctx)
+				if errors.Is(err, errNoCapacity) {
+					return noCapacityError(w.adapter)
+				}
+				if err == nil {
+					w.models = models
+					w.setCapacity(c)
+					w.m.engineUp.Set(1)
+					w.log.Info("engine ready", "models", models, "capacity", c, "capacity_from", from)
+					return nil
+				}
 			}
 			if err == nil {
 				err = errors.New("engine lists no model")
@@ -194,16 +225,65 @@ func (w *worker) waitReady(ctx context.Context) bool {
 		}
 		select {
 		case <-ctx.Done():
-			return false
+			return ctx.Err()
 		case <-t.C:
 		}
+	}
+}
+
+// readCapacity asks the engine for its limit (falling back on the command line's) and
+// decides the capacity with the configured one.
+func (w *worker) readCapacity(ctx context.Context) (int, string, error) {
+	l, err := w.eng.Limit(ctx)
+	if err != nil {
+		return 0, "", err
+	}
+	if l.N == 0 {
+		l = w.cmdLimit
+	}
+	return decideCapacity(l, w.o.Capacity)
+}
+
+func (w *worker) setCapacity(c int) {
+	w.capacity = c
+	w.m.capacity.Set(float64(c))
+}
+
+// engineDown records that the engine stopped answering; only the first failure is logged.
+func (w *worker) engineDown(err error) {
+	if !w.downSince.IsZero() {
+		w.log.Debug("engine still down", "err", err)
+		return
+	}
+	w.downSince = w.now()
+	w.log.Warn("engine down; reporting the backend unhealthy", "err", err)
+}
+
+// engineUp records that the engine answers again: one line with how long it was down, and
+// its limit read again (a restarted engine may have been started with another); a changed
+// capacity is registered again.
+func (w *worker) engineUp(ctx context.Context) {
+	if w.downSince.IsZero() {
+		return
+	}
+	down := w.now().Sub(w.downSince)
+	w.downSince = time.Time{}
+	w.log.Info("engine recovered; reporting the backend healthy", "down_for", down.Round(time.Millisecond).String())
+	c, from, err := w.readCapacity(ctx)
+	switch {
+	case err != nil:
+		w.log.Warn("engine limit not read again; keeping the registered capacity", "capacity", w.capacity, "err", err)
+	case c != w.capacity:
+		w.log.Info("engine capacity changed; registering again", "from", w.capacity, "to", c, "capacity_from", from)
+		w.setCapacity(c)
+		w.registered = false
 	}
 }
 
 func (w *worker) register(ctx context.Context) error {
 	req := registry.RegisterRequest{
 		ID: w.o.BackendID, URL: w.o.AdvertiseURL, EngineKind: w.o.EngineKind, Models: w.models,
-		Capacity: w.o.Capacity, HeartbeatIntervalMS: int(w.o.HeartbeatInterval / time.Millisecond), WorkerVersion: obs.Version,
+		Capacity: w.capacity, HeartbeatIntervalMS: int(w.o.HeartbeatInterval / time.Millisecond), WorkerVersion: obs.Version,
 	}
 	if _, err := w.cc.register(ctx, req); err != nil {
 		w.registered = false
@@ -212,7 +292,7 @@ func (w *worker) register(ctx context.Context) error {
 	}
 	w.registered = true
 	w.m.registered.Set(1)
-	w.log.Info("registered with control", "backend_id", w.o.BackendID, "models", w.models)
+	w.log.Info("registered with control", "backend_id", w.o.BackendID, "models", w.models, "capacity", w.capacity)
 	return nil
 }
 
@@ -239,7 +319,6 @@ func (w *worker) beat(ctx context.Context, wanted string) {
 		if wanted == registry.StateHealthy {
 			state = registry.StateUnhealthy
 		}
-		w.log.Warn("engine not healthy", "err", err)
 	}
 	if !w.registered {
 		if err := w.register(ctx); err != nil {
@@ -278,9 +357,11 @@ func (w *worker) beat(ctx context.Context, wanted string) {
 func (w *worker) probe(ctx context.Context) (registry.Load, error) {
 	if err := w.eng.Ready(ctx); err != nil {
 		w.m.engineUp.Set(0)
+		w.engineDown(err)
 		return registry.Load{}, err
 	}
 	w.m.engineUp.Set(1)
+	w.engineUp(ctx)
 	l, err := w.eng.Load(ctx)
 	if err != nil {
 		w.m.scrapeFailures.Inc()

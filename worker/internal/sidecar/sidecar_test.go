@@ -13,6 +13,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/maas-platform/maas/pkg/registry"
+	"github.com/maas-platform/maas/worker/internal/engine"
 )
 
 // fakeControl is a hand fake of control's three internal endpoints.
@@ -20,6 +21,7 @@ type fakeControl struct {
 	mu          sync.Mutex
 	known       bool
 	registers   int
+	capacities  []int // of each registration
 	heartbeats  []registry.HeartbeatRequest
 	deregisters int
 }
@@ -35,6 +37,9 @@ func (f *fakeControl) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	case r.URL.Path == "/internal/v1/backends/register":
 		f.known = true
 		f.registers++
+		var reg registry.RegisterRequest
+		_ = json.NewDecoder(r.Body).Decode(&reg)
+		f.capacities = append(f.capacities, reg.Capacity)
 		w.Write([]byte(`{"id":"b1"}`))
 	case strings.HasSuffix(r.URL.Path, "/heartbeat"):
 		if !f.known {
@@ -57,10 +62,13 @@ func (f *fakeControl) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 
 // fakeEngine is a hand fake of Engine.
 type fakeEngine struct {
-	mu     sync.Mutex
-	down   bool
-	load   registry.Load
-	models []string
+	mu       sync.Mutex
+	down     bool
+	load     registry.Load
+	models   []string
+	limit    engine.Limit
+	limitErr error
+	asked    int // Limit calls
 }
 
 func (e *fakeEngine) Ready(context.Context) error {
@@ -81,6 +89,12 @@ func (e *fakeEngine) Load(context.Context) (registry.Load, error) {
 	defer e.mu.Unlock()
 	return e.load, nil
 }
+func (e *fakeEngine) Limit(context.Context) (engine.Limit, error) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	e.asked++
+	return e.limit, e.limitErr
+}
 
 func newTestWorker(t *testing.T, fc *fakeControl, eng *fakeEngine) *worker {
 	srv := httptest.NewServer(fc)
@@ -89,8 +103,8 @@ func newTestWorker(t *testing.T, fc *fakeControl, eng *fakeEngine) *worker {
 	o.BackendID, o.AdvertiseURL, o.Capacity = "b1", "http://127.0.0.1:9", 8
 	o.HeartbeatInterval, o.DrainGrace = 100*time.Millisecond, 2*time.Second
 	o.fill(o.AdvertiseURL)
-	return &worker{o: o, log: o.Logger, m: newMetrics(prometheus.NewRegistry()), eng: eng,
-		cc: newControlClient(srv.URL, "tok-0123456789abcdef"), models: eng.models}
+	return &worker{o: o, log: o.Logger, m: newMetrics(prometheus.NewRegistry()), eng: eng, now: time.Now,
+		cc: newControlClient(srv.URL, "tok-0123456789abcdef"), models: eng.models, capacity: o.Capacity}
 }
 
 func TestBeatRegistersAndReRegisters(t *testing.T) {

@@ -1,5 +1,6 @@
 // Package openai is the engine adapter for any other OpenAI-compatible server: health is
-// /v1/models answering 200, and no load figures are scraped.
+// /v1/models answering 200, no load figures are scraped, and no concurrency limit is known
+// (it must be configured).
 package openai
 
 import (
@@ -10,5 +11,6 @@ import (
 // Adapter is the generic OpenAI-compatible engine.
 var Adapter = engine.Adapter{
 	Kind:       registry.KindOpenAI,
+	LimitName:  "its concurrency limit",
 	HealthPath: "/v1/models",
 }

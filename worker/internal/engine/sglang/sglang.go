@@ -2,17 +2,69 @@
 package sglang
 
 import (
+	"encoding/json"
+	"fmt"
+
 	"github.com/maas-platform/maas/pkg/registry"
 	"github.com/maas-platform/maas/worker/internal/engine"
 )
 
 // Adapter reads sglang:num_running_reqs, sglang:num_queue_reqs and sglang:token_usage
-// (the used share of the KV token pool, 0..1).
+// (the used share of the KV token pool, 0..1), and the concurrency limit from
+// /server_info (named /get_server_info before SGLang deprecated that path; both tried).
 var Adapter = engine.Adapter{
 	Kind:         registry.KindSGLang,
+	LimitName:    "--max-running-requests",
 	HealthPath:   "/health",
 	MetricsPath:  "/metrics",
 	Running:      []string{"sglang:num_running_reqs"},
 	Waiting:      []string{"sglang:num_queue_reqs"},
 	KVCacheUsage: []string{"sglang:token_usage"},
+	LimitProbes: []engine.LimitProbe{
+		{Path: "/server_info", Field: field, Parse: ParseServerInfo},
+		{Path: "/get_server_info", Field: field, Parse: ParseServerInfo},
+	},
+	LimitArgs: func(args []string) (int, string) {
+		n, flag, _ := engine.IntArg(args, "--max-running-requests", "--max_running_requests")
+		return n, flag
+	},
+}
+
+const field = "internal_states[].effective_max_running_requests_per_dp × dp_size"
+
+// ParseServerInfo reads SGLang's server info: the server arguments, the scheduler's info
+// and "internal_states", one per data-parallel rank, each with the scheduler's effective
+// max_running_requests (computed from memory when the flag is not given). The limit is the
+// smallest per-rank figure times dp_size; an older SGLang without the effective figure
+// gives the max_running_requests argument when it was set. See the "Get Server Info"
+// output in SGLang's docs/basic_usage/native_api.ipynb and get_server_info in
+// python/sglang/srt/entrypoints/http_server.py.
+func ParseServerInfo(body []byte) (int, error) {
+	var v struct {
+		MaxRunning *int `json:"max_running_requests"`
+		DPSize     *int `json:"dp_size"`
+		Internal   []struct {
+			Effective *int `json:"effective_max_running_requests_per_dp"`
+		} `json:"internal_states"`
+	}
+	if err := json.Unmarshal(body, &v); err != nil {
+		return 0, fmt.Errorf("decode server_info: %w", err)
+	}
+	per := 0
+	for _, s := range v.Internal {
+		if s.Effective != nil && *s.Effective > 0 && (per == 0 || *s.Effective < per) {
+			per = *s.Effective
+		}
+	}
+	if per > 0 {
+		dp := 1
+		if v.DPSize != nil && *v.DPSize > 1 {
+			dp = *v.DPSize
+		}
+		return per * dp, nil
+	}
+	if v.MaxRunning != nil && *v.MaxRunning > 0 {
+		return *v.MaxRunning, nil
+	}
+	return 0, nil
 }
