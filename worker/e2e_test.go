@@ -231,8 +231,9 @@ func TestE2EInvalidConfigExits2(t *testing.T) {
 
 // TestE2EUnknownCapacityRefused: attached to an engine of kind vllm that states no limit
 // (the simulator serves no /server_info, as vLLM without VLLM_SERVER_DEV_MODE) and with no
-// MAAS_ENGINE_CAPACITY, the worker waits for the engine, then exits 1 naming the setting and
-// the engine's flag, without registering (control is never reached: none runs here).
+// MAAS_ENGINE_CAPACITY, the worker waits for the engine, then exits naming the setting and
+// the engine's flag, without registering (control is never reached: none runs here). It
+// exits 2, as for any invalid configuration.
 func TestE2EUnknownCapacityRefused(t *testing.T) {
 	bin := testenv.Build(t).Worker
 	simAddr := testenv.FreeAddr(t)
@@ -241,7 +242,7 @@ func TestE2EUnknownCapacityRefused(t *testing.T) {
 	w := testenv.Start(t, "worker", bin, []string{"--engine-url", "http://" + simAddr, "--engine-kind", "vllm"},
 		"MAAS_INTERNAL_TOKEN=tok-0123456789abcdef", "MAAS_CONTROL_URL=http://127.0.0.1:1", "MAAS_WORKER_ADDR="+testenv.FreeAddr(t))
 	code, ok := w.Wait(15 * time.Second)
-	if !ok || code != 1 || !strings.Contains(w.Output(), "MAAS_ENGINE_CAPACITY") || !strings.Contains(w.Output(), "--max-num-seqs") {
+	if !ok || code != 2 || !strings.Contains(w.Output(), "MAAS_ENGINE_CAPACITY") || !strings.Contains(w.Output(), "--max-num-seqs") {
 		t.Fatalf("exit %d (exited %v), output:\n%s", code, ok, w.Output())
 	}
 	if strings.Contains(w.Output(), "registered with control") {

@@ -98,6 +98,12 @@ func runWorker(args []string) int {
 	if err := sidecar.Run(ctx, o); err != nil {
 		o.Logger.Error("worker failed", "err", err)
 		fmt.Fprintln(os.Stderr, "worker:", err)
+		// A setting found missing once the engine is up (MAAS_ENGINE_CAPACITY for an
+		// engine that states no limit) exits like one found missing at start.
+		var ce *config.Error
+		if errors.As(err, &ce) {
+			return config.ExitCode
+		}
 		return 1
 	}
 	return 0
