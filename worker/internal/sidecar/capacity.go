@@ -37,7 +37,7 @@ var errNoCapacity = &config.Error{Name: "MAAS_ENGINE_CAPACITY", Msg: "not set, a
 func noCapacityError(a engine.Adapter) error {
 	how := "it exposes none"
 	if len(a.LimitProbes) > 0 {
-		how = "it answered no limit at"
+		how = "none at"
 		for i, p := range a.LimitProbes {
 			if i > 0 {
 				how += ","
