@@ -1,7 +1,11 @@
 // Command bench produces the project's performance figures. It starts the simulator
 // engine, control, workers, a bare pass-through proxy and the gateway, then runs each
 // scenario three ways (direct to the simulator, through the pass-through, through the
-// gateway) in interleaved trials and writes bench/results/<stamp>.{json,md} and latest.md.
+// gateway) in trials whose mode order rotates, and writes bench/results/<stamp>.{json,md}
+// and latest.md. Every trial also measures PostgreSQL and Redis; every gateway trial ends
+// with a check that the usage ledger holds one row per request served. A scenario whose
+// CPU cannot be read or whose ledger check fails is marked failed, and the command exits
+// with an error once the results are written.
 //
 //	go run ./bench -out bench/results                 # the standard suite (make bench)
 //	go run ./bench -scenarios 'chat c64' -trials 1    # one scenario

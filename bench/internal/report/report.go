@@ -387,9 +387,28 @@ func (r *Run) HeldTable(w io.Writer) {
 	fmt.Fprintln(w, strings.Join(rows, "\n"))
 }
 
+// procTick is the unit of the CPU times in /proc (USER_HZ = 100 on Linux).
+const procTick = 10_000 // µs
+
+// tickPerRequest is one /proc tick in µs per request of mode's smallest trial: the
+// resolution of every CPU figure per request of that mode (a process's CPU moves by ticks).
+func (s *Scenario) tickPerRequest(mode string) float64 {
+	var least int64
+	for i, f := range s.Trials[mode] {
+		if i == 0 || f.Requests < least {
+			least = f.Requests
+		}
+	}
+	if least <= 0 {
+		return 0
+	}
+	return procTick / float64(least)
+}
+
 // PlatformTable renders, for every scenario whose gateway trials measured the platform,
-// the gateway's CPU per request beside PostgreSQL's and Redis's, their sum, what
-// PostgreSQL and Redis used during the pass-through's trials (the background: heartbeats,
+// the gateway's CPU per request beside PostgreSQL's and Redis's, their sum, the resolution
+// of those figures (one /proc tick per request of the smallest trial), what PostgreSQL and
+// Redis used during the pass-through's trials (the background: heartbeats,
 // autovacuum), and the ledger rows written against the requests served.
 func (r *Run) PlatformTable(w io.Writer) {
 	var rows []string
@@ -410,12 +429,12 @@ func (r *Run) PlatformTable(w io.Writer) {
 				ledger += " **✘**"
 			}
 		}
-		rows = append(rows, fmt.Sprintf("| %s | %.0f | %.1f | %.1f | %.0f (%.0f–%.0f) | %s | %s |",
-			s.name(), g.CPUPerReqUS, g.PostgresCPUPerReqUS, g.RedisCPUPerReqUS, g.PlatformCPUPerReqUS, lo, hi, bg, ledger))
+		rows = append(rows, fmt.Sprintf("| %s | %.0f | %.1f | %.1f | %.0f (%.0f–%.0f) | %.2g | %s | %s |",
+			s.name(), g.CPUPerReqUS, g.PostgresCPUPerReqUS, g.RedisCPUPerReqUS, g.PlatformCPUPerReqUS, lo, hi, s.tickPerRequest(Gateway), bg, ledger))
 	}
 	if len(rows) == 0 {
 		return
 	}
-	fmt.Fprintf(w, "\n| platform CPU (gateway trials) | gateway CPU µs/req | PostgreSQL CPU µs/req | Redis CPU µs/req | platform CPU µs/req (spread) | PostgreSQL + Redis µs/req in pass-through trials | ledger rows / requests served |\n|---|---|---|---|---|---|---|\n")
+	fmt.Fprintf(w, "\n| platform CPU (gateway trials) | gateway CPU µs/req | PostgreSQL CPU µs/req | Redis CPU µs/req | platform CPU µs/req (spread) | resolution µs/req | PostgreSQL + Redis µs/req in pass-through trials | ledger rows / requests served |\n|---|---|---|---|---|---|---|---|\n")
 	fmt.Fprintln(w, strings.Join(rows, "\n"))
 }

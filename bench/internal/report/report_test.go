@@ -94,8 +94,8 @@ func TestFailuresAndLedgerRendered(t *testing.T) {
 	for _, want := range []string{
 		"- **stream 64 tok itl 0 c16**: gateway trial: ledger rows written differ",
 		"| stream 64 tok itl 0 c16 **FAILED** | 1 |",
-		"| chat c64 | 40 | 20.0 | 0.0 | 60 (60–60) | 0.5 | 160 / 160 |",
-		"| stream 64 tok itl 0 c16 **FAILED** | 40 | 20.0 | 0.0 | 60 (60–60) | 0.5 | 150 / 160 **✘** |",
+		"| chat c64 | 40 | 20.0 | 0.0 | 60 (60–60) | 62 | 0.5 | 160 / 160 |",
+		"| stream 64 tok itl 0 c16 **FAILED** | 40 | 20.0 | 0.0 | 60 (60–60) | 62 | 0.5 | 150 / 160 **✘** |",
 	} {
 		if !strings.Contains(md, want) {
 			t.Errorf("markdown lacks %q:\n%s", want, md)
