@@ -404,8 +404,22 @@ func (s *Sim) respond(ctx *fasthttp.RequestCtx, g *gen) {
 			wait += s.itl()
 		}
 	}
-	ok := s.sleep(&timer, wait)
+	var gone <-chan struct{}
+	stopWatch := func() {}
+	if wait > 0 {
+		gone, stopWatch = watchClient(ctx)
+	}
+	ok, left := s.sleepUnlessGone(&timer, wait, gone)
+	stopWatch()
 	s.release(g.tokens)
+	if left {
+		// The client went away: the request is aborted, as vLLM aborts it; the tokens it
+		// produced meanwhile are counted.
+		g.m.mm.genTokens.Add(float64(g.producedIn(time.Since(g.start) - queued)))
+		ctx.SetConnectionClose()
+		apierr.WriteFast(ctx, apierr.New(apierr.ClientClosed, "client closed the connection"))
+		return
+	}
 	if !ok {
 		apierr.WriteFast(ctx, apierr.New(apierr.Unavailable, "simulator is stopping"))
 		return
@@ -426,6 +440,24 @@ func (s *Sim) respond(ctx *fasthttp.RequestCtx, g *gen) {
 	}
 	*bp = body
 	bufPool.Put(bp)
+}
+
+// producedIn is how many tokens a non-streamed request has produced after running d: none
+// before the first token, then one per inter-token gap for each choice.
+func (g *gen) producedIn(d time.Duration) int {
+	o := &g.s.o
+	if d < o.TTFT {
+		return 0
+	}
+	n := 0
+	for _, c := range g.choices {
+		k := c.n
+		if o.ITL > 0 {
+			k = min(c.n, 1+int((d-o.TTFT)/o.ITL))
+		}
+		n += k
+	}
+	return n
 }
 
 // writeDropped sends the headers and the first n bytes of body on the raw connection,

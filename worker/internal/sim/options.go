@@ -60,6 +60,10 @@ type Options struct {
 	// so that a benchmark measures relaying tokens one by one. With any latency set, events
 	// are written one by one either way.
 	FlushEveryToken bool
+	// IdleTimeout closes a keep-alive connection that sends no new request for that long
+	// (MAAS_SIM_IDLE_TIMEOUT; default 5s, vLLM's: VLLM_HTTP_TIMEOUT_KEEP_ALIVE, given to
+	// uvicorn as timeout_keep_alive), so that clients meet the closes a real engine makes.
+	IdleTimeout time.Duration
 	// SystemFingerprint is the system_fingerprint of answers (MAAS_SIM_SYSTEM_FINGERPRINT).
 	// Empty (the default), the simulator does what vLLM does by default: "system_fingerprint":
 	// null in non-streamed answers, no such field in stream chunks. Set, it does what vLLM
@@ -84,6 +88,7 @@ func DefaultOptions() Options {
 		MaxModelLen:     32768,
 		KVCacheTokens:   262144,
 		FailRate:        1,
+		IdleTimeout:     5 * time.Second,
 	}
 }
 
@@ -105,6 +110,8 @@ func (o *Options) validate() error {
 		return &config.Error{Name: "MAAS_SIM_MAX_MODEL_LEN", Msg: "must be positive"}
 	case o.KVCacheTokens < 1:
 		return &config.Error{Name: "MAAS_SIM_KV_CACHE_TOKENS", Msg: "must be positive"}
+	case o.IdleTimeout <= 0:
+		return &config.Error{Name: "MAAS_SIM_IDLE_TIMEOUT", Msg: "must be positive"}
 	case o.FailRate < 0 || o.FailRate > 1:
 		return &config.Error{Name: "MAAS_SIM_FAIL_RATE", Msg: "must be between 0 and 1"}
 	}
@@ -162,7 +169,7 @@ func (d Dist) pick(seed uint64) int {
 type Flags struct {
 	addr, models, embModels, outTokens, fail, failRate string
 	fingerprint                                        string
-	ttft, itl, jitter                                  time.Duration
+	ttft, itl, jitter, idle                            time.Duration
 	maxConc, maxQueue, dim, maxLen, kvTokens           int
 	failHeader, flushEvery                             bool
 }
@@ -176,6 +183,7 @@ func (f *Flags) Bind(l *config.Loader) {
 	l.Duration(&f.ttft, "MAAS_SIM_TTFT", "sim-ttft", d.TTFT, "simulated time to first token")
 	l.Duration(&f.itl, "MAAS_SIM_ITL", "sim-itl", d.ITL, "simulated inter-token latency")
 	l.Duration(&f.jitter, "MAAS_SIM_ITL_JITTER", "sim-itl-jitter", d.ITLJitter, "inter-token latency jitter (uniform ±)")
+	l.Duration(&f.idle, "MAAS_SIM_IDLE_TIMEOUT", "sim-idle-timeout", d.IdleTimeout, "close keep-alive connections idle this long (vLLM's default: 5s)")
 	l.Int(&f.maxConc, "MAAS_SIM_MAX_CONCURRENCY", "sim-max-concurrency", d.MaxConcurrency, "requests running at once (0 = no limit); more wait in a queue")
 	l.Int(&f.maxQueue, "MAAS_SIM_MAX_QUEUE", "sim-max-queue", d.MaxQueue, "waiting requests before 503 (0 = unbounded)")
 	l.String(&f.outTokens, "MAAS_SIM_OUTPUT_TOKENS", "sim-output-tokens", d.OutputTokens.String(), "answer length when max_tokens does not cut it: N or MIN-MAX")
@@ -195,7 +203,7 @@ func (f *Flags) Options() (Options, error) {
 	o.Addr = f.addr
 	o.ChatModels = splitList(f.models)
 	o.EmbeddingModels = splitList(f.embModels)
-	o.TTFT, o.ITL, o.ITLJitter = f.ttft, f.itl, f.jitter
+	o.TTFT, o.ITL, o.ITLJitter, o.IdleTimeout = f.ttft, f.itl, f.jitter, f.idle
 	o.MaxConcurrency, o.MaxQueue = f.maxConc, f.maxQueue
 	o.EmbeddingDim, o.MaxModelLen, o.KVCacheTokens = f.dim, f.maxLen, f.kvTokens
 	o.FailHeaderEnabled = f.failHeader

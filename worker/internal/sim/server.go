@@ -120,7 +120,7 @@ func New(o Options) (*Sim, error) {
 		NoDefaultDate:        true,
 		NoDefaultContentType: true,
 		MaxRequestBodySize:   32 << 20,
-		IdleTimeout:          90 * time.Second,
+		IdleTimeout:          o.IdleTimeout, // vLLM's (uvicorn's) keep-alive timeout
 		ReadTimeout:          5 * time.Minute,
 		CloseOnShutdown:      true,
 		TCPKeepalive:         true,
@@ -315,6 +315,27 @@ func (s *Sim) sleep(t **time.Timer, d time.Duration) bool {
 		return true
 	case <-s.stopping:
 		return false
+	}
+}
+
+// sleepUnlessGone is sleep that also ends when gone is closed (nil: never): done is true
+// when d has passed, left when gone closed first.
+func (s *Sim) sleepUnlessGone(t **time.Timer, d time.Duration, gone <-chan struct{}) (done, left bool) {
+	if gone == nil {
+		return s.sleep(t, d), false
+	}
+	if *t == nil {
+		*t = time.NewTimer(d)
+	} else {
+		(*t).Reset(d)
+	}
+	select {
+	case <-(*t).C:
+		return true, false
+	case <-gone:
+		return false, true
+	case <-s.stopping:
+		return false, false
 	}
 }
 
