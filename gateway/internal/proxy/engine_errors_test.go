@@ -11,7 +11,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus/testutil"
 	"github.com/sony/gobreaker/v2"
+	"github.com/valyala/fasthttp"
 
 	"github.com/maas-platform/maas/gateway/internal/upstream"
 )
@@ -348,5 +350,53 @@ func TestAppendWithout(t *testing.T) {
 		if got := string(appendWithout(nil, []byte(in), "usage")); got != want {
 			t.Errorf("appendWithout(%s) = %s, want %s", in, got, want)
 		}
+	}
+}
+
+// TestIdleConnectionsClosedBeforeTheEngineDoes: an engine closes keep-alive connections
+// idle 150 ms (vLLM: 5 s). With the gateway's idle timeout below it, the gateway closes
+// them first and no request meets a closed connection; with it above, each request after
+// a quiet spell meets one and is sent again on a new connection — none fails either way.
+func TestIdleConnectionsClosedBeforeTheEngineDoes(t *testing.T) {
+	engine := &fasthttp.Server{IdleTimeout: 150 * time.Millisecond, Handler: func(ctx *fasthttp.RequestCtx) {
+		if len(member(ctx.PostBody(), "stream")) == 4 {
+			ctx.SetContentType("text/event-stream")
+			ctx.SetBodyString("data: " + chunk("a") + "\n\ndata: [DONE]\n\n")
+			return
+		}
+		ctx.SetContentType("application/json")
+		ctx.SetBodyString(unaryAnswer)
+	}}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	go engine.Serve(ln)
+	t.Cleanup(func() { engine.Shutdown() })
+	for _, tc := range []struct {
+		idle      time.Duration
+		wantStale bool
+	}{{40 * time.Millisecond, false}, {time.Minute, true}} {
+		t.Run(tc.idle.String(), func(t *testing.T) {
+			r, h := newURLRig(t, func(po *upstream.Options, o *Options) {
+				po.IdleTimeout = tc.idle
+				o.FirstByteTimeout, o.StreamIdleTimeout = 5*time.Second, 5*time.Second
+			}, "http://"+ln.Addr().String())
+			if got := r.pool.Get("b0").Client.MaxIdleConnDuration; got != tc.idle {
+				t.Fatalf("MaxIdleConnDuration %v, want %v", got, tc.idle)
+			}
+			for i := range 6 {
+				if i > 0 {
+					time.Sleep(250 * time.Millisecond) // a quiet spell: the stimulus, not a wait
+				}
+				if st, b := r.post(t, streamBody(i%2 == 1, "hello")); st != 200 {
+					t.Fatalf("request %d: status %d: %s", i, st, b)
+				}
+			}
+			stale := testutil.ToFloat64(h.m.upstreamErr.WithLabelValues("b0", "stale"))
+			if (stale > 0) != tc.wantStale {
+				t.Errorf("%v requests met a connection the engine had closed (want some: %v)", stale, tc.wantStale)
+			}
+		})
 	}
 }
