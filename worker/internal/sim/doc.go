@@ -11,7 +11,8 @@
 // symbols, each non-ASCII character) is one token, whitespace is not counted. A chat
 // prompt costs 4 tokens per message plus its content's (and name's) tokens, plus 2 for the
 // reply's priming. A completion prompt given as token ids counts its ids. Generated text
-// is a sequence of words, one token each, so Tokens(output) == completion_tokens.
+// is a sequence of words, one token each, so Tokens(output) == completion_tokens (unless a
+// stop sequence cut the text).
 //
 // Completion length: max_tokens (max_completion_tokens for chat) caps a length drawn from
 // the configured distribution; the draw is derived from the prompt, so the same request
