@@ -143,8 +143,8 @@ func (c *client) do(buf []byte) (lat, ttft time.Duration, err error) {
 	}
 	if resp.StatusCode() != fasthttp.StatusOK {
 		body := resp.Body()
-		if c.t.Stream {
-			body, _ = io.ReadAll(io.LimitReader(resp.BodyStream(), 512))
+		if bs := resp.BodyStream(); c.t.Stream && bs != nil { // nil: a short body read whole
+			body, _ = io.ReadAll(io.LimitReader(bs, 512))
 		}
 		return 0, 0, fmt.Errorf("status %d: %.200s", resp.StatusCode(), body)
 	}

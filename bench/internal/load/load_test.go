@@ -128,3 +128,15 @@ func TestChunks(t *testing.T) {
 		})
 	}
 }
+
+// A refused stream with a short body (read whole by the client, no body stream) is an
+// error carrying its status and body.
+func TestStreamRefusalIsAnError(t *testing.T) {
+	addr := serve(t, func(ctx *fasthttp.RequestCtx) {
+		ctx.Error("upstream went away", fasthttp.StatusBadGateway)
+	})
+	r := ClosedLoop(context.Background(), Target{Addr: addr, Path: "/x", Body: []byte(`{"stream":true}`), Stream: true}, 1, 50*time.Millisecond)
+	if r.Requests == 0 || r.Errors != r.Requests || !strings.Contains(r.FirstError, "status 502: upstream went away") {
+		t.Fatalf("requests %d errors %d first %q", r.Requests, r.Errors, r.FirstError)
+	}
+}

@@ -36,6 +36,9 @@ type Options struct {
 	// CIDRs or addresses, or "none"; loopback by default).
 	TrustedProxies []netip.Prefix
 
+	// Files configures the Files API and its store (MAAS_FILES_*).
+	Files FilesOptions
+
 	// LoginLimit bounds failed logins per username and client IP (zero: the defaults,
 	// 10 per username and 50 per IP in 5 minutes; tests only).
 	LoginLimit user.LoginLimit
@@ -74,6 +77,7 @@ func Load(args []string) (Options, []string, error) {
 	l.Duration(&o.BackendRemoveAfter, "MAAS_BACKEND_REMOVE_AFTER", "backend-remove-after", 5*time.Minute, "remove a backend this long after its last heartbeat once it is unhealthy")
 	l.Duration(&o.ShutdownGrace, "MAAS_SHUTDOWN_GRACE", "shutdown-grace", 15*time.Second, "time allowed for graceful shutdown")
 	l.Bool(&o.LogJSON, "MAAS_LOG_JSON", "log-json", false, "JSON log lines")
+	bindFiles(l, &o.Files)
 	var proxies string
 	l.String(&proxies, "MAAS_TRUSTED_PROXIES", "trusted-proxies", "127.0.0.0/8,::1/128", "comma-separated CIDRs of proxies (gateways) whose X-Forwarded-For is trusted for the login limit, or none")
 	fs := l.FlagSet()
@@ -106,6 +110,9 @@ func Load(args []string) (Options, []string, error) {
 	}
 	if o.ShutdownGrace <= 0 {
 		return o, nil, &config.Error{Name: "MAAS_SHUTDOWN_GRACE", Msg: "must be a positive duration"}
+	}
+	if err := o.Files.validate(); err != nil {
+		return o, nil, err
 	}
 	if o.TrustedProxies, err = ParsePrefixes(proxies); err != nil {
 		return o, nil, &config.Error{Name: "MAAS_TRUSTED_PROXIES", Msg: err.Error()}

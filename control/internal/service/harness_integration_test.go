@@ -61,6 +61,7 @@ func startControl(t *testing.T, mutate func(*Options)) *testControl {
 	pool, dbURL := pgtest.NewPool(t)
 	o := testOptions(dbURL)
 	o.LogOut = t.Output()
+	o.Files.Dir = t.TempDir()
 	if mutate != nil {
 		mutate(&o)
 	}

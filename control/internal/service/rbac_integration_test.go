@@ -63,6 +63,13 @@ func expect(user, dev, admin int) map[string]int {
 		keyUserMgmt: user, keyAdminMgmt: admin, fwdAdminMgmt: admin, keyAdminAll: admin}
 }
 
+// expectInference is expect for the OpenAI-shaped API under /v1 (inference scope): keys
+// with only the management scope get 403; keys with inference get their owner's status.
+func expectInference(user, dev, admin int) map[string]int {
+	return with(expect(user, dev, admin), keyUserInf, user, keyAdminInf, admin, fwdAdminInf, admin,
+		keyUserMgmt, 403, keyAdminMgmt, 403, fwdAdminMgmt, 403)
+}
+
 // with returns m with the statuses of some identities replaced (pairs of identity, status).
 func with(m map[string]int, pairs ...any) map[string]int {
 	for i := 0; i+1 < len(pairs); i += 2 {
@@ -143,6 +150,11 @@ func (f *rbacFixture) ownKey(who string) int64 {
 	return id
 }
 
+// userFile uploads a file owned by the user identity.
+func (f *rbacFixture) userFile() string {
+	return f.tc.uploadFile(f.users[asUser].Token, "matrix.txt", "user_data", "matrix").ID
+}
+
 func matrix() []matrixCase {
 	return []matrixCase{
 		{"GET", "/health", fixed("/health", nil), all(200)},
@@ -218,6 +230,20 @@ func matrix() []matrixCase {
 		{"PATCH", "/api/v1/backends/{id}", func(f *rbacFixture, who string) (string, any) {
 			return "/api/v1/backends/" + f.backendID, map[string]any{"weight": 50}
 		}, expect(403, 403, 200)},
+
+		// Files: a JSON body is not an upload (400 once admitted); only the owner and admins
+		// reach a file, others get 404.
+		{"POST", "/v1/files", fixed("/v1/files", map[string]any{"purpose": "batch"}), expectInference(400, 400, 400)},
+		{"GET", "/v1/files", fixed("/v1/files", nil), expectInference(200, 200, 200)},
+		{"GET", "/v1/files/{id}", func(f *rbacFixture, who string) (string, any) {
+			return "/v1/files/" + f.userFile(), nil
+		}, expectInference(200, 404, 200)},
+		{"GET", "/v1/files/{id}/content", func(f *rbacFixture, who string) (string, any) {
+			return "/v1/files/" + f.userFile() + "/content", nil
+		}, expectInference(200, 404, 200)},
+		{"DELETE", "/v1/files/{id}", func(f *rbacFixture, who string) (string, any) {
+			return "/v1/files/" + f.userFile(), nil
+		}, expectInference(200, 404, 200)},
 
 		{"POST", "/internal/v1/backends/register", func(f *rbacFixture, who string) (string, any) {
 			return "/internal/v1/backends/register", registerBody(f.backendID, 2000)

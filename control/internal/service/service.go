@@ -281,6 +281,11 @@ func newServer(pool *pgxpool.Pool, o Options, log *slog.Logger, reg *prometheus.
 	users.Routes(srv)
 	models.Routes(srv)
 	backends.Routes(srv)
+	files, err := newFiles(pool, o.Files, log)
+	if err != nil {
+		return nil, nil, err
+	}
+	files.Routes(srv)
 	return srv, backends, nil
 }
 

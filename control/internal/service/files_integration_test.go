@@ -1,0 +1,316 @@
+package service
+
+import (
+	"bytes"
+	"fmt"
+	"io"
+	"mime/multipart"
+	"net/http/httptest"
+	"os"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/johannesboyne/gofakes3"
+	"github.com/johannesboyne/gofakes3/backend/s3mem"
+
+	"github.com/maas-platform/maas/control/internal/file"
+)
+
+// part is one multipart field; a file field has a filename.
+type part struct{ name, filename, content string }
+
+// multipartBody encodes parts in order and returns the body and its Content-Type.
+func multipartBody(t *testing.T, parts ...part) ([]byte, string) {
+	t.Helper()
+	var buf bytes.Buffer
+	w := multipart.NewWriter(&buf)
+	for _, p := range parts {
+		var err error
+		if p.filename != "" {
+			var fw io.Writer
+			if fw, err = w.CreateFormFile(p.name, p.filename); err == nil {
+				_, err = fw.Write([]byte(p.content))
+			}
+		} else {
+			err = w.WriteField(p.name, p.content)
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := w.Close(); err != nil {
+		t.Fatal(err)
+	}
+	return buf.Bytes(), w.FormDataContentType()
+}
+
+// upload posts parts to /v1/files with the bearer tok.
+func (tc *testControl) upload(tok string, parts ...part) response {
+	tc.t.Helper()
+	body, ct := multipartBody(tc.t, parts...)
+	return tc.do("POST", "/v1/files", body, map[string]string{"Authorization": "Bearer " + tok, "Content-Type": ct})
+}
+
+// uploadFile uploads content as filename for purpose, failing the test unless it is stored.
+func (tc *testControl) uploadFile(tok, filename, purpose, content string) file.File {
+	tc.t.Helper()
+	r := tc.upload(tok, part{"file", filename, content}, part{"purpose", "", purpose})
+	if r.Status != 200 {
+		tc.t.Fatalf("upload %s: status %d %s", filename, r.Status, r.Body)
+	}
+	var f file.File
+	r.decode(tc.t, &f)
+	return f
+}
+
+const chatLine = `{"messages":[{"role":"user","content":"Hi"},{"role":"assistant","content":"Hello there"}]}`
+
+// filesStores starts the two stores the Files API runs on: a local directory and an
+// in-process S3 (gofakes3, over TLS).
+func filesStores(t *testing.T) map[string]func(*FilesOptions) {
+	return map[string]func(*FilesOptions){
+		"dir": func(o *FilesOptions) { o.Dir = t.TempDir() },
+		"s3": func(o *FilesOptions) {
+			backend := s3mem.New()
+			if err := backend.CreateBucket("maas-files"); err != nil {
+				t.Fatal(err)
+			}
+			srv := httptest.NewTLSServer(gofakes3.New(backend).Server())
+			t.Cleanup(srv.Close)
+			o.S3 = file.S3Options{Endpoint: strings.TrimPrefix(srv.URL, "https://"), Bucket: "maas-files", Prefix: "files/",
+				AccessKey: "k", SecretKey: "s", Region: "us-east-1", UseTLS: true, Transport: srv.Client().Transport}
+		},
+	}
+}
+
+func TestFilesAPI(t *testing.T) {
+	for name, store := range filesStores(t) {
+		t.Run(name, func(t *testing.T) {
+			var dir string
+			tc := startControl(t, func(o *Options) {
+				o.Files = FilesOptions{MaxBytes: 64 << 10, MaxCount: 3, MaxTotalBytes: 150 << 10, Timeout: time.Minute}
+				store(&o.Files)
+				dir = o.Files.Dir
+			})
+			testFilesAPI(t, tc, dir)
+		})
+	}
+}
+
+func testFilesAPI(t *testing.T, tc *testControl, dir string) {
+	admin := tc.adminToken()
+	alice := tc.createUser(admin, "user")
+	bob := tc.createUser(admin, "developer")
+	start := time.Now().Add(-time.Second).Unix()
+
+	dataset := chatLine + "\n" + chatLine + "\n"
+	ft := tc.uploadFile(alice.Token, "dir/train.jsonl", "fine-tune", dataset) // file first, as the SDKs send it
+	if !strings.HasPrefix(ft.ID, "file-") || ft.Object != "file" || ft.Bytes != int64(len(dataset)) ||
+		ft.Filename != "train.jsonl" || ft.Purpose != "fine-tune" || ft.Status != "processed" || ft.CreatedAt < start {
+		t.Errorf("uploaded file %+v", ft)
+	}
+	if ft.Examples == nil || *ft.Examples != 2 || ft.Tokens == nil || *ft.Tokens != 2*(1+3) {
+		t.Errorf("dataset examples %v tokens %v, want 2 and 8", ft.Examples, ft.Tokens)
+	}
+	// Purpose first, a binary file with an awkward name.
+	r := tc.upload(alice.Token, part{"purpose", "", "batch"}, part{"expires_after[anchor]", "", "created_at"},
+		part{"file", "c:\\dir\\ré\xffsumé.bin", "\x00\x01\x02binary"})
+	if r.Status != 200 {
+		t.Fatalf("batch upload: %d %s", r.Status, r.Body)
+	}
+	var batch file.File
+	r.decode(t, &batch)
+	if batch.Filename != "ré\uFFFDsumé.bin" || batch.Bytes != 9 || batch.Examples != nil {
+		t.Errorf("batch file %+v", batch)
+	}
+
+	t.Run("retrieve", func(t *testing.T) {
+		var got file.File
+		tc.call("GET", "/v1/files/"+ft.ID, alice.Token, nil, 200).decode(t, &got)
+		if got.ID != ft.ID || got.Bytes != ft.Bytes || got.Filename != ft.Filename || got.CreatedAt != ft.CreatedAt {
+			t.Errorf("retrieved %+v, uploaded %+v", got, ft)
+		}
+		tc.call("GET", "/v1/files/"+ft.ID, admin, nil, 200)
+		e := tc.call("GET", "/v1/files/"+ft.ID, bob.Token, nil, 404).apiErr(t)
+		if e.Error.Type != "not_found_error" {
+			t.Errorf("another user's file: %+v", e)
+		}
+		tc.call("GET", "/v1/files/file-doesnotexist", alice.Token, nil, 404)
+	})
+	t.Run("content", func(t *testing.T) {
+		r := tc.call("GET", "/v1/files/"+batch.ID+"/content", alice.Token, nil, 200)
+		if string(r.Body) != "\x00\x01\x02binary" || r.Header.Get("Content-Type") != "application/octet-stream" ||
+			!strings.Contains(r.Header.Get("Content-Disposition"), "attachment") {
+			t.Errorf("content %q, headers %v", r.Body, r.Header)
+		}
+		if r := tc.call("GET", "/v1/files/"+ft.ID+"/content", admin, nil, 200); string(r.Body) != dataset {
+			t.Errorf("admin download: %q", r.Body)
+		}
+		tc.call("GET", "/v1/files/"+ft.ID+"/content", bob.Token, nil, 404)
+	})
+	t.Run("list", func(t *testing.T) {
+		type page struct {
+			Object  string      `json:"object"`
+			Data    []file.File `json:"data"`
+			FirstID *string     `json:"first_id"`
+			LastID  *string     `json:"last_id"`
+			HasMore bool        `json:"has_more"`
+		}
+		ids := func(p page) string {
+			var out []string
+			for _, f := range p.Data {
+				out = append(out, f.ID)
+			}
+			return strings.Join(out, ",")
+		}
+		var p page
+		tc.call("GET", "/v1/files", alice.Token, nil, 200).decode(t, &p)
+		if p.Object != "list" || ids(p) != batch.ID+","+ft.ID || p.HasMore || *p.FirstID != batch.ID || *p.LastID != ft.ID {
+			t.Errorf("list (newest first) %+v", p)
+		}
+		tc.call("GET", "/v1/files?order=asc", alice.Token, nil, 200).decode(t, &p)
+		if ids(p) != ft.ID+","+batch.ID {
+			t.Errorf("asc: %s", ids(p))
+		}
+		tc.call("GET", "/v1/files?limit=1", alice.Token, nil, 200).decode(t, &p)
+		if ids(p) != batch.ID || !p.HasMore {
+			t.Errorf("limit=1: %s has_more=%v", ids(p), p.HasMore)
+		}
+		tc.call("GET", "/v1/files?limit=1&after="+*p.LastID, alice.Token, nil, 200).decode(t, &p)
+		if ids(p) != ft.ID || p.HasMore {
+			t.Errorf("second page: %s has_more=%v", ids(p), p.HasMore)
+		}
+		tc.call("GET", "/v1/files?purpose=fine-tune", alice.Token, nil, 200).decode(t, &p)
+		if ids(p) != ft.ID {
+			t.Errorf("purpose=fine-tune: %s", ids(p))
+		}
+		tc.call("GET", "/v1/files", bob.Token, nil, 200).decode(t, &p)
+		if len(p.Data) != 0 || p.FirstID != nil || p.HasMore {
+			t.Errorf("bob sees %+v", p)
+		}
+		for q, param := range map[string]string{"limit=0": "limit", "limit=x": "limit", "order=up": "order",
+			"purpose=fun": "purpose", "after=" + ft.ID + "x": "after"} {
+			e := tc.call("GET", "/v1/files?"+q, alice.Token, nil, 400).apiErr(t)
+			if e.Error.Param == nil || *e.Error.Param != param {
+				t.Errorf("%s: param %v, want %s", q, e.Error.Param, param)
+			}
+		}
+		// Another user's file is no cursor.
+		tc.call("GET", "/v1/files?after="+ft.ID, bob.Token, nil, 400)
+	})
+
+	t.Run("refused uploads", func(t *testing.T) {
+		u := tc.createUser(admin, "user")
+		tests := []struct {
+			name   string
+			parts  []part
+			status int
+			param  string
+			msg    string
+		}{
+			{"wrong purpose", []part{{"file", "a.txt", "x"}, {"purpose", "", "fine_tune"}}, 400, "purpose", "purpose must be one of"},
+			{"missing purpose", []part{{"file", "a.txt", "x"}}, 400, "purpose", "missing the purpose"},
+			{"missing file", []part{{"purpose", "", "batch"}}, 400, "file", "missing the file"},
+			{"file without filename", []part{{"file", "", "x"}, {"purpose", "", "batch"}}, 400, "file", "filename"},
+			{"two files", []part{{"file", "a", "x"}, {"file", "b", "y"}, {"purpose", "", "batch"}}, 400, "file", "more than one"},
+			{"invalid dataset", []part{{"file", "bad.jsonl", chatLine + "\n" + chatLine + "\n" + `{"messages":[{"role":"user","content":"no answer"}]}` + "\n"}, {"purpose", "", "fine-tune"}},
+				400, "file", "line 3: no assistant message"},
+			{"not json lines", []part{{"file", "bad.jsonl", "hello"}, {"purpose", "", "fine-tune"}}, 400, "file", "line 1: invalid JSON"},
+			{"too large", []part{{"file", "big.bin", strings.Repeat("x", 64<<10+1)}, {"purpose", "", "batch"}}, 413, "file", "larger than 65536 bytes"},
+		}
+		for _, tt := range tests {
+			t.Run(tt.name, func(t *testing.T) {
+				r := tc.upload(u.Token, tt.parts...)
+				if r.Status != tt.status {
+					t.Fatalf("status %d %s, want %d", r.Status, r.Body, tt.status)
+				}
+				e := r.apiErr(t)
+				if e.Error.Param == nil || *e.Error.Param != tt.param || !strings.Contains(e.Error.Message, tt.msg) {
+					t.Errorf("error %+v (param %v), want param %s and %q", e.Error, e.Error.Param, tt.param, tt.msg)
+				}
+			})
+		}
+		// A file at the limit is accepted.
+		tc.uploadFile(u.Token, "edge.bin", "batch", strings.Repeat("x", 64<<10))
+		// Not multipart at all; a body past the route's limit (refused before it is read).
+		tc.call("POST", "/v1/files", u.Token, map[string]string{"purpose": "batch"}, 400)
+		body := bytes.Repeat([]byte("x"), 2<<20)
+		r := tc.do("POST", "/v1/files", body, map[string]string{"Authorization": "Bearer " + u.Token, "Content-Type": "multipart/form-data; boundary=x"})
+		if r.Status != 413 {
+			t.Errorf("2 MiB body: %d %s", r.Status, r.Body)
+		}
+		// None of the refused uploads left a file or any stored content behind.
+		var p struct {
+			Data []file.File `json:"data"`
+		}
+		tc.call("GET", "/v1/files", u.Token, nil, 200).decode(t, &p)
+		if len(p.Data) != 1 {
+			t.Errorf("after refused uploads the user has %d files, want 1", len(p.Data))
+		}
+		if dir != "" {
+			if n := countStored(t, dir); n != 3 { // alice's two and the edge file
+				t.Errorf("store directory holds %d entries, want 3", n)
+			}
+		}
+	})
+	t.Run("per-user limits", func(t *testing.T) {
+		u := tc.createUser(admin, "user")
+		for i := range 3 {
+			tc.uploadFile(u.Token, fmt.Sprintf("f%d.txt", i), "user_data", "x")
+		}
+		e := tc.upload(u.Token, part{"file", "f4.txt", "x"}, part{"purpose", "", "user_data"})
+		if e.Status != 400 || !strings.Contains(string(e.Body), "files_limit_reached") {
+			t.Errorf("4th file (MAAS_FILES_MAX_COUNT=3): %d %s", e.Status, e.Body)
+		}
+		v := tc.createUser(admin, "user")
+		tc.uploadFile(v.Token, "a.bin", "batch", strings.Repeat("a", 60<<10))
+		tc.uploadFile(v.Token, "b.bin", "batch", strings.Repeat("b", 60<<10))
+		e = tc.upload(v.Token, part{"file", "c.bin", strings.Repeat("c", 60<<10)}, part{"purpose", "", "batch"})
+		if e.Status != 413 || !strings.Contains(string(e.Body), "files_storage_limit_reached") {
+			t.Errorf("past MAAS_FILES_MAX_TOTAL_BYTES: %d %s", e.Status, e.Body)
+		}
+	})
+	t.Run("keys", func(t *testing.T) {
+		_, key := tc.createKey(alice.Token, nil)
+		f := tc.uploadFile(key, "k.txt", "assistants", "via key")
+		tc.call("GET", "/v1/files/"+f.ID, alice.Token, nil, 200)
+		_, mgmt := tc.createKey(admin, map[string]any{"name": "m", "user_id": alice.ID, "scopes": []string{"management"}})
+		e := tc.call("GET", "/v1/files", mgmt, nil, 403).apiErr(t)
+		if e.Error.Code == nil || *e.Error.Code != "insufficient_scope" {
+			t.Errorf("management-only key: %+v", e.Error)
+		}
+		tc.call("DELETE", "/v1/files/"+f.ID, key, nil, 200)
+	})
+	t.Run("delete", func(t *testing.T) {
+		tc.call("DELETE", "/v1/files/"+ft.ID, bob.Token, nil, 404)
+		var del struct {
+			ID      string `json:"id"`
+			Object  string `json:"object"`
+			Deleted bool   `json:"deleted"`
+		}
+		tc.call("DELETE", "/v1/files/"+ft.ID, alice.Token, nil, 200).decode(t, &del)
+		if del.ID != ft.ID || del.Object != "file" || !del.Deleted {
+			t.Errorf("delete answered %+v", del)
+		}
+		tc.call("GET", "/v1/files/"+ft.ID, alice.Token, nil, 404)
+		tc.call("GET", "/v1/files/"+ft.ID+"/content", alice.Token, nil, 404)
+		tc.call("DELETE", "/v1/files/"+ft.ID, alice.Token, nil, 404)
+		tc.call("DELETE", "/v1/files/"+batch.ID, admin, nil, 200)
+		if dir != "" {
+			if _, err := os.Stat(dir + "/" + ft.ID); !os.IsNotExist(err) {
+				t.Errorf("deleted file's content is still stored: %v", err)
+			}
+		}
+	})
+}
+
+// countStored counts the entries of the local store's directory.
+func countStored(t *testing.T, dir string) int {
+	t.Helper()
+	entries, err := os.ReadDir(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return len(entries)
+}
