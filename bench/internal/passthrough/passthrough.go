@@ -18,10 +18,19 @@ import (
 	"github.com/valyala/fasthttp"
 )
 
+// IdleTimeout closes a pooled connection to the upstream after it sat idle this long:
+// below the simulator's keep-alive (5 s, vLLM's), like the gateway's default
+// MAAS_UPSTREAM_IDLE_TIMEOUT, so that a request is never sent on a connection the upstream
+// is closing (fasthttp does not retry a POST, so that would be a 502).
+const IdleTimeout = 3 * time.Second
+
 // Handler returns a request handler forwarding to upstream (host:port).
-func Handler(upstream string) fasthttp.RequestHandler {
-	plain := &fasthttp.HostClient{Addr: upstream, MaxConns: 20000, ReadTimeout: 5 * time.Minute}
-	streaming := &fasthttp.HostClient{Addr: upstream, MaxConns: 20000, ReadTimeout: 5 * time.Minute, StreamResponseBody: true}
+func Handler(upstream string) fasthttp.RequestHandler { return handler(upstream, IdleTimeout) }
+
+func handler(upstream string, idle time.Duration) fasthttp.RequestHandler {
+	plain := &fasthttp.HostClient{Addr: upstream, MaxConns: 20000, ReadTimeout: 5 * time.Minute, MaxIdleConnDuration: idle}
+	streaming := &fasthttp.HostClient{Addr: upstream, MaxConns: 20000, ReadTimeout: 5 * time.Minute, MaxIdleConnDuration: idle,
+		StreamResponseBody: true}
 	streamMarker := []byte(`"stream":true`)
 	return func(ctx *fasthttp.RequestCtx) {
 		req := &ctx.Request

@@ -16,11 +16,15 @@ import (
 // serve runs a fasthttp server with h on a loopback port until the test ends.
 func serve(t *testing.T, h fasthttp.RequestHandler) string {
 	t.Helper()
+	return serveWith(t, &fasthttp.Server{Handler: h})
+}
+
+func serveWith(t *testing.T, s *fasthttp.Server) string {
+	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
 	}
-	s := &fasthttp.Server{Handler: h}
 	done := make(chan struct{})
 	go func() { defer close(done); s.Serve(ln) }()
 	t.Cleanup(func() { s.Shutdown(); <-done })
@@ -159,5 +163,43 @@ func TestNonStreamedForwarded(t *testing.T) {
 	}
 	if got := string(resp.Body()); resp.StatusCode() != 200 || got != `{"path":"/v1/chat/completions"}` {
 		t.Fatalf("%d %s", resp.StatusCode(), got)
+	}
+}
+
+// TestIdleConnectionClosedBeforeTheUpstreamDoes: a request after a pause longer than the
+// upstream's keep-alive gets a fresh connection, not the one the upstream closed (a 502).
+func TestIdleConnectionClosedBeforeTheUpstreamDoes(t *testing.T) {
+	closed := make(chan struct{}, 16)
+	backend := serveWith(t, &fasthttp.Server{
+		Handler:     func(ctx *fasthttp.RequestCtx) { ctx.SetBodyString(`{"ok":true}`) },
+		IdleTimeout: 300 * time.Millisecond,
+		ConnState: func(_ net.Conn, st fasthttp.ConnState) {
+			if st == fasthttp.StateClosed {
+				closed <- struct{}{}
+			}
+		},
+	})
+	front := serve(t, handler(backend, 100*time.Millisecond))
+	post := func() (int, string) {
+		req, resp := fasthttp.AcquireRequest(), fasthttp.AcquireResponse()
+		defer fasthttp.ReleaseRequest(req)
+		defer fasthttp.ReleaseResponse(resp)
+		req.Header.SetMethod("POST")
+		req.SetRequestURI("http://" + front + "/v1/chat/completions")
+		req.SetBodyString(`{"model":"m"}`)
+		if err := fasthttp.Do(req, resp); err != nil {
+			t.Fatal(err)
+		}
+		return resp.StatusCode(), string(resp.Body())
+	}
+	for i := range 3 {
+		if status, body := post(); status != 200 {
+			t.Fatalf("request %d: %d %s", i, status, body)
+		}
+		select { // the pooled connection to the backend is gone (by either side)
+		case <-closed:
+		case <-time.After(10 * time.Second):
+			t.Fatal("the idle connection to the backend was never closed")
+		}
 	}
 }
