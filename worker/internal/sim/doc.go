@@ -38,8 +38,9 @@
 // simulator; MAAS_SIM_FLUSH_EVERY_TOKEN (or any latency) writes and flushes every event on
 // its own, one chunk each, as a real engine does.
 //
-// Metrics count like vLLM's: vllm:prompt_tokens_total when a request starts running,
-// vllm:generation_tokens_total as tokens are produced, whether or not the client stays for
+// Metrics count like vLLM's: vllm:prompt_tokens_total when a request's first token is out
+// (vLLM counts a prompt at the end of its prefill), vllm:generation_tokens_total as tokens
+// are produced, whether or not the client stays for
 // them (a stream the client dropped counts the tokens produced before the engine noticed);
 // vllm:request_success_total and the latency histograms only requests that ran to the end.
 //

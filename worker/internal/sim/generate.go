@@ -355,7 +355,6 @@ func (s *Sim) respond(ctx *fasthttp.RequestCtx, g *gen) {
 	if !s.admitOrRefuse(ctx, g.tokens) {
 		return
 	}
-	g.m.mm.promptTokens.Add(float64(g.prompt)) // prefilled on admission, whatever happens next
 	queued := time.Since(g.start)
 	g.id = s.nextID(make([]byte, 0, 48), idPrefixFor(g.chat))
 	g.created = time.Now().Unix()
@@ -412,21 +411,21 @@ func (s *Sim) respond(ctx *fasthttp.RequestCtx, g *gen) {
 	ok, left := s.sleepUnlessGone(&timer, wait, gone)
 	stopWatch()
 	s.release(g.tokens)
-	if left {
-		// The client went away: the request is aborted, as vLLM aborts it; the tokens it
-		// produced meanwhile are counted.
-		g.m.mm.genTokens.Add(float64(g.producedIn(time.Since(g.start) - queued)))
-		ctx.SetConnectionClose()
-		apierr.WriteFast(ctx, apierr.New(apierr.ClientClosed, "client closed the connection"))
-		return
-	}
 	if !ok {
-		apierr.WriteFast(ctx, apierr.New(apierr.Unavailable, "simulator is stopping"))
+		// The client went away (the request is aborted, as vLLM aborts it), or the
+		// simulator stops: what it consumed until then is counted.
+		g.countConsumed(g.producedIn(time.Since(g.start) - queued))
+		if left {
+			ctx.SetConnectionClose()
+			apierr.WriteFast(ctx, apierr.New(apierr.ClientClosed, "client closed the connection"))
+		} else {
+			apierr.WriteFast(ctx, apierr.New(apierr.Unavailable, "simulator is stopping"))
+		}
 		return
 	}
 	bp := bufPool.Get().(*[]byte)
 	body := g.appendBody((*bp)[:0])
-	g.m.mm.genTokens.Add(float64(g.completionTokens()))
+	g.countConsumed(g.completionTokens())
 	g.recordDone(queued + s.o.TTFT)
 	switch {
 	case f.Drop:
@@ -440,6 +439,16 @@ func (s *Sim) respond(ctx *fasthttp.RequestCtx, g *gen) {
 	}
 	*bp = body
 	bufPool.Put(bp)
+}
+
+// countConsumed adds a non-streamed request's tokens to the counters, as vLLM's engine
+// counts them: the prompt once its first token is out (the end of prefill), the tokens
+// produced.
+func (g *gen) countConsumed(produced int) {
+	if produced > 0 {
+		g.m.mm.promptTokens.Add(float64(g.prompt))
+		g.m.mm.genTokens.Add(float64(produced))
+	}
 }
 
 // producedIn is how many tokens a non-streamed request has produced after running d: none

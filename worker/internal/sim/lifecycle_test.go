@@ -89,7 +89,7 @@ func waitIdle(t *testing.T, s *Sim, within time.Duration) {
 }
 
 // The token counters count what a stream the client dropped consumed, as vLLM's do: its
-// prompt when it started, its tokens as produced; it is not a success.
+// prompt once its first token is out, its tokens as produced; it is not a success.
 func TestAbandonedStreamCounted(t *testing.T) {
 	s := start(t, func(o *Options) { o.ITL = 10 * time.Millisecond })
 	ctx, cancel := context.WithCancel(context.Background())
@@ -150,13 +150,33 @@ func TestAbandonedRequestAborted(t *testing.T) {
 	}
 	promptBefore, genBefore := metric(t, s, "vllm:prompt_tokens_total"), metric(t, s, "vllm:generation_tokens_total")
 
+	abandon(t, s, strings.Replace(body, "%d", "300", 1)) // 3 s of generation
+	if p := metric(t, s, "vllm:prompt_tokens_total") - promptBefore; p != 7 {
+		t.Errorf("prompt tokens %v, want 7", p)
+	}
+	if g := metric(t, s, "vllm:generation_tokens_total") - genBefore; g < 1 || g >= 300 {
+		t.Errorf("generation tokens %v, want those produced before the client left", g)
+	}
+
+	// Abandoned before its first token: vLLM counts a prompt when its prefill ends.
+	s = start(t, func(o *Options) { o.TTFT = time.Minute })
+	abandon(t, s, strings.Replace(body, "%d", "3", 1))
+	if p, g := metric(t, s, "vllm:prompt_tokens_total"), metric(t, s, "vllm:generation_tokens_total"); p != 0 || g != 0 {
+		t.Errorf("before the first token: prompt tokens %v, generation tokens %v, want none", p, g)
+	}
+}
+
+// abandon sends a non-streamed chat request on a connection of its own, closes the
+// connection once the request runs, and waits until the simulator has let it go.
+func abandon(t *testing.T, s *Sim, body string) {
+	t.Helper()
 	c, err := net.Dial("tcp", s.Addr())
 	if err != nil {
 		t.Fatal(err)
 	}
-	b := strings.Replace(body, "%d", "300", 1) // 3 s of generation
+	defer c.Close()
 	if _, err := io.WriteString(c, "POST /v1/chat/completions HTTP/1.1\r\nHost: sim\r\nContent-Type: application/json\r\nContent-Length: "+
-		strconv.Itoa(len(b))+"\r\n\r\n"+b); err != nil {
+		strconv.Itoa(len(body))+"\r\n\r\n"+body); err != nil {
 		t.Fatal(err)
 	}
 	deadline := time.Now().Add(2 * time.Second)
@@ -168,10 +188,4 @@ func TestAbandonedRequestAborted(t *testing.T) {
 	}
 	c.Close()
 	waitIdle(t, s, time.Second)
-	if p := metric(t, s, "vllm:prompt_tokens_total") - promptBefore; p != 7 {
-		t.Errorf("prompt tokens %v, want 7", p)
-	}
-	if g := metric(t, s, "vllm:generation_tokens_total") - genBefore; g < 1 || g >= 300 {
-		t.Errorf("generation tokens %v, want those produced before the client left", g)
-	}
 }

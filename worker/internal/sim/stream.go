@@ -220,9 +220,13 @@ func (g *gen) await(timer **time.Timer, w wait, flush flushWriter) bool {
 	s := g.s
 	switch w {
 	case waitTTFT:
-		ok := s.sleep(timer, s.o.TTFT)
+		if !s.sleep(timer, s.o.TTFT) {
+			return false
+		}
 		g.st.ttft = time.Since(g.start)
-		return ok
+		// The first token is out: vLLM counts the prompt's tokens now (end of prefill).
+		g.m.mm.promptTokens.Add(float64(g.prompt))
+		return true
 	case waitITL:
 		d := s.itl()
 		if d <= 0 {
