@@ -18,7 +18,7 @@ type phase uint8
 
 const (
 	phaseHead   phase = iota // per choice: the role chunk (chat), the echo chunk (completions)
-	phaseTokens              // token rounds: one text chunk per unfinished choice, finish chunks
+	phaseTokens              // token rounds: a chunk per unfinished choice (its last: finish_reason)
 	phaseUsage               // the usage chunk when asked for
 	phaseDone                // data: [DONE]
 	phaseOver
