@@ -59,9 +59,18 @@ type call struct {
 	// (roundtrip.go, watch.go). watch lives as long as the pooled call object.
 	guard backendGuard
 	watch *clientWatch
+	// edit holds a stream event being edited (relay.go, stripUsage); kept with the pooled
+	// call unless it grew large.
+	edit []byte
 }
 
-func (c *call) reset() { *c = call{watch: c.watch} }
+func (c *call) reset() {
+	edit := c.edit[:0]
+	if cap(edit) > 64<<10 {
+		edit = nil
+	}
+	*c = call{watch: c.watch, edit: edit}
+}
 
 func (c *call) path() string { return endpointPaths[c.ep] }
 

@@ -108,8 +108,7 @@ type streamState struct {
 	outPos  int    // sent part of out (Read)
 	outcome upstream.Outcome
 	mm      *modelMetrics
-	sawDone bool   // [DONE] seen
-	scratch []byte // an event being edited (stripUsage)
+	sawDone bool // [DONE] seen
 }
 
 var readerPool = sync.Pool{New: func() any { return sse.NewReader(nil, 4<<20) }}
@@ -351,8 +350,9 @@ func (st *streamState) emit(raw, data []byte) {
 		case passEvent:
 			st.out = sse.AppendData(st.out, data)
 		case stripUsage:
-			st.scratch = appendWithout(st.scratch[:0], data, "usage")
-			st.out = sse.AppendData(st.out, st.scratch)
+			c := st.c
+			c.edit = appendWithout(c.edit[:0], data, "usage")
+			st.out = sse.AppendData(st.out, c.edit)
 		}
 	}
 }
