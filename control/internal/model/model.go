@@ -40,23 +40,26 @@ var (
 
 // Model is a registered model.
 type Model struct {
-	ID                    int64     `json:"id"`
-	Object                string    `json:"object"`
-	Name                  string    `json:"name"`
-	Type                  string    `json:"type"`
-	Description           string    `json:"description"`
-	Aliases               []string  `json:"aliases"`
-	ContextWindow         int32     `json:"context_window"`
-	MaxOutputTokens       int32     `json:"max_output_tokens"`
-	InputPricePerMillion  float64   `json:"input_price_per_million"`
-	OutputPricePerMillion float64   `json:"output_price_per_million"`
-	Visibility            string    `json:"visibility"`
-	AllowedRoles          []string  `json:"allowed_roles"`
-	AllowedUsers          []int64   `json:"allowed_users"`
-	RoutingPolicy         string    `json:"routing_policy"`
-	Enabled               bool      `json:"enabled"`
-	CreatedAt             time.Time `json:"created_at"`
-	UpdatedAt             time.Time `json:"updated_at"`
+	ID                    int64    `json:"id"`
+	Object                string   `json:"object"`
+	Name                  string   `json:"name"`
+	Type                  string   `json:"type"`
+	Description           string   `json:"description"`
+	Aliases               []string `json:"aliases"`
+	ContextWindow         int32    `json:"context_window"`
+	MaxOutputTokens       int32    `json:"max_output_tokens"`
+	InputPricePerMillion  float64  `json:"input_price_per_million"`
+	OutputPricePerMillion float64  `json:"output_price_per_million"`
+	Visibility            string   `json:"visibility"`
+	AllowedRoles          []string `json:"allowed_roles"`
+	AllowedUsers          []int64  `json:"allowed_users"`
+	RoutingPolicy         string   `json:"routing_policy"`
+	Enabled               bool     `json:"enabled"`
+	// BaseModel is the model a LoRA adapter applies to (set when a fine-tuning job
+	// registers its result); empty for a base model.
+	BaseModel string    `json:"base_model,omitempty"`
+	CreatedAt time.Time `json:"created_at"`
+	UpdatedAt time.Time `json:"updated_at"`
 }
 
 // VisibleTo reports whether a caller with userID and roles may use m (admins see all).
@@ -89,14 +92,14 @@ func New(db DB, log *slog.Logger) *Service { return &Service{db: db, log: log} }
 
 const columns = `m.id, m.name, m.type, m.description, m.context_window, m.max_output_tokens,
 	m.input_price_per_million::float8, m.output_price_per_million::float8, m.visibility, m.allowed_roles,
-	m.allowed_users, m.routing_policy, m.enabled, m.created_at, m.updated_at,
+	m.allowed_users, m.routing_policy, m.enabled, COALESCE(m.base_model, ''), m.created_at, m.updated_at,
 	ARRAY(SELECT a.alias FROM model_aliases a WHERE a.model_id = m.id ORDER BY a.alias)`
 
 func scan(row pgx.Row) (*Model, error) {
 	m := &Model{Object: "model"}
 	err := row.Scan(&m.ID, &m.Name, &m.Type, &m.Description, &m.ContextWindow, &m.MaxOutputTokens,
 		&m.InputPricePerMillion, &m.OutputPricePerMillion, &m.Visibility, &m.AllowedRoles,
-		&m.AllowedUsers, &m.RoutingPolicy, &m.Enabled, &m.CreatedAt, &m.UpdatedAt, &m.Aliases)
+		&m.AllowedUsers, &m.RoutingPolicy, &m.Enabled, &m.BaseModel, &m.CreatedAt, &m.UpdatedAt, &m.Aliases)
 	if errors.Is(err, pgx.ErrNoRows) {
 		return nil, ErrNotFound
 	}
@@ -199,10 +202,10 @@ func (s *Service) Create(ctx context.Context, m *Model) (*Model, error) {
 	}
 	var id int64
 	err = tx.QueryRow(ctx, `INSERT INTO models (name, type, description, context_window, max_output_tokens,
-		input_price_per_million, output_price_per_million, visibility, allowed_roles, allowed_users, routing_policy, enabled)
-		VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12) RETURNING id`,
+		input_price_per_million, output_price_per_million, visibility, allowed_roles, allowed_users, routing_policy, enabled, base_model)
+		VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, NULLIF($13, '')) RETURNING id`,
 		m.Name, m.Type, m.Description, m.ContextWindow, m.MaxOutputTokens, m.InputPricePerMillion, m.OutputPricePerMillion,
-		m.Visibility, m.AllowedRoles, m.AllowedUsers, m.RoutingPolicy, m.Enabled).Scan(&id)
+		m.Visibility, m.AllowedRoles, m.AllowedUsers, m.RoutingPolicy, m.Enabled, m.BaseModel).Scan(&id)
 	if err != nil {
 		return nil, fmt.Errorf("create model %q: %w", m.Name, mapErr(err))
 	}

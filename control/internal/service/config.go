@@ -38,6 +38,8 @@ type Options struct {
 
 	// Files configures the Files API and its store (MAAS_FILES_*).
 	Files FilesOptions
+	// FineTune configures fine-tuning and the job queue (MAAS_FINETUNE_*, MAAS_JOBS_*).
+	FineTune FineTuneOptions
 
 	// LoginLimit bounds failed logins per username and client IP (zero: the defaults,
 	// 10 per username and 50 per IP in 5 minutes; tests only).
@@ -78,6 +80,7 @@ func Load(args []string) (Options, []string, error) {
 	l.Duration(&o.ShutdownGrace, "MAAS_SHUTDOWN_GRACE", "shutdown-grace", 15*time.Second, "time allowed for graceful shutdown")
 	l.Bool(&o.LogJSON, "MAAS_LOG_JSON", "log-json", false, "JSON log lines")
 	bindFiles(l, &o.Files)
+	bindFineTune(l, &o.FineTune)
 	var proxies string
 	l.String(&proxies, "MAAS_TRUSTED_PROXIES", "trusted-proxies", "127.0.0.0/8,::1/128", "comma-separated CIDRs of proxies (gateways) whose X-Forwarded-For is trusted for the login limit, or none")
 	fs := l.FlagSet()
@@ -112,6 +115,9 @@ func Load(args []string) (Options, []string, error) {
 		return o, nil, &config.Error{Name: "MAAS_SHUTDOWN_GRACE", Msg: "must be a positive duration"}
 	}
 	if err := o.Files.validate(); err != nil {
+		return o, nil, err
+	}
+	if err := o.FineTune.validate(); err != nil {
 		return o, nil, err
 	}
 	if o.TrustedProxies, err = ParsePrefixes(proxies); err != nil {

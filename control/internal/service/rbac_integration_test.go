@@ -104,6 +104,7 @@ type rbacFixture struct {
 	passwordOf        map[string]string
 	adminTokForSetups string
 	keyIDs            map[string]int64 // of the key identities
+	ftJob             string           // fineTuneJob
 }
 
 // headers are the credentials of who.
@@ -151,6 +152,16 @@ func (f *rbacFixture) ownKey(who string) int64 {
 }
 
 // userFile uploads a file owned by the user identity.
+// fineTuneJob is a fine-tuning job of the user, created on first use.
+func (f *rbacFixture) fineTuneJob() string {
+	if f.ftJob == "" {
+		tok := f.users[asUser].Token
+		file := f.tc.uploadFile(tok, "matrix.jsonl", "fine-tune", chatLine+"\n")
+		f.ftJob = f.tc.createJob(tok, map[string]any{"model": f.publicModel, "training_file": file.ID}).ID
+	}
+	return f.ftJob
+}
+
 func (f *rbacFixture) userFile() string {
 	return f.tc.uploadFile(f.users[asUser].Token, "matrix.txt", "user_data", "matrix").ID
 }
@@ -245,6 +256,34 @@ func matrix() []matrixCase {
 			return "/v1/files/" + f.userFile(), nil
 		}, expectInference(200, 404, 200)},
 
+		// Fine-tuning: a job is seen by its owner and admins (others 404); a creation without
+		// a training file is a 400 once admitted; the cancelled job does not exist.
+		{"POST", "/v1/fine_tuning/jobs", func(f *rbacFixture, who string) (string, any) {
+			return "/v1/fine_tuning/jobs", map[string]any{"model": f.publicModel}
+		}, expectInference(400, 400, 400)},
+		{"GET", "/v1/fine_tuning/jobs", fixed("/v1/fine_tuning/jobs", nil), expectInference(200, 200, 200)},
+		{"GET", "/v1/fine_tuning/jobs/{id}", func(f *rbacFixture, who string) (string, any) {
+			return "/v1/fine_tuning/jobs/" + f.fineTuneJob(), nil
+		}, expectInference(200, 404, 200)},
+		{"GET", "/v1/fine_tuning/jobs/{id}/events", func(f *rbacFixture, who string) (string, any) {
+			return "/v1/fine_tuning/jobs/" + f.fineTuneJob() + "/events", nil
+		}, expectInference(200, 404, 200)},
+		{"GET", "/v1/fine_tuning/jobs/{id}/checkpoints", func(f *rbacFixture, who string) (string, any) {
+			return "/v1/fine_tuning/jobs/" + f.fineTuneJob() + "/checkpoints", nil
+		}, expectInference(200, 404, 200)},
+		{"POST", "/v1/fine_tuning/jobs/{id}/cancel", fixed("/v1/fine_tuning/jobs/ftjob-missing0000/cancel", nil), expectInference(404, 404, 404)},
+		// The training workers' API: only the internal token; a claim without worker_id is a
+		// 400, calls about a job that does not exist 404.
+		{"POST", "/internal/v1/fine_tuning/claim", fixed("/internal/v1/fine_tuning/claim", map[string]any{}), internalOnly(400)},
+		{"POST", "/internal/v1/fine_tuning/jobs/{id}/heartbeat", fixed("/internal/v1/fine_tuning/jobs/ftjob-missing0000/heartbeat", map[string]any{}), internalOnly(404)},
+		{"POST", "/internal/v1/fine_tuning/jobs/{id}/events", fixed("/internal/v1/fine_tuning/jobs/ftjob-missing0000/events", map[string]any{}), internalOnly(404)},
+		{"POST", "/internal/v1/fine_tuning/jobs/{id}/checkpoints", fixed("/internal/v1/fine_tuning/jobs/ftjob-missing0000/checkpoints", map[string]any{"step": 1}), internalOnly(404)},
+		{"GET", "/internal/v1/fine_tuning/jobs/{id}/files/{file_id}", fixed("/internal/v1/fine_tuning/jobs/ftjob-missing0000/files/file-x", nil), internalOnly(404)},
+		{"PUT", "/internal/v1/fine_tuning/jobs/{id}/adapter", fixed("/internal/v1/fine_tuning/jobs/ftjob-missing0000/adapter", []byte("tar")), internalOnly(404)},
+		{"GET", "/internal/v1/fine_tuning/jobs/{id}/adapter", fixed("/internal/v1/fine_tuning/jobs/ftjob-missing0000/adapter", nil), internalOnly(404)},
+		{"POST", "/internal/v1/fine_tuning/jobs/{id}/complete", fixed("/internal/v1/fine_tuning/jobs/ftjob-missing0000/complete", map[string]any{}), internalOnly(404)},
+		{"POST", "/internal/v1/fine_tuning/jobs/{id}/fail", fixed("/internal/v1/fine_tuning/jobs/ftjob-missing0000/fail", map[string]any{"message": "x"}), internalOnly(404)},
+
 		{"POST", "/internal/v1/backends/register", func(f *rbacFixture, who string) (string, any) {
 			return "/internal/v1/backends/register", registerBody(f.backendID, 2000)
 		}, internalOnly(200)},
@@ -327,7 +366,8 @@ func TestRBACMatrix(t *testing.T) {
 	}
 
 	// Every registered route must be in the matrix, and every matrix route registered.
-	srv, _, err := newServer(tc.Pool, tc.Opts, obs.NewLogger(obs.LogOptions{Out: discard{}}), obs.NewRegistry("control"))
+	quiet := obs.NewLogger(obs.LogOptions{Out: discard{}})
+	srv, _, err := newServer(tc.Pool, tc.Opts, quiet, obs.NewRegistry("control"), newQueue(tc.Pool, tc.Opts, quiet))
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -17,6 +17,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/maas-platform/maas/control/internal/backend"
+	"github.com/maas-platform/maas/control/internal/jobs"
 	"github.com/maas-platform/maas/control/internal/model"
 	"github.com/maas-platform/maas/control/internal/server"
 	"github.com/maas-platform/maas/control/internal/user"
@@ -172,6 +173,13 @@ func migrateUp(ctx context.Context, pool *pgxpool.Pool, log *slog.Logger) (int, 
 		return n, err
 	}
 	log.Info("migrations applied", "applied", n, "version", v)
+	rn, err := jobs.Migrate(ctx, pool, log)
+	if err != nil {
+		return n, err
+	}
+	if rn > 0 {
+		log.Info("job queue (River) migrations applied", "applied", rn)
+	}
 	return n, nil
 }
 
@@ -224,10 +232,21 @@ func Run(ctx context.Context, o Options, out io.Writer, ready func(addr string))
 	}
 
 	reg := obs.NewRegistry("control")
-	srv, backends, err := newServer(pool, o, log, reg)
+	queue := newQueue(pool, o, log)
+	srv, backends, err := newServer(pool, o, log, reg, queue)
 	if err != nil {
 		return err
 	}
+	if err := queue.Start(ctx); err != nil {
+		return err
+	}
+	defer func() {
+		sctx, cancel := context.WithTimeout(context.Background(), o.ShutdownGrace)
+		defer cancel()
+		if err := queue.Stop(sctx); err != nil {
+			log.Warn("job queue did not stop cleanly", "err", err)
+		}
+	}()
 
 	reapCtx, stopReaper := context.WithCancel(context.Background())
 	reaperDone := make(chan struct{})
@@ -251,7 +270,7 @@ func Run(ctx context.Context, o Options, out io.Writer, ready func(addr string))
 }
 
 // newServer builds the HTTP server with every domain's routes.
-func newServer(pool *pgxpool.Pool, o Options, log *slog.Logger, reg *prometheus.Registry) (*server.Server, *backend.Service, error) {
+func newServer(pool *pgxpool.Pool, o Options, log *slog.Logger, reg *prometheus.Registry, queue *jobs.Queue) (*server.Server, *backend.Service, error) {
 	users, err := newUserService(pool, o, log)
 	if err != nil {
 		return nil, nil, err
@@ -286,6 +305,11 @@ func newServer(pool *pgxpool.Pool, o Options, log *slog.Logger, reg *prometheus.
 		return nil, nil, err
 	}
 	files.Routes(srv)
+	ft, err := newFineTune(pool, o, log, files, models, queue)
+	if err != nil {
+		return nil, nil, err
+	}
+	ft.Routes(srv)
 	return srv, backends, nil
 }
 
@@ -361,6 +385,11 @@ func migrateCmd(ctx context.Context, o Options, pos []string, out io.Writer) err
 				return err
 			}
 			fmt.Fprintf(out, "applied %d migration(s); version %d\n", applied, v)
+			rn, err := jobs.Migrate(ctx, pool, o.logger())
+			if err != nil {
+				return err
+			}
+			fmt.Fprintf(out, "job queue (River): %d migration(s) run\n", rn)
 		case "down":
 			done, err := m.Down(ctx, n)
 			if err != nil {
@@ -388,6 +417,9 @@ func migrateCmd(ctx context.Context, o Options, pos []string, out io.Writer) err
 					state, at = "applied", s.AppliedAt.UTC().Format(time.RFC3339)
 				}
 				fmt.Fprintf(out, "%05d  %-8s %-20s %s\n", s.Version, state, at, s.Name)
+			}
+			if cur, latest, err := jobs.SchemaVersion(ctx, pool); err == nil {
+				fmt.Fprintf(out, "job queue (River) schema: version %d of %d\n", cur, latest)
 			}
 		}
 		return nil
