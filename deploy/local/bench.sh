@@ -1,6 +1,10 @@
 #!/usr/bin/env bash
 # `make bench`: start a throwaway PostgreSQL and Redis, run the benchmark suite against the
-# binaries in bin/, and stop the services afterwards. Extra arguments go to `go run ./bench`.
+# binaries in bin/, and stop the services afterwards. Extra arguments go to the bench command
+# and override the defaults, e.g. a reduced run that leaves bench/results alone:
+#   bash deploy/local/bench.sh -out /tmp/bench -scenarios '^chat c64$' -headline-trials 3 -duration 1s
+# (-list shows the scenarios; -bin DIR takes the binaries from elsewhere). The command exits
+# non-zero when a scenario failed (a CPU read, or ledger rows that differ from requests).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 . deploy/local/services.sh
