@@ -35,12 +35,12 @@ type Figures struct {
 	CPUPerReqUS  float64 `json:"proxy_cpu_us_per_request,omitempty"` // CPU of the proxy process (pass-through or gateway)
 	PeakRSSMiB   float64 `json:"proxy_peak_rss_mib,omitempty"`
 	ProxyCPUSecs float64 `json:"proxy_cpu_seconds,omitempty"`
-	// Platform figures (quota scenarios, gateway mode): the CPU of the PostgreSQL cluster
-	// (postmaster and backends) and of redis-server per request, and their sum with the
-	// gateway's own.
-	PostgresCPUPerReqUS float64 `json:"postgres_cpu_us_per_request,omitempty"`
-	RedisCPUPerReqUS    float64 `json:"redis_cpu_us_per_request,omitempty"`
-	PlatformCPUPerReqUS float64 `json:"platform_cpu_us_per_request,omitempty"`
+	// Platform figures, read in every trial of every mode: the CPU of the PostgreSQL
+	// cluster (postmaster and backends) and of redis-server per request, and their sum with
+	// the proxy's own (in direct trials: the services' background alone).
+	PostgresCPUPerReqUS float64 `json:"postgres_cpu_us_per_request"`
+	RedisCPUPerReqUS    float64 `json:"redis_cpu_us_per_request"`
+	PlatformCPUPerReqUS float64 `json:"platform_cpu_us_per_request"`
 	// Usage ledger (gateway trials): the rows written for the trial's requests, counted
 	// once the ledger had flushed them; LedgerChecked says the count was made.
 	LedgerRows    int64  `json:"ledger_rows,omitempty"`
