@@ -4,7 +4,8 @@
 //
 // Endpoints: /v1/chat/completions, /v1/completions, /v1/embeddings, /v1/models, /health,
 // /metrics (vLLM's metric names), and vLLM's /v1/load_lora_adapter and
-// /v1/unload_lora_adapter.
+// /v1/unload_lora_adapter (runtime LoRA adapters, bounded by MAAS_SIM_MAX_LORAS slots; see
+// lora.go for what is imitated and the one departure).
 //
 // Tokens. Prompt tokens are counted by a deterministic tokenizer (Tokens): every run of
 // ASCII letters and digits is one token, every other non-space character (punctuation,

@@ -70,6 +70,13 @@ type Options struct {
 	// started with --fingerprint-mode does: the value in non-streamed answers, and in a
 	// stream on the usage chunk, or on each choice's finishing chunk when there is none.
 	SystemFingerprint string
+	// MaxLoRAs is how many LoRA adapters may be loaded at once (MAAS_SIM_MAX_LORAS; vLLM's
+	// --max-loras; default 8). A worker reports it to control as the engine's adapter slots.
+	MaxLoRAs int
+	// RuntimeLoRAUpdating serves /v1/load_lora_adapter and /v1/unload_lora_adapter
+	// (MAAS_SIM_RUNTIME_LORA_UPDATING; default on), as vLLM does only with
+	// VLLM_ALLOW_RUNTIME_LORA_UPDATING=True; off, both routes answer 404 as vLLM's do.
+	RuntimeLoRAUpdating bool
 
 	// Logger receives the simulator's few log lines (start, LoRA changes); nil = discard.
 	// Its metrics live in a registry of its own, served on its own /metrics.
@@ -89,6 +96,9 @@ func DefaultOptions() Options {
 		KVCacheTokens:   262144,
 		FailRate:        1,
 		IdleTimeout:     5 * time.Second,
+		MaxLoRAs:        8,
+
+		RuntimeLoRAUpdating: true,
 	}
 }
 
@@ -112,6 +122,8 @@ func (o *Options) validate() error {
 		return &config.Error{Name: "MAAS_SIM_KV_CACHE_TOKENS", Msg: "must be positive"}
 	case o.IdleTimeout <= 0:
 		return &config.Error{Name: "MAAS_SIM_IDLE_TIMEOUT", Msg: "must be positive"}
+	case o.MaxLoRAs < 0 || o.MaxLoRAs > 1024:
+		return &config.Error{Name: "MAAS_SIM_MAX_LORAS", Msg: "must be 0..1024"}
 	case o.FailRate < 0 || o.FailRate > 1:
 		return &config.Error{Name: "MAAS_SIM_FAIL_RATE", Msg: "must be between 0 and 1"}
 	}
@@ -170,8 +182,8 @@ type Flags struct {
 	addr, models, embModels, outTokens, fail, failRate string
 	fingerprint                                        string
 	ttft, itl, jitter, idle                            time.Duration
-	maxConc, maxQueue, dim, maxLen, kvTokens           int
-	failHeader, flushEvery                             bool
+	maxConc, maxQueue, dim, maxLen, kvTokens, maxLoRAs int
+	failHeader, flushEvery, runtimeLoRA                bool
 }
 
 // Bind declares the simulator's settings (MAAS_SIM_*) on l.
@@ -194,6 +206,8 @@ func (f *Flags) Bind(l *config.Loader) {
 	l.String(&f.failRate, "MAAS_SIM_FAIL_RATE", "sim-fail-rate", "1", "share of requests (0..1) that get MAAS_SIM_FAIL")
 	l.Bool(&f.flushEvery, "MAAS_SIM_FLUSH_EVERY_TOKEN", "sim-flush-every-token", d.FlushEveryToken, "write and flush every stream event on its own, even at zero latency (benchmarks of per-token relaying)")
 	l.String(&f.fingerprint, "MAAS_SIM_SYSTEM_FINGERPRINT", "sim-system-fingerprint", d.SystemFingerprint, "system_fingerprint of answers (empty: null in non-streamed answers, absent from chunks, as vLLM by default)")
+	l.Int(&f.maxLoRAs, "MAAS_SIM_MAX_LORAS", "sim-max-loras", d.MaxLoRAs, "LoRA adapters loaded at once (vLLM's --max-loras)")
+	l.Bool(&f.runtimeLoRA, "MAAS_SIM_RUNTIME_LORA_UPDATING", "sim-runtime-lora-updating", d.RuntimeLoRAUpdating, "serve /v1/load_lora_adapter and /v1/unload_lora_adapter (vLLM: VLLM_ALLOW_RUNTIME_LORA_UPDATING=True)")
 	l.Bool(&f.failHeader, "MAAS_SIM_FAIL_HEADER", "sim-fail-header", d.FailHeaderEnabled, "honour the X-Sim-Fail request header (tests only; off: the header is ignored)")
 }
 
@@ -208,6 +222,7 @@ func (f *Flags) Options() (Options, error) {
 	o.EmbeddingDim, o.MaxModelLen, o.KVCacheTokens = f.dim, f.maxLen, f.kvTokens
 	o.FailHeaderEnabled = f.failHeader
 	o.FlushEveryToken = f.flushEvery
+	o.MaxLoRAs, o.RuntimeLoRAUpdating = f.maxLoRAs, f.runtimeLoRA
 	o.SystemFingerprint = strings.TrimSpace(f.fingerprint)
 	var err error
 	if o.OutputTokens, err = ParseDist(f.outTokens); err != nil {

@@ -430,11 +430,19 @@ func (s *Sim) handle(ctx *fasthttp.RequestCtx) {
 			return
 		}
 	case "/v1/load_lora_adapter":
+		if !s.o.RuntimeLoRAUpdating {
+			notFoundRoute(ctx)
+			return
+		}
 		if post {
 			s.loadLoRA(ctx)
 			return
 		}
 	case "/v1/unload_lora_adapter":
+		if !s.o.RuntimeLoRAUpdating {
+			notFoundRoute(ctx)
+			return
+		}
 		if post {
 			s.unloadLoRA(ctx)
 			return

@@ -484,18 +484,19 @@ func TestModelsAndLoRA(t *testing.T) {
 	if diff := cmp.Diff([]string{"sim-chat", "sim-embedding"}, ids(get())); diff != "" {
 		t.Errorf("models (-want +got):\n%s", diff)
 	}
-	resp, b := post(t, s, "/v1/load_lora_adapter", `{"lora_name":"sql-lora","lora_path":"/adapters/sql"}`)
+	dir := peftDir(t)
+	resp, b := post(t, s, "/v1/load_lora_adapter", `{"lora_name":"sql-lora","lora_path":`+quote(dir)+`}`)
 	if resp.StatusCode != 200 || !strings.Contains(string(b), "Success") {
 		t.Fatalf("load: %d %s", resp.StatusCode, b)
 	}
-	if resp, b := post(t, s, "/v1/load_lora_adapter", `{"lora_name":"sql-lora","lora_path":"/adapters/sql"}`); resp.StatusCode != 400 {
+	if resp, b := post(t, s, "/v1/load_lora_adapter", `{"lora_name":"sql-lora","lora_path":`+quote(dir)+`}`); resp.StatusCode != 400 {
 		t.Errorf("second load: %d %s", resp.StatusCode, b)
 	}
 	l := get()
 	if diff := cmp.Diff([]string{"sim-chat", "sim-embedding", "sql-lora"}, ids(l)); diff != "" {
 		t.Errorf("models (-want +got):\n%s", diff)
 	}
-	if p := l.Data[2].Parent; p == nil || *p != "sim-chat" || l.Data[2].Root != "/adapters/sql" {
+	if p := l.Data[2].Parent; p == nil || *p != "sim-chat" || l.Data[2].Root != dir {
 		t.Errorf("lora entry %+v", l.Data[2])
 	}
 	if resp, b := post(t, s, "/v1/chat/completions", `{"model":"sql-lora","messages":[{"role":"user","content":"x"}],"max_tokens":2}`); resp.StatusCode != 200 || !strings.Contains(string(b), `"model":"sql-lora"`) {
