@@ -2,11 +2,14 @@ package service
 
 import (
 	"bytes"
+	"encoding/json"
 	"fmt"
 	"io"
 	"mime/multipart"
+	"net/http"
 	"net/http/httptest"
 	"os"
+	"runtime"
 	"strings"
 	"testing"
 	"time"
@@ -313,4 +316,105 @@ func countStored(t *testing.T, dir string) int {
 		t.Fatal(err)
 	}
 	return len(entries)
+}
+
+// TestFilesStreamed: a large upload goes from the request to the store and back without
+// being held in memory (control runs in this process, so its allocations are counted).
+func TestFilesStreamed(t *testing.T) {
+	tc := startControl(t, func(o *Options) {
+		o.Files = FilesOptions{Dir: t.TempDir(), MaxBytes: 64 << 20, Timeout: time.Minute}
+	})
+	tok := tc.adminToken()
+	const size = 40 << 20
+	pr, pw := io.Pipe()
+	mw := multipart.NewWriter(pw)
+	go func() {
+		err := mw.WriteField("purpose", "batch")
+		var fw io.Writer
+		if err == nil {
+			fw, err = mw.CreateFormFile("file", "big.bin")
+		}
+		chunk := bytes.Repeat([]byte("0123456789abcdef"), 4096) // 64 KiB, reused
+		for n := 0; err == nil && n < size; n += len(chunk) {
+			_, err = fw.Write(chunk)
+		}
+		if err == nil {
+			err = mw.Close()
+		}
+		pw.CloseWithError(err)
+	}()
+	req, _ := http.NewRequest("POST", tc.URL+"/v1/files", pr)
+	req.Header.Set("Authorization", "Bearer "+tok)
+	req.Header.Set("Content-Type", mw.FormDataContentType())
+
+	allocated := func(f func()) uint64 {
+		var before, after runtime.MemStats
+		runtime.ReadMemStats(&before)
+		f()
+		runtime.ReadMemStats(&after)
+		return after.TotalAlloc - before.TotalAlloc
+	}
+	var f file.File
+	up := allocated(func() {
+		resp, err := client.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(resp.Body)
+		if resp.StatusCode != 200 || json.Unmarshal(b, &f) != nil || f.Bytes != size {
+			t.Fatalf("upload: %d %s", resp.StatusCode, b)
+		}
+	})
+	down := allocated(func() {
+		req, _ := http.NewRequest("GET", tc.URL+"/v1/files/"+f.ID+"/content", nil)
+		req.Header.Set("Authorization", "Bearer "+tok)
+		resp, err := client.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		n, err := io.Copy(io.Discard, resp.Body)
+		if err != nil || n != size || resp.StatusCode != 200 {
+			t.Fatalf("download: status %d, %d bytes, %v", resp.StatusCode, n, err)
+		}
+	})
+	t.Logf("allocated during a %d MiB upload: %.1f MiB; download: %.1f MiB", size>>20, float64(up)/(1<<20), float64(down)/(1<<20))
+	if up > size/4 || down > size/4 {
+		t.Errorf("allocated %d bytes for the upload and %d for the download of a %d-byte file: the body is buffered", up, down, size)
+	}
+}
+
+// TestFilesCountLimitConcurrent: uploads racing past the count limit store exactly the limit.
+func TestFilesCountLimitConcurrent(t *testing.T) {
+	tc := startControl(t, func(o *Options) {
+		o.Files = FilesOptions{Dir: t.TempDir(), MaxBytes: 1 << 20, MaxCount: 3, Timeout: time.Minute}
+	})
+	u := tc.createUser(tc.adminToken(), "user")
+	body, ct := multipartBody(t, part{"file", "f.txt", "x"}, part{"purpose", "", "user_data"})
+	statuses := make(chan int, 8)
+	for range cap(statuses) {
+		go func() {
+			req, _ := http.NewRequest("POST", tc.URL+"/v1/files", bytes.NewReader(body))
+			req.Header.Set("Authorization", "Bearer "+u.Token)
+			req.Header.Set("Content-Type", ct)
+			resp, err := client.Do(req)
+			if err != nil {
+				statuses <- 0
+				return
+			}
+			resp.Body.Close()
+			statuses <- resp.StatusCode
+		}()
+	}
+	count := map[int]int{}
+	for range cap(statuses) {
+		count[<-statuses]++
+	}
+	if count[200] != 3 || count[200]+count[400] != cap(statuses) {
+		t.Errorf("statuses %v, want 3×200 and the rest 400", count)
+	}
+	if n := countStored(t, tc.Opts.Files.Dir); n != 3 {
+		t.Errorf("store holds %d files, want 3", n)
+	}
 }
