@@ -308,7 +308,9 @@ func (e *env) measure(ctx context.Context, t modeTarget, fn func() load.Result) 
 // waitLedger waits until the usage ledger holds one row per request sent to a gateway
 // between from and to (its created_at is the gateway's arrival time of the request, on
 // this machine's clock), and returns the rows counted. Nothing else sends the gateways
-// requests while a bench runs, so the window holds exactly the trial's requests. It also
+// requests while a bench runs, so the window holds exactly the trial's requests (widened by
+// a millisecond each way against timestamp rounding: the gateway is idle that close to a
+// trial, whose neighbours are at least a ledger wait away). It also
 // returns the CPU PostgreSQL spent while counting (read around each count), which the
 // trial's figure must not carry.
 func (e *env) waitLedger(ctx context.Context, from, to time.Time, requests int64) (rows int64, countCPU time.Duration, err error) {
@@ -318,7 +320,8 @@ func (e *env) waitLedger(ctx context.Context, from, to time.Time, requests int64
 			return 0, err
 		}
 		var n int64
-		err = e.db.QueryRow(ctx, `SELECT count(*) FROM usage_records WHERE created_at >= $1 AND created_at <= $2`, from, to).Scan(&n)
+		err = e.db.QueryRow(ctx, `SELECT count(*) FROM usage_records WHERE created_at >= $1 AND created_at <= $2`,
+			from.Add(-time.Millisecond), to.Add(time.Millisecond)).Scan(&n)
 		if err != nil {
 			return 0, err
 		}
