@@ -1,0 +1,276 @@
+package trainer
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"strconv"
+	"sync"
+	"time"
+
+	"github.com/maas-platform/maas/pkg/training"
+)
+
+// Worker claims fine-tuning jobs from control and runs them with the trainer, one at a
+// time. Build it with New; Run it once.
+type Worker struct {
+	o Options
+	c *client
+}
+
+// New checks o and returns a Worker.
+func New(o Options) (*Worker, error) {
+	if err := o.validate(); err != nil {
+		return nil, err
+	}
+	return &Worker{o: o, c: newClient(o.ControlURL, o.InternalToken)}, nil
+}
+
+// Run claims and runs jobs until ctx ends. A job running then has its trainer stopped and
+// is left to control, which gives it to another worker once its lease expires.
+func (w *Worker) Run(ctx context.Context) error {
+	log := w.o.Logger
+	log.Info("training worker started", "worker_id", w.o.WorkerID, "gpus", w.o.GPUs, "trainer", w.o.Command.Words()[0])
+	backoff := w.o.PollInterval
+	for ctx.Err() == nil {
+		t, err := w.c.claim(ctx, training.ClaimRequest{WorkerID: w.o.WorkerID, GPUs: w.o.GPUs, LeaseSeconds: w.o.Lease.Seconds()})
+		wait := w.o.PollInterval
+		switch {
+		case ctx.Err() != nil:
+			return nil
+		case err != nil:
+			log.Warn("claim a fine-tuning job", "err", err, "retry_in", backoff)
+			wait, backoff = backoff, min(2*backoff, 30*time.Second)
+		case t != nil:
+			backoff = w.o.PollInterval
+			if err := w.runTask(ctx, t); err != nil {
+				log.Error("fine-tuning job abandoned; control re-queues it when its lease expires", "job", t.JobID, "err", err)
+			} else {
+				continue // look for the next job at once
+			}
+		default:
+			backoff = w.o.PollInterval
+		}
+		timer := time.NewTimer(wait)
+		select {
+		case <-ctx.Done():
+			timer.Stop()
+			return nil
+		case <-timer.C:
+		}
+	}
+	return nil
+}
+
+// stopError is control telling the worker to stop a job (cancelled, lease lost).
+type stopError struct{ reason string }
+
+func (e *stopError) Error() string { return "control stopped the job: " + e.reason }
+
+// runTask runs one claimed job to its end. It returns an error only when the job is
+// abandoned without a verdict (a local failure, or control unreachable).
+func (w *Worker) runTask(ctx context.Context, t *training.Task) error {
+	log := w.o.Logger.With("job", t.JobID, "attempt", t.Attempt)
+	log.Info("fine-tuning job claimed", "base_model", t.BaseModel, "epochs", t.Hyperparameters.NEpochs)
+	began := time.Now()
+	jobCtx, cancel := context.WithCancelCause(ctx)
+	defer cancel(nil)
+
+	var wg sync.WaitGroup
+	defer wg.Wait()
+	hbCtx, stopHeartbeat := context.WithCancel(jobCtx)
+	defer stopHeartbeat()
+	wg.Go(func() { w.heartbeat(hbCtx, t, cancel, log) })
+	rep := newReporter(w.c, t, log, w.o.FlushInterval, func() { cancel(&stopError{reason: training.LeaseLostCode}) })
+	wg.Go(func() { rep.run(jobCtx) })
+	reporterClosed := false
+	defer func() {
+		if !reporterClosed {
+			cctx, ccancel := context.WithTimeout(context.Background(), 2*time.Second)
+			defer ccancel()
+			_ = rep.close(cctx)
+		}
+	}()
+
+	dir, err := os.MkdirTemp(w.o.WorkDir, "maas-"+t.JobID+"-")
+	if err != nil {
+		return fmt.Errorf("work directory: %w", err)
+	}
+	defer os.RemoveAll(dir)
+
+	// The datasets.
+	trainPath, validPath := filepath.Join(dir, "training.jsonl"), ""
+	files := []struct {
+		f    training.TaskFile
+		path string
+	}{{t.TrainingFile, trainPath}}
+	if t.ValidationFile != nil {
+		validPath = filepath.Join(dir, "validation.jsonl")
+		files = append(files, struct {
+			f    training.TaskFile
+			path string
+		}{*t.ValidationFile, validPath})
+	}
+	for _, f := range files {
+		err := retry(jobCtx, 4, func() error { _, err := w.c.download(jobCtx, t, f.f, f.path); return err })
+		switch {
+		case err == nil:
+		case w.stopped(jobCtx, log):
+			return nil
+		case permanent(err):
+			return w.finish(ctx, t, log, stopHeartbeat, training.FailRequest{Code: "file_unavailable",
+				Message: fmt.Sprintf("The dataset %s could not be read: %s", f.f.ID, CleanText(err.Error(), 500))})
+		default:
+			return err
+		}
+	}
+
+	// The trainer.
+	outDir := filepath.Join(dir, "adapter")
+	if err := os.Mkdir(outDir, 0o755); err != nil {
+		return fmt.Errorf("output directory: %w", err)
+	}
+	h := t.Hyperparameters
+	values := map[string]string{
+		"base_model": t.BaseModel, "fine_tuned_model": t.FineTunedModel, "job_id": t.JobID,
+		"training_file": trainPath, "validation_file": validPath, "output_dir": outDir,
+		"n_epochs": strconv.Itoa(h.NEpochs), "batch_size": strconv.Itoa(h.BatchSize),
+		"learning_rate_multiplier": strconv.FormatFloat(h.LearningRateMultiplier, 'g', -1, 64),
+		"lora_rank":                strconv.Itoa(h.LoRARank), "lora_alpha": strconv.Itoa(h.LoRAAlpha),
+		"seed": strconv.FormatInt(t.Seed, 10), "gpus": strconv.Itoa(w.o.GPUs),
+	}
+	runErr := Run(jobCtx, Spec{Args: w.o.Command.Args(values), Dir: dir, Timeout: w.o.Timeout, StopGrace: w.o.StopGrace,
+		OnProgress: rep.add, Logger: log})
+	if w.stopped(jobCtx, log) {
+		return nil
+	}
+	reporterClosed = true
+	if err := rep.close(ctx); err != nil {
+		if errors.Is(err, errLeaseLost) {
+			log.Info("fine-tuning job stopped: control gave its lease away")
+			return nil
+		}
+		log.Warn("some training progress could not be sent to control", "err", err)
+	}
+	var crash *CrashError
+	switch {
+	case errors.Is(runErr, ErrTimeout):
+		return w.finish(ctx, t, log, stopHeartbeat, training.FailRequest{Code: "training_timeout",
+			Message: fmt.Sprintf("The trainer ran longer than this worker's limit (MAAS_TRAINER_TIMEOUT=%v) and was stopped.", w.o.Timeout)})
+	case errors.As(runErr, &crash):
+		return w.finish(ctx, t, log, stopHeartbeat, training.FailRequest{Code: "training_failed", Message: truncate(crash.Error(), maxTail)})
+	case runErr != nil:
+		log.Error("the trainer could not be started; check MAAS_TRAINER_COMMAND", "err", runErr)
+		return w.finish(ctx, t, log, stopHeartbeat, training.FailRequest{Code: "trainer_unavailable",
+			Message: "The worker could not start its trainer: " + CleanText(runErr.Error(), 500)})
+	}
+
+	// The adapter.
+	archive := filepath.Join(dir, "adapter.tar")
+	n, err := writeArchive(outDir, archive)
+	if errors.Is(err, errNoAdapter) {
+		return w.finish(ctx, t, log, stopHeartbeat, training.FailRequest{Code: "adapter_missing", Message: "The trainer finished but " + errNoAdapter.Error() + "."})
+	}
+	if err != nil {
+		return fmt.Errorf("archive the adapter: %w", err)
+	}
+	if err := retry(jobCtx, 4, func() error { return w.c.putAdapter(jobCtx, t, archive) }); err != nil {
+		if w.stopped(jobCtx, log) || errors.Is(err, errLeaseLost) {
+			return nil
+		}
+		return err
+	}
+	tokens := rep.tokens()
+	if tokens == 0 {
+		tokens = t.TrainingFile.Tokens * int64(max(h.NEpochs, 1))
+	}
+	log.Info("fine-tuning job trained", "files", n, "trained_tokens", tokens, "took", time.Since(began).Round(time.Millisecond))
+	return w.finish(ctx, t, log, stopHeartbeat, training.CompleteRequest{TrainedTokens: tokens})
+}
+
+// finish stops the heartbeats and sends the verdict: a CompleteRequest or a FailRequest.
+func (w *Worker) finish(ctx context.Context, t *training.Task, log *slog.Logger, stopHeartbeat func(), verdict any) error {
+	stopHeartbeat()
+	var err error
+	switch v := verdict.(type) {
+	case training.CompleteRequest:
+		err = retry(ctx, 5, func() error { return w.c.complete(ctx, t, v) })
+	case training.FailRequest:
+		log.Warn("fine-tuning job failed", "code", v.Code, "message", v.Message)
+		err = retry(ctx, 5, func() error { return w.c.fail(ctx, t, v) })
+	}
+	if errors.Is(err, errLeaseLost) {
+		log.Info("fine-tuning job's verdict refused: the lease was lost meanwhile")
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("report the job's end: %w", err)
+	}
+	if _, ok := verdict.(training.CompleteRequest); ok {
+		log.Info("fine-tuning job completed")
+	}
+	return nil
+}
+
+// stopped reports whether the job ended because control stopped it or the worker is
+// shutting down, and logs which.
+func (w *Worker) stopped(jobCtx context.Context, log *slog.Logger) bool {
+	if jobCtx.Err() == nil {
+		return false
+	}
+	var se *stopError
+	if errors.As(context.Cause(jobCtx), &se) {
+		log.Info("fine-tuning job stopped by control; trainer stopped", "reason", se.reason)
+	} else {
+		log.Warn("worker stopping: trainer stopped; control re-queues the job when its lease expires")
+	}
+	return true
+}
+
+// heartbeat renews the lease every interval until ctx ends, and stops the job (cancel with
+// a stopError) when control answers "stop" or refuses the lease.
+func (w *Worker) heartbeat(ctx context.Context, t *training.Task, cancel context.CancelCauseFunc, log *slog.Logger) {
+	every := time.Duration(t.HeartbeatIntervalMS) * time.Millisecond
+	if every <= 0 {
+		every = 10 * time.Second
+	}
+	every = max(every, 50*time.Millisecond)
+	tick := time.NewTicker(every)
+	defer tick.Stop()
+	failing := false
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-tick.C:
+		}
+		r, err := w.c.heartbeat(ctx, t, w.o.WorkerID)
+		switch {
+		case ctx.Err() != nil:
+			return
+		case errors.Is(err, errLeaseLost):
+			cancel(&stopError{reason: training.LeaseLostCode})
+			return
+		case err != nil:
+			if !failing {
+				log.Warn("training heartbeat failed; the trainer goes on", "err", err)
+			}
+			failing = true
+		case r.Action == training.ActionStop:
+			reason := r.Reason
+			if reason == "" {
+				reason = "stop"
+			}
+			cancel(&stopError{reason: reason})
+			return
+		default:
+			if failing {
+				log.Info("training heartbeat answered again")
+			}
+			failing = false
+		}
+	}
+}
