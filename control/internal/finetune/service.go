@@ -286,6 +286,10 @@ func (s *Service) Cancel(ctx context.Context, c Caller, id string) (*Job, error)
 		return nil, &apierr.Error{Kind: apierr.InvalidRequest, Code: "job_not_cancellable",
 			Message: fmt.Sprintf("fine-tuning job %s is already %s", id, j.Status)}
 	}
+	if j.Trained {
+		return nil, &apierr.Error{Kind: apierr.InvalidRequest, Code: "job_not_cancellable",
+			Message: fmt.Sprintf("fine-tuning job %s has finished training and its model is being registered", id)}
+	}
 	was := j.Status
 	if err := setStatus(ctx, tx, id, StatusCancelled, "cancelled by user "+fmt.Sprint(c.UserID)+" while "+was, nil); err != nil {
 		return nil, apierr.Wrap(err, "cancel %s", id)

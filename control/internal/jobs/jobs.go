@@ -82,7 +82,9 @@ func (q *Queue) Start(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("jobs: new client: %w", err)
 	}
-	if err := c.Start(ctx); err != nil {
+	// Cancelling Start's context is River's hard stop (running jobs cancelled); shutdown
+	// goes through Stop instead, which lets running jobs finish within its deadline.
+	if err := c.Start(context.WithoutCancel(ctx)); err != nil {
 		return fmt.Errorf("jobs: start: %w", err)
 	}
 	q.mu.Lock()
