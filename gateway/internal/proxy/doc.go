@@ -14,7 +14,9 @@
 //	relay         relay.go      the answer to the client; the stream state machine
 //	account       account.go    quota settlement, usage record, metrics, access log
 //
-// Every backend failure becomes the client's error in one place, judge (failure.go).
+// Every backend failure becomes the client's error in one place, judge (failure.go), for
+// streamed and non-streamed requests alike: what is relayed, retried, sent again on a new
+// connection, and counted against a backend's breaker.
 // A streamed call outlives its handler: the stream writer (relay.go) runs on fasthttp's
 // connection goroutine and finishes the call.
 package proxy

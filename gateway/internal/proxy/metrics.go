@@ -64,7 +64,7 @@ func newMetrics(r prometheus.Registerer) (*metrics, error) {
 		retries: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "maas_gateway_retries_total",
 			Help: "Requests retried on another backend before their first byte, by model."}, []string{"model"}),
 		upstreamErr: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "maas_gateway_upstream_errors_total",
-			Help: "Backend failures by backend and kind (connect, timeout, status, stream)."}, []string{"backend", "kind"}),
+			Help: "Backend failures by backend and kind (connect, timeout, status, stream; stale: a pooled connection the backend had closed, the request sent again on a new one)."}, []string{"backend", "kind"}),
 	}
 	if r != nil {
 		for _, c := range []prometheus.Collector{m.requests, m.duration, m.ttft, m.itl, m.prompt, m.completion,
