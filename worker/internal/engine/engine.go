@@ -1,7 +1,8 @@
 // Package engine talks to an inference engine over HTTP for the sidecar: it probes the
 // engine's health endpoint, lists its models from /v1/models, scrapes its Prometheus
 // endpoint into load figures, and reads its concurrency limit where the engine states one
-// (an info endpoint, or a flag in the command line the worker starts it with). What
+// (an info endpoint, or a flag in the command line the worker starts it with), and loads
+// and unloads LoRA adapters where the engine can (lora.go). What
 // differs between engine kinds (paths, metric names, limit fields) is an Adapter; each kind
 // has its own subpackage (engine/vllm, engine/sglang, …).
 package engine
@@ -43,6 +44,8 @@ type Adapter struct {
 	LimitArgs func(args []string) (int, string)
 	// LimitName is the engine's own name for its limit, for messages ("--max-num-seqs").
 	LimitName string
+	// LoRA is the engine's runtime LoRA API; nil when it has none (lora.go).
+	LoRA *LoRAAPI
 }
 
 // ParseMetrics reads a Prometheus text exposition and returns the load figures: running

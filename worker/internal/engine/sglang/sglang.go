@@ -4,6 +4,7 @@ package sglang
 import (
 	"encoding/json"
 	"fmt"
+	"strings"
 
 	"github.com/maas-platform/maas/pkg/registry"
 	"github.com/maas-platform/maas/worker/internal/engine"
@@ -28,6 +29,55 @@ var Adapter = engine.Adapter{
 		n, flag, _ := engine.IntArg(args, "--max-running-requests", "--max_running_requests")
 		return n, flag
 	},
+	LoRA: &engine.LoRAAPI{
+		LoadPath: "/load_lora_adapter", UnloadPath: "/unload_lora_adapter",
+		Answer: LoRAAnswer, SlotArgs: LoRASlotArgs, SlotsName: "--max-loaded-loras",
+	},
+}
+
+// LoRAAnswer reads SGLang's answers to /load_lora_adapter and /unload_lora_adapter: a
+// LoRAUpdateOutput {"success", "error_message", "loaded_adapters"}, 200 on success and 400
+// on failure (python/sglang/srt/entrypoints/http_server.py). A failed load whose message
+// says the name is already loaded, or a failed unload whose message says it is not loaded,
+// is reported as such.
+func LoRAAnswer(load bool, status int, body []byte) error {
+	var out struct {
+		Success      bool   `json:"success"`
+		ErrorMessage string `json:"error_message"`
+	}
+	if err := json.Unmarshal(body, &out); err != nil {
+		if status == 404 {
+			return fmt.Errorf("%w: the engine has no runtime LoRA API (SGLang needs --enable-lora)", engine.ErrNoLoRA)
+		}
+		return fmt.Errorf("status %d: %.200s", status, body)
+	}
+	if status == 200 && out.Success {
+		return nil
+	}
+	msg := strings.ToLower(out.ErrorMessage)
+	switch {
+	case load && strings.Contains(msg, "already"):
+		return fmt.Errorf("%w: %s", engine.ErrLoRALoaded, out.ErrorMessage)
+	case !load && (strings.Contains(msg, "not loaded") || strings.Contains(msg, "not found") || strings.Contains(msg, "cannot be found")):
+		return fmt.Errorf("%w: %s", engine.ErrLoRANotLoaded, out.ErrorMessage)
+	}
+	return fmt.Errorf("status %d: %s", status, out.ErrorMessage)
+}
+
+// LoRASlotArgs reads how many adapters SGLang keeps loaded: none without --enable-lora or
+// --lora-paths; else --max-loaded-loras (its CPU-side bound), else --max-loras-per-batch,
+// else SGLang's default of 8.
+func LoRASlotArgs(args []string) (int, string) {
+	if !engine.HasArg(args, "--enable-lora", "--enable_lora", "--lora-paths", "--lora_paths") {
+		return 0, ""
+	}
+	if n, f, ok := engine.IntArg(args, "--max-loaded-loras", "--max_loaded_loras"); ok {
+		return n, f
+	}
+	if n, f, ok := engine.IntArg(args, "--max-loras-per-batch", "--max_loras_per_batch"); ok {
+		return n, f
+	}
+	return 8, "--enable-lora (SGLang's default --max-loras-per-batch 8)"
 }
 
 const field = "internal_states[].effective_max_running_requests_per_dp × dp_size"

@@ -35,6 +35,28 @@ var Adapter = engine.Adapter{
 		Parse: ParseServerInfo,
 	}},
 	LimitArgs: LimitArgs,
+	LoRA: &engine.LoRAAPI{
+		LoadPath: "/v1/load_lora_adapter", UnloadPath: "/v1/unload_lora_adapter",
+		Answer: engine.VLLMAnswer, SlotArgs: LoRASlotArgs, SlotsName: "--max-loras",
+	},
+}
+
+// LoRASlotArgs reads how many adapters vLLM keeps loaded: none without --enable-lora;
+// else --max-cpu-loras (the CPU cache of adapters; vLLM swaps them into its --max-loras GPU
+// slots per batch), else --max-loras, else vLLM's default of 1. Runtime loading also needs
+// VLLM_ALLOW_RUNTIME_LORA_UPDATING=True in vLLM's environment; without it the first load
+// fails with a message saying so.
+func LoRASlotArgs(args []string) (int, string) {
+	if !engine.HasArg(args, "--enable-lora", "--enable_lora") {
+		return 0, ""
+	}
+	if n, f, ok := engine.IntArg(args, "--max-cpu-loras", "--max_cpu_loras"); ok {
+		return n, f
+	}
+	if n, f, ok := engine.IntArg(args, "--max-loras", "--max_loras"); ok {
+		return n, f
+	}
+	return 1, "--enable-lora (vLLM's default --max-loras 1)"
 }
 
 // ParseServerInfo reads max_num_seqs from vLLM's /server_info?config_format=json, times
