@@ -54,7 +54,7 @@ func (q *fakeQueue) InsertTx(_ context.Context, _ pgx.Tx, args river.JobArgs, _ 
 
 type nullBlobs struct{}
 
-func (nullBlobs) Put(context.Context, string, io.Reader) (int64, error)      { return 0, nil }
+func (nullBlobs) Put(context.Context, string, io.Reader) (int64, error)     { return 0, nil }
 func (nullBlobs) Get(context.Context, string) (io.ReadCloser, int64, error) { return nil, 0, nil }
 
 // The validation job fails a job whose training file became unusable, with a code, a
