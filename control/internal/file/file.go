@@ -166,14 +166,16 @@ func checkPurpose(p string) error {
 func (s *Service) stage(ctx context.Context, userID int64, content io.Reader) (*File, error) {
 	id := NewID()
 	f := &File{ID: id, Object: "file", UserID: userID, StorageKey: id, Status: "processed"}
-	n, err := s.o.Blobs.Put(ctx, f.StorageKey, &capped{r: content, limit: s.o.MaxBytes})
+	body := &capped{r: content, limit: s.o.MaxBytes}
+	n, err := s.o.Blobs.Put(ctx, f.StorageKey, body)
 	if err != nil {
 		var ae *apierr.Error
-		if errors.As(err, &ae) {
+		switch {
+		case errors.As(err, &ae):
 			return nil, ae
-		}
-		if errors.Is(err, io.ErrUnexpectedEOF) {
-			return nil, &apierr.Error{Kind: apierr.InvalidRequest, Param: "file", Message: "the upload ended before the file did", Err: err}
+		case body.err != nil:
+			// The client's side failed (cut connection, timeout): not the store's fault.
+			return nil, &apierr.Error{Kind: apierr.InvalidRequest, Param: "file", Message: "the upload could not be read to its end", Err: body.err}
 		}
 		return nil, apierr.Wrap(err, "store file")
 	}
@@ -235,11 +237,13 @@ func (s *Service) checkDataset(ctx context.Context, f *File) error {
 	return nil
 }
 
-// capped fails with a 413 once more than limit bytes are read.
+// capped fails with a 413 once more than limit bytes are read, and keeps the first error
+// of the reader it wraps.
 type capped struct {
 	r     io.Reader
 	n     int64
 	limit int64
+	err   error
 }
 
 func (c *capped) Read(p []byte) (int, error) {
@@ -247,6 +251,9 @@ func (c *capped) Read(p []byte) (int, error) {
 		p = p[:rest]
 	}
 	n, err := c.r.Read(p)
+	if err != nil && err != io.EOF && c.err == nil {
+		c.err = err
+	}
 	c.n += int64(n)
 	if c.n > c.limit {
 		return n - int(c.n-c.limit), &apierr.Error{Kind: apierr.TooLarge, Code: "file_too_large", Param: "file",

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"regexp"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -121,8 +122,15 @@ func (s store) insert(ctx context.Context, f *File, lim Limits) error {
 	return tx.Commit(ctx)
 }
 
+// idRE is what a file id looks like (the table's CHECK): anything else names no file, and
+// is not sent to PostgreSQL (which refuses invalid UTF-8 and NUL bytes).
+var idRE = regexp.MustCompile(`^file-[A-Za-z0-9]{8,64}$`)
+
 // get returns file id.
 func (s store) get(ctx context.Context, id string) (*File, error) {
+	if !idRE.MatchString(id) {
+		return nil, ErrNotFound
+	}
 	f, err := scanFile(s.db.QueryRow(ctx, `SELECT `+fileColumns+` FROM files WHERE id = $1`, id))
 	if errors.Is(err, pgx.ErrNoRows) {
 		return nil, ErrNotFound
@@ -146,6 +154,9 @@ type ListQuery struct {
 func (s store) list(ctx context.Context, q ListQuery) ([]*File, error) {
 	var afterSeq *int64
 	if q.After != "" {
+		if !idRE.MatchString(q.After) {
+			return nil, ErrNotFound
+		}
 		var seq int64
 		err := s.db.QueryRow(ctx, `SELECT seq FROM files WHERE id = $1 AND user_id = $2`, q.After, q.UserID).Scan(&seq)
 		if errors.Is(err, pgx.ErrNoRows) {
@@ -175,6 +186,9 @@ func (s store) list(ctx context.Context, q ListQuery) ([]*File, error) {
 
 // delete removes file id's row and returns it (ErrNotFound when it is not there).
 func (s store) delete(ctx context.Context, id string) (*File, error) {
+	if !idRE.MatchString(id) {
+		return nil, ErrNotFound
+	}
 	f, err := scanFile(s.db.QueryRow(ctx, `DELETE FROM files WHERE id = $1 RETURNING `+fileColumns, id))
 	if errors.Is(err, pgx.ErrNoRows) {
 		return nil, ErrNotFound

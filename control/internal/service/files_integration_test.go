@@ -140,6 +140,13 @@ func testFilesAPI(t *testing.T, tc *testControl, dir string) {
 			t.Errorf("another user's file: %+v", e)
 		}
 		tc.call("GET", "/v1/files/file-doesnotexist", alice.Token, nil, 404)
+		// Ids that cannot exist are a 404 without a query (raw invalid UTF-8 or NUL would be a
+		// database error).
+		for _, id := range []string{"file-%FF%FE", "file-a%00b", "%C3%28", "x"} {
+			tc.call("GET", "/v1/files/"+id, alice.Token, nil, 404)
+			tc.call("GET", "/v1/files/"+id+"/content", alice.Token, nil, 404)
+			tc.call("DELETE", "/v1/files/"+id, alice.Token, nil, 404)
+		}
 	})
 	t.Run("content", func(t *testing.T) {
 		r := tc.call("GET", "/v1/files/"+batch.ID+"/content", alice.Token, nil, 200)
@@ -193,7 +200,7 @@ func testFilesAPI(t *testing.T, tc *testControl, dir string) {
 			t.Errorf("bob sees %+v", p)
 		}
 		for q, param := range map[string]string{"limit=0": "limit", "limit=x": "limit", "order=up": "order",
-			"purpose=fun": "purpose", "after=" + ft.ID + "x": "after"} {
+			"purpose=fun": "purpose", "after=" + ft.ID + "x": "after", "after=%FF": "after", "after=file-%00": "after"} {
 			e := tc.call("GET", "/v1/files?"+q, alice.Token, nil, 400).apiErr(t)
 			if e.Error.Param == nil || *e.Error.Param != param {
 				t.Errorf("%s: param %v, want %s", q, e.Error.Param, param)
