@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/prometheus/client_golang/prometheus"
 	"github.com/riverqueue/river"
 	"github.com/riverqueue/river/rivertype"
 
@@ -86,6 +87,8 @@ type Options struct {
 	// MaxAdapterBytes bounds an uploaded adapter archive (MAAS_FINETUNE_MAX_ADAPTER_BYTES;
 	// 4 GiB when zero).
 	MaxAdapterBytes int64
+	// Registerer receives maas_control_finetune_jobs{status} (none when nil).
+	Registerer prometheus.Registerer
 }
 
 func (o *Options) defaults() {
@@ -134,6 +137,11 @@ func New(db DB, files Files, blobs Blobs, models Models, queue Enqueuer, o Optio
 		return nil, errors.New("finetune: db, blobs, models and queue are required")
 	}
 	o.defaults()
+	if o.Registerer != nil {
+		if err := o.Registerer.Register(newJobsCollector(db)); err != nil {
+			return nil, fmt.Errorf("finetune: register metrics: %w", err)
+		}
+	}
 	return &Service{db: db, files: files, blobs: blobs, models: models, queue: queue, opts: o, log: o.Logger}, nil
 }
 

@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5/pgxpool"
+	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/maas-platform/maas/control/internal/file"
 	"github.com/maas-platform/maas/control/internal/finetune"
@@ -71,7 +72,7 @@ func newQueue(pool *pgxpool.Pool, o Options, log *slog.Logger) *jobs.Queue {
 // newFineTune builds the fine-tuning domain on the Files API, the model registry and the
 // queue, with its workers added to the queue. Adapters are kept in the files' store (the
 // local directory's adapters/ subfolder, or the S3 store under the prefix adapters/).
-func newFineTune(pool *pgxpool.Pool, o Options, log *slog.Logger, files *file.Service, models *model.Service, q *jobs.Queue) (*finetune.Service, error) {
+func newFineTune(pool *pgxpool.Pool, o Options, log *slog.Logger, reg prometheus.Registerer, files *file.Service, models *model.Service, q *jobs.Queue) (*finetune.Service, error) {
 	var blobs finetune.Blobs
 	if o.Files.S3.Endpoint != "" {
 		s3o := o.Files.S3
@@ -95,7 +96,7 @@ func newFineTune(pool *pgxpool.Pool, o Options, log *slog.Logger, files *file.Se
 	ft, err := finetune.New(pool, ff, blobs, models, q, finetune.Options{
 		Logger: log, MaxActiveJobs: o.FineTune.MaxActiveJobs, MaxAttempts: o.FineTune.MaxAttempts,
 		Lease: o.FineTune.Lease, MinLease: o.FineTune.MinLease, RescueInterval: o.FineTune.RescueInterval,
-		MaxAdapterBytes: int64(o.FineTune.MaxAdapterBytes),
+		MaxAdapterBytes: int64(o.FineTune.MaxAdapterBytes), Registerer: reg,
 	})
 	if err != nil {
 		return nil, err

@@ -307,6 +307,11 @@ func TestFineTuneLifecycle(t *testing.T) {
 	if fmt.Sprint(states) != "[validating_files queued running succeeded]" {
 		t.Errorf("transitions %v", states)
 	}
+	// Operators see the jobs by status.
+	if m := tc.call("GET", "/metrics", "", nil, 200); !strings.Contains(string(m.Body), `maas_control_finetune_jobs{status="succeeded"} 1`) ||
+		!strings.Contains(string(m.Body), `maas_control_finetune_jobs{status="queued"} 0`) {
+		t.Errorf("metrics lack the jobs by status")
+	}
 	// Finished jobs cannot be cancelled.
 	if e := tc.call("POST", "/v1/fine_tuning/jobs/"+j.ID+"/cancel", dev.Token, nil, 400).apiErr(t); !strings.Contains(e.Error.Message, "succeeded") {
 		t.Errorf("cancel a finished job: %+v", e)

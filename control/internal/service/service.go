@@ -305,7 +305,7 @@ func newServer(pool *pgxpool.Pool, o Options, log *slog.Logger, reg *prometheus.
 		return nil, nil, err
 	}
 	files.Routes(srv)
-	ft, err := newFineTune(pool, o, log, files, models, queue)
+	ft, err := newFineTune(pool, o, log, reg, files, models, queue)
 	if err != nil {
 		return nil, nil, err
 	}
