@@ -3,6 +3,7 @@ package file
 import (
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"mime"
 	"mime/multipart"
@@ -30,8 +31,10 @@ const multipartSlack = 1 << 20
 // inference scope (keys reach it as they reach /v1/chat/completions, which is what the
 // OpenAI SDKs expect); a caller sees only their own files, an admin any file by id.
 func (s *Service) Routes(srv *server.Server) {
-	srv.HandleWith("POST", "/v1/files", server.Authenticated,
-		server.RouteOptions{MaxBody: s.o.MaxBytes + multipartSlack, Stream: true, Timeout: s.o.Timeout}, s.handleUpload)
+	srv.HandleWith("POST", "/v1/files", server.Authenticated, server.RouteOptions{
+		MaxBody: s.o.MaxBytes + multipartSlack, Stream: true, Timeout: s.o.Timeout,
+		TooLarge: fmt.Sprintf("the upload is larger than the %d bytes a file may have (MAAS_FILES_MAX_BYTES)", s.o.MaxBytes),
+	}, s.handleUpload)
 	srv.Handle("GET", "/v1/files", server.Authenticated, s.handleList)
 	srv.Handle("GET", "/v1/files/{id}", server.Authenticated, s.handleGet)
 	srv.Handle("DELETE", "/v1/files/{id}", server.Authenticated, s.handleDelete)

@@ -18,7 +18,10 @@ import (
 // is authenticated (up to MaxBodySize, 413 beyond), a streaming route hands it to its
 // handler through BodyStream (RouteOptions.Stream).
 
-func tooLarge(limit int64) *apierr.Error {
+func tooLarge(limit int64, msg string) *apierr.Error {
+	if msg != "" {
+		return apierr.New(apierr.TooLarge, "%s", msg)
+	}
 	return apierr.New(apierr.TooLarge, "request body is larger than %d bytes", limit)
 }
 
@@ -26,14 +29,14 @@ func tooLarge(limit int64) *apierr.Error {
 func (c *Call) readBody(stream bool) error {
 	req := &c.RC.Request
 	if cl := req.Header.ContentLength(); cl > 0 && int64(cl) > c.maxBody {
-		c.stream = &limitedBody{limit: c.maxBody} // unread: the connection closes
-		return tooLarge(c.maxBody)
+		c.stream = &limitedBody{limit: c.maxBody, msg: c.tooLarge} // unread: the connection closes
+		return tooLarge(c.maxBody, c.tooLarge)
 	}
 	body := c.RC.RequestBodyStream()
 	if body == nil {
 		return nil
 	}
-	c.stream = &limitedBody{r: body, limit: c.maxBody}
+	c.stream = &limitedBody{r: body, limit: c.maxBody, msg: c.tooLarge}
 	if stream {
 		return nil
 	}
@@ -71,6 +74,7 @@ type limitedBody struct {
 	r     io.Reader
 	n     int64
 	limit int64
+	msg   string // of the 413
 	eof   bool
 }
 
@@ -79,7 +83,7 @@ func (l *limitedBody) Read(p []byte) (int, error) {
 		return 0, io.EOF
 	}
 	if l.r == nil {
-		return 0, tooLarge(l.limit)
+		return 0, tooLarge(l.limit, l.msg)
 	}
 	if rest := l.limit + 1 - l.n; int64(len(p)) > rest {
 		p = p[:rest]
@@ -87,7 +91,7 @@ func (l *limitedBody) Read(p []byte) (int, error) {
 	n, err := l.r.Read(p)
 	l.n += int64(n)
 	if l.n > l.limit {
-		return n - int(l.n-l.limit), tooLarge(l.limit)
+		return n - int(l.n-l.limit), tooLarge(l.limit, l.msg)
 	}
 	if err == io.EOF {
 		l.eof = true

@@ -79,6 +79,8 @@ type Route struct {
 type RouteOptions struct {
 	// MaxBody is the largest request body the route accepts (MaxBodySize when zero).
 	MaxBody int64
+	// TooLarge is the message of the route's 413 (one naming MaxBody when empty).
+	TooLarge string
 	// Stream leaves the body unread when the handler starts: the handler reads it with
 	// Call.BodyStream, never with PostBody, so a large body is not held in memory.
 	Stream bool
@@ -95,8 +97,9 @@ type Call struct {
 	RC        *fasthttp.RequestCtx
 	Principal *Principal // set on Authenticated and AdminOnly routes
 
-	maxBody int64
-	stream  *limitedBody
+	maxBody  int64
+	tooLarge string
+	stream   *limitedBody
 }
 
 // HandlerFunc handles a call; a returned error is written in the OpenAI error shape.
@@ -226,7 +229,7 @@ func (s *Server) HandleWith(method, path string, access Access, ro RouteOptions,
 		start := time.Now()
 		ctx, cancel := context.WithTimeout(context.Background(), timeout)
 		defer cancel()
-		c := &Call{Ctx: ctx, RC: rc, maxBody: ro.MaxBody}
+		c := &Call{Ctx: ctx, RC: rc, maxBody: ro.MaxBody, tooLarge: ro.TooLarge}
 		err := c.readBody(ro.Stream)
 		if err == nil {
 			err = s.admit(c, path, access)

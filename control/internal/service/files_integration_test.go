@@ -247,7 +247,7 @@ func testFilesAPI(t *testing.T, tc *testControl, dir string) {
 		tc.call("POST", "/v1/files", u.Token, map[string]string{"purpose": "batch"}, 400)
 		body := bytes.Repeat([]byte("x"), 2<<20)
 		r := tc.do("POST", "/v1/files", body, map[string]string{"Authorization": "Bearer " + u.Token, "Content-Type": "multipart/form-data; boundary=x"})
-		if r.Status != 413 {
+		if r.Status != 413 || !strings.Contains(string(r.Body), "MAAS_FILES_MAX_BYTES") {
 			t.Errorf("2 MiB body: %d %s", r.Status, r.Body)
 		}
 		// None of the refused uploads left a file or any stored content behind.
