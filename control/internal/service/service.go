@@ -326,6 +326,9 @@ func checkSchema(ctx context.Context, pool *pgxpool.Pool, log *slog.Logger) erro
 	if v < m.Latest() {
 		log.Warn("database schema is behind this binary; run `control migrate up`", "version", v, "latest", m.Latest())
 	}
+	if cur, latest, err := jobs.SchemaVersion(ctx, pool); err != nil || cur < latest {
+		log.Warn("the job queue's (River) schema is missing or behind this binary; run `control migrate up`", "version", cur, "latest", latest, "err", err)
+	}
 	return nil
 }
 
