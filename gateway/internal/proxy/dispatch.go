@@ -116,7 +116,7 @@ func (c *call) exchange(ctx *fasthttp.RequestCtx, l *upstream.Lease, deadline ti
 	}
 	c.watch.arm(ctx)
 	f := c.roundTrip(l.U, req, resp, deadline, false)
-	if f.err != nil && f.stale {
+	if f.err != nil && c.judge(f).fresh {
 		c.freshAgain(l)
 		resp.Reset()
 		f = c.roundTrip(l.U, req, resp, deadline, true)

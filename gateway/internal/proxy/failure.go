@@ -42,11 +42,11 @@ type verdict struct {
 // and non-streamed requests alike (README, "Errors, retries and circuit breakers"):
 //
 //   - the client gone → 499, shutdown → 503; neither says anything of the backend;
-//   - a stale pooled connection → one more try on a new connection to the same backend,
-//     not counted against it;
 //   - a timeout → 504, any other transport error → 502, a 502/503/504 answer → the same
 //     status as the gateway's own error: tried on another backend while the client has
 //     seen nothing, and counted against the backend's breaker;
+//   - but a stale pooled connection (not a timeout) → one more try on a new connection to
+//     the same backend first, not counted against it;
 //   - any other answer (400, 401, 404, 422, 429, 500, …) is relayed as the backend sent it
 //     (status, body, Content-Type, Retry-After) and not retried. It counts against the
 //     breaker only when it is a 5xx that does not blame the request (blamesRequest): a 4xx,
@@ -65,12 +65,12 @@ func judge(f failure) verdict {
 	case f.midStream:
 		return verdict{err: &apierr.Error{Kind: apierr.BadGateway, Message: "the backend stream broke off", Err: f.err},
 			kind: "stream", outcome: upstream.Failure}
-	case f.stale:
-		return verdict{err: &apierr.Error{Kind: apierr.BadGateway, Message: "the backend could not be reached", Err: f.err},
-			fresh: true, kind: "stale", outcome: upstream.Neutral}
 	case f.err != nil && isTimeout(f.err, f.timedOut):
 		return verdict{err: &apierr.Error{Kind: apierr.UpstreamTimeout, Message: "the backend did not answer in time", Err: f.err},
 			retry: true, kind: "timeout", outcome: upstream.Failure}
+	case f.stale:
+		return verdict{err: &apierr.Error{Kind: apierr.BadGateway, Message: "the backend could not be reached", Err: f.err},
+			fresh: true, kind: "stale", outcome: upstream.Neutral}
 	case f.err != nil:
 		return verdict{err: &apierr.Error{Kind: apierr.BadGateway, Message: "the backend could not be reached", Err: f.err},
 			retry: true, kind: "connect", outcome: upstream.Failure}

@@ -198,7 +198,8 @@ func (st *streamState) open(in *fasthttp.RequestHeader) (failure, bool) {
 	req.Header.Set("Accept", "text/event-stream")
 	req.SetBodyRaw(c.body.B)
 	err := l.U.Stream.Do(req, st.resp)
-	if err != nil && upstream.StaleStream(st.resp, err) && st.awaited() {
+	if err != nil && upstream.StaleStream(st.resp, err) && st.awaited() &&
+		c.judge(failure{err: err, stale: true, timedOut: st.timedOut.Load()}).fresh {
 		// The pooled connection was closed by the backend: once more on a new one.
 		c.freshAgain(l)
 		req.SetConnectionClose() // u.FreshStream keeps no connection
