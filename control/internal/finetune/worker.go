@@ -290,18 +290,21 @@ func (s *Service) OpenFile(ctx context.Context, id, token, fileID string) (io.Re
 	return rc, f.Bytes, nil
 }
 
-func adapterKey(jobID string) string { return "adapter-" + jobID }
+// adapterKey is where an attempt's adapter is stored: an upload of a worker that lost its
+// lease meanwhile cannot overwrite the next attempt's.
+func adapterKey(jobID string, attempt int) string { return fmt.Sprintf("adapter-%s-%d", jobID, attempt) }
 
 // PutAdapter stores the adapter archive the worker uploads (replacing an earlier upload
 // of the same attempt).
 func (s *Service) PutAdapter(ctx context.Context, id, token string, body io.Reader) (int64, error) {
-	if err := s.withLease(ctx, id, token, func(pgx.Tx, *Job) error { return nil }); err != nil {
+	attempt := 0
+	if err := s.withLease(ctx, id, token, func(_ pgx.Tx, j *Job) error { attempt = j.Attempts; return nil }); err != nil {
 		return 0, err
 	}
 	if body == nil {
 		return 0, apierr.New(apierr.InvalidRequest, "the adapter archive is empty")
 	}
-	key := adapterKey(id)
+	key := adapterKey(id, attempt)
 	n, err := s.blobs.Put(ctx, key, body)
 	if err != nil {
 		var ae *apierr.Error
