@@ -292,7 +292,9 @@ func (s *Service) OpenFile(ctx context.Context, id, token, fileID string) (io.Re
 
 // adapterKey is where an attempt's adapter is stored: an upload of a worker that lost its
 // lease meanwhile cannot overwrite the next attempt's.
-func adapterKey(jobID string, attempt int) string { return fmt.Sprintf("adapter-%s-%d", jobID, attempt) }
+func adapterKey(jobID string, attempt int) string {
+	return fmt.Sprintf("adapter-%s-%d", jobID, attempt)
+}
 
 // PutAdapter stores the adapter archive the worker uploads (replacing an earlier upload
 // of the same attempt).
