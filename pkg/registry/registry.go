@@ -47,6 +47,25 @@ type HeartbeatRequest struct {
 	// State is healthy, unhealthy (engine down, e.g. being restarted) or draining.
 	State  string   `json:"state"`
 	Models []string `json:"models,omitempty"` // when set, replaces the served model list
+	// AdapterSlots is how many LoRA adapters the engine keeps loaded at once; 0 when it
+	// cannot load adapters at run time. With slots, control answers with DesiredAdapters.
+	AdapterSlots int `json:"adapter_slots,omitempty"`
+	// Adapters are the LoRA adapters the worker loaded in the engine as control placed them
+	// (also listed in the served models).
+	Adapters []string `json:"adapters,omitempty"`
+}
+
+// DesiredAdapter is a LoRA adapter control wants loaded in a backend's engine.
+type DesiredAdapter struct {
+	Name      string `json:"name"`       // the model it is served as
+	BaseModel string `json:"base_model"` // the served model it applies to
+	// ArchiveURL is the path on control of the adapter's tar archive (the PEFT adapter
+	// directory's files); GET it with the internal token.
+	ArchiveURL string `json:"archive_url"`
+	// Version changes when the adapter's content does: a worker holding another version
+	// loads it again.
+	Version string `json:"version"`
+	Bytes   int64  `json:"bytes"` // the archive's size
 }
 
 // Backend is how control describes a registered backend.
@@ -64,6 +83,14 @@ type Backend struct {
 	WorkerVersion   string `json:"worker_version"`
 	RegisteredAt    string `json:"registered_at"`
 	LastHeartbeatAt string `json:"last_heartbeat_at"`
+	// AdapterSlots and Adapters are as the worker last reported them.
+	AdapterSlots int      `json:"adapter_slots"`
+	Adapters     []string `json:"adapters"`
+	// DesiredAdapters is set in the answer to a heartbeat that reported adapter slots: the
+	// adapters control wants loaded in this backend's engine, at most AdapterSlots. The
+	// worker loads those it lacks and unloads those not listed. Absent (nil) otherwise: the
+	// worker then changes nothing.
+	DesiredAdapters *[]DesiredAdapter `json:"desired_adapters,omitempty"`
 }
 
 // NotFoundCode is the error code control answers a heartbeat for a backend it does not know

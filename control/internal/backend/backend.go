@@ -41,6 +41,15 @@ type Options struct {
 	// ReapInterval is how often the reaper looks for silent backends (at most 1s in
 	// production so that state follows within a second).
 	ReapInterval time.Duration
+	// Placer decides the LoRA adapters a backend's engine should hold, returned in the
+	// answer to a heartbeat that reports adapter slots; nil = none are placed.
+	Placer Placer
+}
+
+// Placer decides which LoRA adapters backend b should hold (b as just updated by its
+// heartbeat: its models, slots and loaded adapters).
+type Placer interface {
+	Desired(ctx context.Context, b *registry.Backend) ([]registry.DesiredAdapter, error)
 }
 
 // Service is the backend registry. Safe for concurrent use.
@@ -51,6 +60,7 @@ type Service struct {
 	interval    time.Duration
 	reaped      *prometheus.CounterVec
 	byState     *prometheus.GaugeVec
+	placer      Placer
 
 	// since is the database's clock when this process's reaper began (nil before): a
 	// backend's silence counts from its last heartbeat or from then, whichever is later.
@@ -69,7 +79,7 @@ func New(db DB, o Options) (*Service, error) {
 		return nil, errors.New("backend: RemoveAfter and ReapInterval must be positive")
 	}
 	s := &Service{
-		db: db, log: o.Logger, removeAfter: o.RemoveAfter, interval: o.ReapInterval,
+		db: db, log: o.Logger, removeAfter: o.RemoveAfter, interval: o.ReapInterval, placer: o.Placer,
 		reaped: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "maas_control_backend_reaper_actions_total",
 			Help: "Backends the reaper changed: action=unhealthy (missed heartbeats) or removed.",
@@ -94,13 +104,15 @@ func New(db DB, o Options) (*Service, error) {
 }
 
 const columns = `id, url, engine_kind, models, capacity, weight, state, disabled, heartbeat_interval_ms,
-	running_requests, waiting_requests, kv_cache_usage, in_flight, worker_version, registered_at, last_heartbeat_at`
+	running_requests, waiting_requests, kv_cache_usage, in_flight, worker_version, registered_at, last_heartbeat_at,
+	adapter_slots, adapters`
 
 func scan(row pgx.Row) (*registry.Backend, error) {
 	b := &registry.Backend{}
 	var reg, hb time.Time
 	err := row.Scan(&b.ID, &b.URL, &b.EngineKind, &b.Models, &b.Capacity, &b.Weight, &b.State, &b.Disabled,
-		&b.HeartbeatIntervalMS, &b.Running, &b.Waiting, &b.KVCacheUsage, &b.InFlight, &b.WorkerVersion, &reg, &hb)
+		&b.HeartbeatIntervalMS, &b.Running, &b.Waiting, &b.KVCacheUsage, &b.InFlight, &b.WorkerVersion, &reg, &hb,
+		&b.AdapterSlots, &b.Adapters)
 	if errors.Is(err, pgx.ErrNoRows) {
 		return nil, ErrNotFound
 	}
@@ -109,6 +121,9 @@ func scan(row pgx.Row) (*registry.Backend, error) {
 	}
 	if b.Models == nil {
 		b.Models = []string{}
+	}
+	if b.Adapters == nil {
+		b.Adapters = []string{}
 	}
 	b.RegisteredAt = reg.UTC().Format(time.RFC3339Nano)
 	b.LastHeartbeatAt = hb.UTC().Format(time.RFC3339Nano)
@@ -142,8 +157,9 @@ func (s *Service) Register(ctx context.Context, r registry.RegisterRequest) (*re
 func (s *Service) Heartbeat(ctx context.Context, id string, h registry.HeartbeatRequest) (*registry.Backend, error) {
 	b, err := scan(s.db.QueryRow(ctx, `UPDATE backends SET
 			running_requests = $2, waiting_requests = $3, kv_cache_usage = $4, in_flight = $5,
-			last_heartbeat_at = now()
-		WHERE id = $1 RETURNING `+columns, id, h.Running, h.Waiting, h.KVCacheUsage, h.InFlight))
+			adapter_slots = $6, adapters = $7, last_heartbeat_at = now()
+		WHERE id = $1 RETURNING `+columns, id, h.Running, h.Waiting, h.KVCacheUsage, h.InFlight,
+		h.AdapterSlots, nonNil(h.Adapters)))
 	if err != nil {
 		return nil, fmt.Errorf("heartbeat backend %s: %w", id, err)
 	}
@@ -167,6 +183,13 @@ func (s *Service) Heartbeat(ctx context.Context, id string, h registry.Heartbeat
 		s.log.Info("backend state changed by heartbeat", "backend", id, "from", previous, "to", b.State)
 	}
 	return b, nil
+}
+
+func nonNil(s []string) []string {
+	if s == nil {
+		return []string{}
+	}
+	return s
 }
 
 // Deregister removes backend id.

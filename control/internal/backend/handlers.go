@@ -136,9 +136,30 @@ func (s *Service) handleHeartbeat(c *server.Call) error {
 			return err
 		}
 	}
+	if h.AdapterSlots < 0 || h.AdapterSlots > 10000 {
+		return apierr.Param("adapter_slots", "adapter_slots must be from 0 to 10000")
+	}
+	if len(h.Adapters) > h.AdapterSlots {
+		return apierr.Param("adapters", "more adapters loaded than adapter_slots")
+	}
+	if err := validModels(h.Adapters); err != nil {
+		return apierr.Param("adapters", "%s", err.(*apierr.Error).Message)
+	}
 	b, err := s.Heartbeat(c.Ctx, id, h)
 	if err != nil {
 		return storeErr(id, err)
+	}
+	if b.AdapterSlots > 0 && s.placer != nil {
+		// A placement that fails leaves the worker's adapters as they are (no desired set).
+		desired, err := s.placer.Desired(c.Ctx, b)
+		if err != nil {
+			s.log.Error("adapter placement", "backend", id, "err", err)
+		} else {
+			if desired == nil {
+				desired = []registry.DesiredAdapter{}
+			}
+			b.DesiredAdapters = &desired
+		}
 	}
 	return c.JSON(200, b)
 }

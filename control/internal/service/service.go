@@ -16,6 +16,7 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/maas-platform/maas/control/internal/adapter"
 	"github.com/maas-platform/maas/control/internal/backend"
 	"github.com/maas-platform/maas/control/internal/jobs"
 	"github.com/maas-platform/maas/control/internal/model"
@@ -280,8 +281,10 @@ func newServer(pool *pgxpool.Pool, o Options, log *slog.Logger, reg *prometheus.
 	if reap <= 0 {
 		reap = time.Second
 	}
+	adapters := adapter.New(pool, log)
 	backends, err := backend.New(pool, backend.Options{
 		Logger: log, Registerer: reg, RemoveAfter: o.BackendRemoveAfter, ReapInterval: reap,
+		Placer: adapters,
 	})
 	if err != nil {
 		return nil, nil, err
@@ -300,6 +303,7 @@ func newServer(pool *pgxpool.Pool, o Options, log *slog.Logger, reg *prometheus.
 	users.Routes(srv)
 	models.Routes(srv)
 	backends.Routes(srv)
+	adapters.Routes(srv)
 	files, err := newFiles(pool, o.Files, log)
 	if err != nil {
 		return nil, nil, err

@@ -1,0 +1,152 @@
+package adapter
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"slices"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
+
+	"github.com/maas-platform/maas/pkg/registry"
+)
+
+// DB is what this package needs of PostgreSQL; *pgxpool.Pool satisfies it.
+type DB interface {
+	Exec(ctx context.Context, sql string, args ...any) (pgconn.CommandTag, error)
+	Query(ctx context.Context, sql string, args ...any) (pgx.Rows, error)
+	QueryRow(ctx context.Context, sql string, args ...any) pgx.Row
+}
+
+// ErrNotFound reports a name that is no enabled, placeable adapter.
+var ErrNotFound = errors.New("adapter: not found")
+
+// Service places adapters. Safe for concurrent use; its zero value is not.
+type Service struct {
+	db  DB
+	log *slog.Logger
+}
+
+// New returns a Service on db.
+func New(db DB, log *slog.Logger) *Service {
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	return &Service{db: db, log: log}
+}
+
+// ArchiveURL is the path on control of a fine-tuning job's adapter archive (the fine-tuning
+// domain serves it to workers with the internal token).
+func ArchiveURL(jobID string) string { return "/internal/v1/fine_tuning/jobs/" + jobID + "/adapter" }
+
+// placeable is the adapters that can be placed, with their last use.
+const placeable = `SELECT m.name, m.base_model, j.id, COALESCE(j.adapter_bytes, 0)
+	FROM models m
+	JOIN fine_tuning_jobs j ON j.fine_tuned_model = m.name AND j.adapter_key IS NOT NULL AND j.trained
+	LEFT JOIN adapter_demands d ON d.model_id = m.id
+	LEFT JOIN LATERAL (SELECT max(r.created_at) AS at FROM usage_records r WHERE r.model = m.name) u ON true
+	WHERE m.enabled AND m.base_model IS NOT NULL`
+
+// Bases returns the models b serves that are not adapters it loaded.
+func Bases(b *registry.Backend) []string {
+	var out []string
+	for _, m := range b.Models {
+		if !slices.Contains(b.Adapters, m) {
+			out = append(out, m)
+		}
+	}
+	return out
+}
+
+// Desired returns the adapters backend b should hold: those of the bases it serves, the
+// AdapterSlots most recently used.
+func (s *Service) Desired(ctx context.Context, b *registry.Backend) ([]registry.DesiredAdapter, error) {
+	if b.AdapterSlots <= 0 {
+		return nil, nil
+	}
+	bases := Bases(b)
+	if len(bases) == 0 {
+		return []registry.DesiredAdapter{}, nil
+	}
+	rows, err := s.db.Query(ctx, placeable+` AND m.base_model = ANY($1)
+		ORDER BY GREATEST(m.created_at, d.demanded_at, u.at) DESC, m.name
+		LIMIT $2`, bases, b.AdapterSlots)
+	if err != nil {
+		return nil, fmt.Errorf("place adapters on %s: %w", b.ID, err)
+	}
+	out := []registry.DesiredAdapter{}
+	for rows.Next() {
+		var d registry.DesiredAdapter
+		var job string
+		if err := rows.Scan(&d.Name, &d.BaseModel, &job, &d.Bytes); err != nil {
+			rows.Close()
+			return nil, fmt.Errorf("place adapters on %s: %w", b.ID, err)
+		}
+		d.ArchiveURL, d.Version = ArchiveURL(job), job
+		out = append(out, d)
+	}
+	if err := rows.Err(); err != nil {
+		return nil, fmt.Errorf("place adapters on %s: %w", b.ID, err)
+	}
+	return out, nil
+}
+
+// Placement is where an adapter is and can be.
+type Placement struct {
+	Model     string `json:"model"`
+	BaseModel string `json:"base_model"`
+	// LoadedOn lists the backends whose workers report it loaded (and serve it).
+	LoadedOn []string `json:"loaded_on"`
+	// PlaceableOn lists the healthy, enabled backends serving its base with adapter slots:
+	// where the next heartbeats will load it after a demand.
+	PlaceableOn []string `json:"placeable_on"`
+}
+
+// Demand records a use of adapter name now (so that it is placed at the next heartbeat of
+// every backend of its base, evicting the least recently used adapter where slots are
+// full) and returns its placement.
+func (s *Service) Demand(ctx context.Context, name string) (*Placement, error) {
+	var id int64
+	p := &Placement{Model: name, LoadedOn: []string{}, PlaceableOn: []string{}}
+	err := s.db.QueryRow(ctx, `SELECT m.id, m.base_model FROM models m
+		WHERE m.name = $1 AND m.enabled AND m.base_model IS NOT NULL
+		  AND EXISTS (SELECT 1 FROM fine_tuning_jobs j WHERE j.fine_tuned_model = m.name AND j.adapter_key IS NOT NULL AND j.trained)`,
+		name).Scan(&id, &p.BaseModel)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return nil, fmt.Errorf("demand adapter %s: %w", name, ErrNotFound)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("demand adapter %s: %w", name, err)
+	}
+	if _, err := s.db.Exec(ctx, `INSERT INTO adapter_demands (model_id, demanded_at) VALUES ($1, now())
+		ON CONFLICT (model_id) DO UPDATE SET demanded_at = now()`, id); err != nil {
+		return nil, fmt.Errorf("demand adapter %s: %w", name, err)
+	}
+	rows, err := s.db.Query(ctx, `SELECT id, $1 = ANY(adapters), state = 'healthy' AND NOT disabled AND adapter_slots > 0
+		FROM backends WHERE $1 = ANY(adapters) OR ($2 = ANY(models) AND NOT $2 = ANY(adapters))
+		ORDER BY id`, name, p.BaseModel)
+	if err != nil {
+		return nil, fmt.Errorf("demand adapter %s: %w", name, err)
+	}
+	defer rows.Close()
+	for rows.Next() {
+		var bid string
+		var loaded, placeable bool
+		if err := rows.Scan(&bid, &loaded, &placeable); err != nil {
+			return nil, fmt.Errorf("demand adapter %s: %w", name, err)
+		}
+		if loaded {
+			p.LoadedOn = append(p.LoadedOn, bid)
+		}
+		if placeable {
+			p.PlaceableOn = append(p.PlaceableOn, bid)
+		}
+	}
+	if err := rows.Err(); err != nil {
+		return nil, fmt.Errorf("demand adapter %s: %w", name, err)
+	}
+	s.log.Info("adapter demanded", "model", name, "loaded_on", len(p.LoadedOn), "placeable_on", len(p.PlaceableOn))
+	return p, nil
+}
