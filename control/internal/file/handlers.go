@@ -29,7 +29,8 @@ const multipartSlack = 1 << 20
 
 // Routes adds the Files API to srv. Every route is for any authenticated caller with the
 // inference scope (keys reach it as they reach /v1/chat/completions, which is what the
-// OpenAI SDKs expect); a caller sees only their own files, an admin any file by id.
+// OpenAI SDKs expect); a caller sees only their own files, an admin any file by id and
+// any user's list with ?user_id=.
 func (s *Service) Routes(srv *server.Server) {
 	srv.HandleWith("POST", "/v1/files", server.Authenticated, server.RouteOptions{
 		MaxBody: s.o.MaxBytes + multipartSlack, Stream: true, Timeout: s.o.Timeout,
@@ -195,6 +196,15 @@ func (s *Service) handleList(c *server.Call) error {
 		q.Asc = true
 	default:
 		return apierr.Param("order", "order must be asc or desc")
+	}
+	// An admin may list another user's files (user_id); everyone else lists their own.
+	if owner, filtered, err := c.QueryInt("user_id"); err != nil {
+		return err
+	} else if filtered && owner != q.UserID {
+		if !c.Principal.IsAdmin() {
+			return apierr.New(apierr.PermissionDenied, "only an admin may list other users' files")
+		}
+		q.UserID = owner
 	}
 	if raw := args.Peek("purpose"); raw != nil {
 		q.Purpose = string(raw)

@@ -208,6 +208,14 @@ func testFilesAPI(t *testing.T, tc *testControl, dir string) {
 		}
 		// Another user's file is no cursor.
 		tc.call("GET", "/v1/files?after="+ft.ID, bob.Token, nil, 400)
+		// An admin lists anyone's files; others only their own.
+		tc.call("GET", "/v1/files?user_id="+itoa(alice.ID), admin, nil, 200).decode(t, &p)
+		if ids(p) != batch.ID+","+ft.ID {
+			t.Errorf("admin lists alice's files: %s", ids(p))
+		}
+		tc.call("GET", "/v1/files?user_id="+itoa(alice.ID), alice.Token, nil, 200)
+		tc.call("GET", "/v1/files?user_id="+itoa(alice.ID), bob.Token, nil, 403)
+		tc.call("GET", "/v1/files?user_id=0", alice.Token, nil, 400)
 	})
 
 	t.Run("refused uploads", func(t *testing.T) {
