@@ -5,6 +5,7 @@ import (
 	"log/slog"
 	"net/url"
 	"os"
+	"path/filepath"
 	"strings"
 	"time"
 
@@ -35,7 +36,16 @@ type Options struct {
 	// states one, the smaller of the two when both are known; with neither the worker
 	// refuses to start (see capacity.go).
 	Capacity int
-	Logger   *slog.Logger
+	// AdapterCacheDir holds the LoRA adapters fetched from control, one directory each
+	// (MAAS_ADAPTER_CACHE_DIR; the engine reads them from there, so it must see this path).
+	AdapterCacheDir string
+	// AdapterSlots is how many LoRA adapters the engine holds (MAAS_ENGINE_ADAPTER_SLOTS;
+	// 0 = from the engine: the simulator's MAAS_SIM_MAX_LORAS, vLLM's and SGLang's flags
+	// in MAAS_ENGINE_CMD). With none, control places no adapter on this backend.
+	AdapterSlots int
+	// AdapterMaxBytes bounds an adapter archive and its extracted files (MAAS_ADAPTER_MAX_BYTES).
+	AdapterMaxBytes int
+	Logger          *slog.Logger
 }
 
 // DefaultOptions are the documented defaults.
@@ -47,6 +57,8 @@ func DefaultOptions() Options {
 		DrainGrace:        30 * time.Second,
 		EngineKind:        registry.KindVLLM,
 		SimOptions:        sim.DefaultOptions(),
+		AdapterCacheDir:   filepath.Join(".data", "worker", "adapters"),
+		AdapterMaxBytes:   4 << 30,
 	}
 }
 
@@ -75,6 +87,9 @@ func (f *Flags) Bind(l *config.Loader) {
 	l.String(&f.o.AdvertiseURL, "MAAS_ENGINE_ADVERTISE_URL", "engine-advertise-url", "", "engine URL given to control (default: the engine URL)")
 	l.Int(&f.o.Capacity, "MAAS_ENGINE_CAPACITY", "engine-capacity", 0, "most requests the backend is given at once; caps the limit the engine states (required when the engine states none)")
 	l.Bool(&f.jsonLogs, "MAAS_LOG_JSON", "log-json", false, "JSON log lines")
+	l.String(&f.o.AdapterCacheDir, "MAAS_ADAPTER_CACHE_DIR", "adapter-cache-dir", d.AdapterCacheDir, "directory of the LoRA adapters fetched from control (the engine must read this path)")
+	l.Int(&f.o.AdapterSlots, "MAAS_ENGINE_ADAPTER_SLOTS", "engine-adapter-slots", 0, "LoRA adapters the engine holds (0: from the engine's flags or the simulator)")
+	l.Int(&f.o.AdapterMaxBytes, "MAAS_ADAPTER_MAX_BYTES", "adapter-max-bytes", d.AdapterMaxBytes, "largest LoRA adapter archive (and extracted size) fetched")
 }
 
 // Options validates the settings and returns the options.
@@ -117,6 +132,15 @@ func (f *Flags) Options() (Options, error) {
 	}
 	if o.HeartbeatInterval < 100*time.Millisecond {
 		return o, &config.Error{Name: "MAAS_HEARTBEAT_INTERVAL", Msg: "must be at least 100ms"}
+	}
+	if o.AdapterSlots < 0 {
+		return o, &config.Error{Name: "MAAS_ENGINE_ADAPTER_SLOTS", Msg: "must not be negative"}
+	}
+	if o.AdapterMaxBytes <= 0 {
+		return o, &config.Error{Name: "MAAS_ADAPTER_MAX_BYTES", Msg: "must be positive"}
+	}
+	if o.AdapterCacheDir == "" {
+		return o, &config.Error{Name: "MAAS_ADAPTER_CACHE_DIR", Msg: "is empty"}
 	}
 	if o.Capacity < 0 {
 		return o, &config.Error{Name: "MAAS_ENGINE_CAPACITY", Msg: "must not be negative"}

@@ -51,8 +51,20 @@ var adapters = map[string]engine.Adapter{
 	registry.KindOpenAI:   openai.Adapter,
 }
 
-// simEngine is the in-process simulator: its load is read directly.
-type simEngine struct{ s *sim.Sim }
+// simEngine is the in-process simulator: its load is read directly; LoRA adapters are
+// loaded through its vLLM API, as a real vLLM's would be.
+type simEngine struct {
+	s    *sim.Sim
+	lora *engine.Client
+}
+
+func (e simEngine) LoadLoRA(ctx context.Context, name, path string) error {
+	return e.lora.LoadLoRA(ctx, name, path)
+}
+
+func (e simEngine) UnloadLoRA(ctx context.Context, name string) error {
+	return e.lora.UnloadLoRA(ctx, name)
+}
 
 func (e simEngine) Ready(context.Context) error { return nil }
 func (e simEngine) Models(context.Context) ([]string, error) {
@@ -135,7 +147,7 @@ func Run(ctx context.Context, o Options) error {
 			defer cancel()
 			_ = simSrv.Stop(sctx)
 		}()
-		eng = simEngine{simSrv}
+		eng = simEngine{s: simSrv, lora: engine.NewClient(vllm.Adapter, simSrv.URL())}
 		o.fill(simSrv.URL())
 		close(supDone)
 	default:
@@ -163,6 +175,13 @@ func Run(ctx context.Context, o Options) error {
 
 	w := &worker{o: o, log: log, m: m, eng: eng, adapter: adapter, cmdLimit: cmdLimit, now: time.Now,
 		cc: newControlClient(o.ControlURL, o.InternalToken)}
+	w.ad = w.adapterSyncer(simSrv)
+	if w.ad != nil {
+		syncCtx, stopSync := context.WithCancel(context.Background())
+		syncDone := make(chan struct{})
+		go func() { defer close(syncDone); w.ad.run(syncCtx) }()
+		defer func() { stopSync(); <-syncDone }()
+	}
 	if err := w.waitReady(ctx); err != nil {
 		if ctx.Err() != nil {
 			return nil // stopped before the engine came up: nothing registered
@@ -186,7 +205,55 @@ type worker struct {
 	models     []string
 	capacity   int // registered capacity
 	registered bool
-	downSince  time.Time // when the engine stopped answering; zero while it answers
+	downSince  time.Time    // when the engine stopped answering; zero while it answers
+	ad         *adapterSync // nil when the engine holds no adapters
+}
+
+// adapterSyncer returns the LoRA adapter syncer for the engine, or nil when it has no
+// adapter slots: the simulator's MAAS_SIM_MAX_LORAS (with its runtime LoRA API on), else
+// MAAS_ENGINE_ADAPTER_SLOTS, else the engine's command line (vLLM --enable-lora with
+// --max-cpu-loras or --max-loras; SGLang --max-loaded-loras or --max-loras-per-batch).
+func (w *worker) adapterSyncer(simSrv *sim.Sim) *adapterSync {
+	le, ok := w.eng.(loraEngine)
+	slots, from := 0, ""
+	switch {
+	case !ok:
+	case simSrv != nil:
+		if w.o.SimOptions.RuntimeLoRAUpdating {
+			slots, from = simSrv.MaxLoRAs(), "MAAS_SIM_MAX_LORAS"
+		}
+	case w.adapter.LoRA == nil:
+		if w.o.AdapterSlots > 0 {
+			w.log.Warn("MAAS_ENGINE_ADAPTER_SLOTS ignored: this engine kind cannot load LoRA adapters at run time", "engine_kind", w.o.EngineKind)
+		}
+	case w.o.AdapterSlots > 0:
+		slots, from = w.o.AdapterSlots, "MAAS_ENGINE_ADAPTER_SLOTS"
+	default:
+		slots, from = w.adapter.SlotsFromCommand(w.o.EngineCmd)
+	}
+	if slots <= 0 {
+		w.log.Info("no LoRA adapter slots: control places no adapter on this backend")
+		return nil
+	}
+	w.log.Info("LoRA adapters placed by control", "slots", slots, "slots_from", from, "cache_dir", w.o.AdapterCacheDir)
+	return newAdapterSync(le, w.cc.fetchArchive, w.o.AdapterCacheDir, int64(w.o.AdapterMaxBytes), slots,
+		w.o.HeartbeatInterval/2, w.log)
+}
+
+// served is the engine's model list with the adapters this worker placed replaced by those
+// it serves (an adapter being retired is still in the engine, no longer served).
+func (w *worker) served(models []string) []string {
+	if w.ad == nil {
+		return models
+	}
+	held := w.ad.Held()
+	out := make([]string, 0, len(models))
+	for _, m := range models {
+		if !slices.Contains(held, m) {
+			out = append(out, m)
+		}
+	}
+	return append(out, w.ad.Serving()...)
 }
 
 // waitReady polls the engine's health, then its models and its limit, until they answer.
@@ -300,12 +367,17 @@ func (w *worker) register(ctx context.Context) error {
 func (w *worker) loop(ctx context.Context) {
 	t := time.NewTicker(w.o.HeartbeatInterval)
 	defer t.Stop()
+	var changed chan struct{} // nil without adapters: never ready
+	if w.ad != nil {
+		changed = w.ad.changed
+	}
 	for {
 		w.beat(ctx, registry.StateHealthy)
 		select {
 		case <-ctx.Done():
 			return
 		case <-t.C:
+		case <-changed: // adapters loaded or retired: report at once
 		}
 	}
 }
@@ -328,11 +400,20 @@ func (w *worker) beat(ctx context.Context, wanted string) {
 		}
 	}
 	hb := registry.HeartbeatRequest{Load: load, State: state}
-	if models, err := w.eng.Models(ctx); err == nil && len(models) > 0 && !slices.Equal(models, w.models) {
-		w.log.Info("served models changed", "models", models)
-		w.models, hb.Models = models, models
+	if w.ad != nil {
+		hb.AdapterSlots, hb.Adapters = w.ad.slots, w.ad.Serving()
 	}
-	_, err = w.cc.heartbeat(ctx, w.o.BackendID, hb)
+	if models, err := w.eng.Models(ctx); err == nil && len(models) > 0 {
+		if models = w.served(models); !slices.Equal(models, w.models) {
+			w.log.Info("served models changed", "models", models)
+			w.models, hb.Models = models, models
+		}
+	}
+	var b registry.Backend
+	b, err = w.cc.heartbeat(ctx, w.o.BackendID, hb)
+	if err == nil && w.ad != nil && b.DesiredAdapters != nil {
+		w.ad.Desire(*b.DesiredAdapters)
+	}
 	switch {
 	case errors.Is(err, errBackendNotFound):
 		w.log.Warn("control forgot this backend; registering again", "backend_id", w.o.BackendID)
