@@ -12,6 +12,8 @@ import (
 	"os"
 	"path/filepath"
 	"regexp"
+	"strings"
+	"time"
 
 	"github.com/minio/minio-go/v7"
 	"github.com/minio/minio-go/v7/pkg/credentials"
@@ -27,6 +29,9 @@ type Blobs interface {
 	Get(ctx context.Context, key string) (io.ReadCloser, int64, error)
 	// Delete removes key; a key that is not there is no error.
 	Delete(ctx context.Context, key string) error
+	// List calls fn with every stored key and the time it was written, in no set order,
+	// and stops at fn's first error.
+	List(ctx context.Context, fn func(key string, written time.Time) error) error
 }
 
 // ErrBlobNotFound is Get's answer for a key that is not stored.
@@ -104,6 +109,33 @@ func (d Dir) Delete(_ context.Context, key string) error {
 	}
 	if err := os.Remove(filepath.Join(d.Path, key)); err != nil && !errors.Is(err, fs.ErrNotExist) {
 		return fmt.Errorf("file: delete blob: %w", err)
+	}
+	return nil
+}
+
+// List reads the directory; temporary files of uploads in progress are not keys.
+func (d Dir) List(_ context.Context, fn func(string, time.Time) error) error {
+	entries, err := os.ReadDir(d.Path)
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("file: list store directory: %w", err)
+	}
+	for _, e := range entries {
+		if !e.Type().IsRegular() || checkKey(e.Name()) != nil {
+			continue
+		}
+		info, err := e.Info()
+		if errors.Is(err, fs.ErrNotExist) {
+			continue // deleted meanwhile
+		}
+		if err != nil {
+			return fmt.Errorf("file: list store directory: %w", err)
+		}
+		if err := fn(e.Name(), info.ModTime()); err != nil {
+			return err
+		}
 	}
 	return nil
 }
@@ -207,6 +239,25 @@ func (s *S3) Delete(ctx context.Context, key string) error {
 	}
 	if err := s.c.RemoveObject(ctx, s.bucket, s.prefix+key, minio.RemoveObjectOptions{}); err != nil {
 		return s3Err("delete", err)
+	}
+	return nil
+}
+
+// List lists the objects under the store's prefix.
+func (s *S3) List(ctx context.Context, fn func(string, time.Time) error) error {
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel() // ends the listing goroutine when fn stops early
+	for obj := range s.c.ListObjects(ctx, s.bucket, minio.ListObjectsOptions{Prefix: s.prefix, Recursive: true}) {
+		if obj.Err != nil {
+			return s3Err("list", obj.Err)
+		}
+		key, ok := strings.CutPrefix(obj.Key, s.prefix)
+		if !ok || checkKey(key) != nil {
+			continue
+		}
+		if err := fn(key, obj.LastModified); err != nil {
+			return err
+		}
 	}
 	return nil
 }

@@ -9,6 +9,7 @@ import (
 	"os"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/johannesboyne/gofakes3"
 	"github.com/johannesboyne/gofakes3/backend/s3mem"
@@ -129,6 +130,34 @@ func TestBlobs(t *testing.T) {
 					if _, err := readBlob(t, b, key); !errors.Is(err, ErrBlobNotFound) {
 						t.Errorf("after a failed Put of %d bytes, Get: %v, want ErrBlobNotFound", size, err)
 					}
+				}
+			})
+			t.Run("list", func(t *testing.T) {
+				gone, kept := NewID(), NewID()
+				for _, key := range []string{gone, kept} {
+					if _, err := b.Put(ctx, key, strings.NewReader(key)); err != nil {
+						t.Fatal(err)
+					}
+				}
+				if err := b.Delete(ctx, gone); err != nil {
+					t.Fatal(err)
+				}
+				seen := map[string]time.Time{}
+				if err := b.List(ctx, func(key string, written time.Time) error {
+					seen[key] = written
+					return nil
+				}); err != nil {
+					t.Fatal(err)
+				}
+				if _, ok := seen[gone]; ok {
+					t.Errorf("deleted key %s is listed", gone)
+				}
+				if w, ok := seen[kept]; !ok || time.Since(w) > time.Minute || time.Until(w) > time.Minute {
+					t.Errorf("key %s listed %v (written %v)", kept, ok, w)
+				}
+				stop := errors.New("stop")
+				if err := b.List(ctx, func(string, time.Time) error { return stop }); !errors.Is(err, stop) {
+					t.Errorf("List did not stop at fn's error: %v", err)
 				}
 			})
 			t.Run("bad keys", func(t *testing.T) {

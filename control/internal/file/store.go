@@ -198,3 +198,20 @@ func (s store) delete(ctx context.Context, id string) (*File, error) {
 	}
 	return f, nil
 }
+
+// knownKeys reports which of keys a file row names.
+func (s store) knownKeys(ctx context.Context, keys []string) (map[string]bool, error) {
+	rows, err := s.db.Query(ctx, `SELECT storage_key FROM files WHERE storage_key = ANY($1)`, keys)
+	if err != nil {
+		return nil, fmt.Errorf("known keys: %w", err)
+	}
+	found, err := pgx.CollectRows(rows, pgx.RowTo[string])
+	if err != nil {
+		return nil, fmt.Errorf("known keys: %w", err)
+	}
+	out := make(map[string]bool, len(found))
+	for _, k := range found {
+		out[k] = true
+	}
+	return out, nil
+}

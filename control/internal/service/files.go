@@ -1,6 +1,7 @@
 package service
 
 import (
+	"context"
 	"log/slog"
 	"path/filepath"
 	"time"
@@ -24,6 +25,9 @@ type FilesOptions struct {
 	MaxTotalBytes int
 	// Timeout bounds one upload or download (MAAS_FILES_TIMEOUT).
 	Timeout time.Duration
+	// SweepInterval is how often stored content that no file names is removed
+	// (MAAS_FILES_SWEEP_INTERVAL, 0: never).
+	SweepInterval time.Duration
 	// S3 selects the S3-compatible store when S3.Endpoint is set (MAAS_FILES_S3_*).
 	S3 file.S3Options
 }
@@ -35,6 +39,7 @@ func bindFiles(l *config.Loader, o *FilesOptions) {
 	l.Int(&o.MaxCount, "MAAS_FILES_MAX_COUNT", "files-max-count", d.Limits.MaxCount, "files one user may keep (0: no limit)")
 	l.Int(&o.MaxTotalBytes, "MAAS_FILES_MAX_TOTAL_BYTES", "files-max-total-bytes", int(d.Limits.MaxTotal), "bytes one user's files may hold together (0: no limit)")
 	l.Duration(&o.Timeout, "MAAS_FILES_TIMEOUT", "files-timeout", d.Timeout, "time allowed for one file upload or download")
+	l.Duration(&o.SweepInterval, "MAAS_FILES_SWEEP_INTERVAL", "files-sweep-interval", time.Hour, "how often stored content that no file names (owner deleted, upload cut by a crash) is removed; 0: never")
 	l.String(&o.S3.Endpoint, "MAAS_FILES_S3_ENDPOINT", "files-s3-endpoint", "", "host[:port] of an S3-compatible store for files (empty: the local directory)")
 	l.String(&o.S3.Bucket, "MAAS_FILES_S3_BUCKET", "files-s3-bucket", "", "bucket of the S3 store (must exist)")
 	l.String(&o.S3.Prefix, "MAAS_FILES_S3_PREFIX", "files-s3-prefix", "files/", "prefix of every object key in the S3 store")
@@ -54,6 +59,8 @@ func (o FilesOptions) validate() error {
 		return &config.Error{Name: "MAAS_FILES_MAX_TOTAL_BYTES", Msg: "must not be negative"}
 	case o.Timeout <= 0:
 		return &config.Error{Name: "MAAS_FILES_TIMEOUT", Msg: "must be a positive duration"}
+	case o.SweepInterval < 0:
+		return &config.Error{Name: "MAAS_FILES_SWEEP_INTERVAL", Msg: "must not be negative"}
 	case o.S3.Endpoint != "" && o.S3.Bucket == "":
 		return &config.Error{Name: "MAAS_FILES_S3_BUCKET", Msg: "is required with MAAS_FILES_S3_ENDPOINT"}
 	case o.S3.Endpoint == "" && o.Dir == "":
@@ -87,4 +94,23 @@ func newFiles(pool *pgxpool.Pool, o FilesOptions, log *slog.Logger) (*file.Servi
 		fo.Blobs = file.Dir{Path: dir}
 	}
 	return file.New(pool, fo)
+}
+
+// startFileSweeper runs the files sweep every MAAS_FILES_SWEEP_INTERVAL on its own handle
+// of the store (the routes have theirs) until the returned stop is called.
+func startFileSweeper(pool *pgxpool.Pool, o FilesOptions, log *slog.Logger) (stop func(), err error) {
+	if o.SweepInterval <= 0 {
+		return func() {}, nil
+	}
+	files, err := newFiles(pool, o, log)
+	if err != nil {
+		return nil, err
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		files.RunSweeper(ctx, o.SweepInterval)
+	}()
+	return func() { cancel(); <-done }, nil
 }

@@ -2,6 +2,7 @@ package service
 
 import (
 	"bytes"
+	"context"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -431,5 +432,41 @@ func TestFilesCountLimitConcurrent(t *testing.T) {
 	}
 	if n := countStored(t, tc.Opts.Files.Dir); n != 3 {
 		t.Errorf("store holds %d files, want 3", n)
+	}
+}
+
+// TestFilesSweep: content no file names (its owner deleted, an upload cut by a crash) is
+// removed once it is older than the cutoff; a file's content is kept.
+func TestFilesSweep(t *testing.T) {
+	dir := t.TempDir()
+	tc := startControl(t, func(o *Options) {
+		o.Files = FilesOptions{Dir: dir, MaxBytes: 1 << 20, Timeout: time.Minute}
+	})
+	admin := tc.adminToken()
+	keep, gone := tc.createUser(admin, "user"), tc.createUser(admin, "user")
+	kept := tc.uploadFile(keep.Token, "keep.txt", "user_data", "keep")
+	lost := tc.uploadFile(gone.Token, "gone.txt", "user_data", "gone")
+	tc.call("DELETE", "/api/v1/users/"+itoa(gone.ID), admin, nil, 204) // its files' rows go with it
+	orphan := file.NewID()                                             // stored, never recorded
+	if _, err := (file.Dir{Path: dir}).Put(context.Background(), orphan, strings.NewReader("crash")); err != nil {
+		t.Fatal(err)
+	}
+	files, err := newFiles(tc.Pool, tc.Opts.Files, tc.Opts.logger())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n, err := files.Sweep(context.Background(), time.Now().Add(-time.Hour)); err != nil || n != 0 {
+		t.Errorf("sweep of content written after the cutoff removed %d (%v), want 0", n, err)
+	}
+	if n, err := files.Sweep(context.Background(), time.Now().Add(time.Minute)); err != nil || n != 2 {
+		t.Errorf("sweep removed %d (%v), want 2 (the deleted user's file and the orphan)", n, err)
+	}
+	for key, want := range map[string]bool{kept.ID: true, lost.ID: false, orphan: false} {
+		if _, err := os.Stat(dir + "/" + key); (err == nil) != want {
+			t.Errorf("%s stored: %v, want %v", key, err == nil, want)
+		}
+	}
+	if r := tc.call("GET", "/v1/files/"+kept.ID+"/content", keep.Token, nil, 200); string(r.Body) != "keep" {
+		t.Errorf("kept file's content: %q", r.Body)
 	}
 }

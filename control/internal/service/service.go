@@ -260,6 +260,12 @@ func Run(ctx context.Context, o Options, out io.Writer, ready func(addr string))
 		<-reaperDone
 	}()
 
+	stopSweeper, err := startFileSweeper(pool, o.Files, log)
+	if err != nil {
+		return err
+	}
+	defer stopSweeper()
+
 	err = srv.Serve(ctx, o.ShutdownGrace, func(addr string) {
 		log.Info("control listening", "addr", addr)
 		if ready != nil {
