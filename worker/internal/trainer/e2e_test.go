@@ -5,6 +5,8 @@ import (
 	"encoding/json"
 	"mime/multipart"
 	"net/http"
+	"regexp"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -163,4 +165,31 @@ func TestE2ETrainingWorkerWithControl(t *testing.T) {
 		t.Errorf("crashed job %+v (error %+v)\nworker:\n%s", bad, bad.Error, crashing.Output())
 	}
 	crashing.Stop(10 * time.Second)
+
+	// A worker killed mid-job: its trainer dies with it, the lease expires, and the job
+	// completes on another worker — here one that also serves the simulator engine.
+	doomed := testenv.Start(t, "worker-train-doomed", p.Bin.Worker, []string{"train"}, p.Env("MAAS_TRAINER_COMMAND=sim",
+		"MAAS_TRAIN_SIM_STEP_INTERVAL=100ms", "MAAS_TRAINER_POLL_INTERVAL=100ms", "MAAS_TRAINER_ID=doomed")...)
+	orphaned := createJob(t, p, dev, fileID, 20)
+	deadline = time.Now().Add(30 * time.Second)
+	for !strings.Contains(strings.Join(jobEvents(t, p, dev, orphaned.ID), "\n"), "Step 1/80") {
+		if time.Now().After(deadline) {
+			t.Fatalf("no progress from the job:\n%s", doomed.Output())
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	m := regexp.MustCompile(`msg="trainer started".* pid=(\d+)`).FindStringSubmatch(doomed.Output())
+	if m == nil {
+		t.Fatalf("no trainer pid in the worker's log:\n%s", doomed.Output())
+	}
+	trainerPID, _ := strconv.Atoi(m[1])
+	doomed.Kill()
+	waitGone(t, trainerPID)
+	_, _ = p.StartWorker([]string{"--engine", "sim"}, "MAAS_SIM_ADDR="+testenv.FreeAddr(t), "MAAS_TRAINER_COMMAND=sim",
+		"MAAS_TRAIN_SIM_STEP_INTERVAL=5ms", "MAAS_TRAINER_POLL_INTERVAL=100ms", "MAAS_TRAINER_ID=rescuer")
+	orphaned = waitJob(t, p, dev, orphaned.ID, func(j e2eJob) bool { return j.Status == "succeeded" || j.Status == "failed" })
+	claimed := "job=" + orphaned.ID + " worker=rescuer attempt=2"
+	if orphaned.Status != "succeeded" || !strings.Contains(p.Control.Output(), claimed) {
+		t.Errorf("job of the killed worker: %+v; control's log lacks %q", orphaned, claimed)
+	}
 }

@@ -89,8 +89,8 @@ func Run(ctx context.Context, s Spec) error {
 	cmd.Env = append(os.Environ(), s.Env...)
 	cmd.Stdin = nil
 	cmd.Stdout, cmd.Stderr = outW, errW
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
-	err = cmd.Start()
+	cmd.SysProcAttr = procAttr()
+	err = startLocked(cmd)
 	outW.Close() // the child holds its own copies; EOF comes when the last holder exits
 	errW.Close()
 	if err != nil {

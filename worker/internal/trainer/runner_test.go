@@ -25,6 +25,9 @@ func TestMain(m *testing.M) {
 		switch os.Args[1] {
 		case "train-sim":
 			os.Exit(trainsim.Main(os.Args[2:], os.Stdout, os.Stderr))
+		case "helper-run": // a worker that runs the trainer os.Args[2:] until killed
+			_ = Run(context.Background(), Spec{Args: os.Args[2:]})
+			os.Exit(0)
 		case "helper-args":
 			b, _ := json.Marshal(os.Args[2:])
 			if err := os.WriteFile(os.Getenv("HELPER_OUT"), b, 0o644); err != nil {
