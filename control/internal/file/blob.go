@@ -140,6 +140,30 @@ func (d Dir) List(_ context.Context, fn func(string, time.Time) error) error {
 	return nil
 }
 
+// sweepTemp removes temporary files of uploads written before cutoff (a crash mid-upload
+// leaves them behind).
+func (d Dir) sweepTemp(cutoff time.Time) (int, error) {
+	entries, err := os.ReadDir(d.Path)
+	if errors.Is(err, fs.ErrNotExist) {
+		return 0, nil
+	}
+	if err != nil {
+		return 0, fmt.Errorf("file: list store directory: %w", err)
+	}
+	n := 0
+	for _, e := range entries {
+		if !strings.HasPrefix(e.Name(), ".upload-") {
+			continue
+		}
+		if info, err := e.Info(); err == nil && info.ModTime().Before(cutoff) {
+			if err := os.Remove(filepath.Join(d.Path, e.Name())); err == nil {
+				n++
+			}
+		}
+	}
+	return n, nil
+}
+
 // S3Options configure an S3-compatible store (AWS S3, MinIO, Ceph RGW, R2, …).
 type S3Options struct {
 	Endpoint  string // host[:port], no scheme (MAAS_FILES_S3_ENDPOINT)

@@ -11,6 +11,10 @@
 // (CheckDataset: JSON Lines in the chat format; the first problem is a 400 naming its
 // line) and its examples and estimated tokens are recorded.
 //
+// A sweep (Service.Sweep, RunSweeper) removes stored content that no file names once it is
+// older than any upload in progress: files whose owner was deleted (the rows go with the
+// user), uploads cut off by a crash, content whose removal failed at delete.
+//
 // Visibility: a caller sees, downloads and deletes only their own files; an admin reaches
 // any file by id; everyone else gets the 404 of a file that does not exist.
 package file

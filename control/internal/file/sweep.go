@@ -50,6 +50,11 @@ func (s *Service) Sweep(ctx context.Context, cutoff time.Time) (int, error) {
 	if err == nil {
 		err = flush()
 	}
+	if d, ok := s.o.Blobs.(Dir); ok && err == nil {
+		var n int
+		n, err = d.sweepTemp(cutoff)
+		removed += n
+	}
 	if err != nil {
 		return removed, fmt.Errorf("file: sweep: %w", err)
 	}

@@ -451,6 +451,9 @@ func TestFilesSweep(t *testing.T) {
 	if _, err := (file.Dir{Path: dir}).Put(context.Background(), orphan, strings.NewReader("crash")); err != nil {
 		t.Fatal(err)
 	}
+	if err := os.WriteFile(dir+"/.upload-123", []byte("cut"), 0o600); err != nil { // a crash mid-upload
+		t.Fatal(err)
+	}
 	files, err := newFiles(tc.Pool, tc.Opts.Files, tc.Opts.logger())
 	if err != nil {
 		t.Fatal(err)
@@ -458,10 +461,10 @@ func TestFilesSweep(t *testing.T) {
 	if n, err := files.Sweep(context.Background(), time.Now().Add(-time.Hour)); err != nil || n != 0 {
 		t.Errorf("sweep of content written after the cutoff removed %d (%v), want 0", n, err)
 	}
-	if n, err := files.Sweep(context.Background(), time.Now().Add(time.Minute)); err != nil || n != 2 {
-		t.Errorf("sweep removed %d (%v), want 2 (the deleted user's file and the orphan)", n, err)
+	if n, err := files.Sweep(context.Background(), time.Now().Add(time.Minute)); err != nil || n != 3 {
+		t.Errorf("sweep removed %d (%v), want 3 (the deleted user's file, the orphan, the temporary file)", n, err)
 	}
-	for key, want := range map[string]bool{kept.ID: true, lost.ID: false, orphan: false} {
+	for key, want := range map[string]bool{kept.ID: true, lost.ID: false, orphan: false, ".upload-123": false} {
 		if _, err := os.Stat(dir + "/" + key); (err == nil) != want {
 			t.Errorf("%s stored: %v, want %v", key, err == nil, want)
 		}
