@@ -71,6 +71,7 @@ type adapterSync struct {
 	grace    time.Duration
 	log      *slog.Logger
 	now      func() time.Time
+	m        *metrics // nil in tests that need none
 
 	want    chan []registry.DesiredAdapter // the latest desired set (capacity 1)
 	changed chan struct{}                  // the served set changed: heartbeat early (capacity 1)
@@ -186,6 +187,7 @@ func (a *adapterSync) apply(ctx context.Context, desired []registry.DesiredAdapt
 		if err := os.RemoveAll(h.dir); err != nil {
 			a.log.Warn("adapter cache not removed", "dir", h.dir, "err", err)
 		}
+		a.count(func(m *metrics) { m.adapterUnloads.Inc() })
 		a.log.Info("adapter unloaded", "model", name)
 	}
 
@@ -216,6 +218,7 @@ func (a *adapterSync) apply(ctx context.Context, desired []registry.DesiredAdapt
 				a.failures[key] = f
 			}
 			f.at, f.wait = a.now(), min(2*f.wait, 5*time.Minute)
+			a.count(func(m *metrics) { m.adapterLoads.WithLabelValues("failed").Inc() })
 			if msg := err.Error(); msg != f.msg {
 				f.msg = msg
 				a.log.Warn("adapter load failed", "model", d.Name, "err", err, "retry_in", f.wait.String())
@@ -226,11 +229,37 @@ func (a *adapterSync) apply(ctx context.Context, desired []registry.DesiredAdapt
 		a.mu.Lock()
 		a.held[d.Name] = &heldAdapter{version: d.Version, dir: dir}
 		a.mu.Unlock()
+		a.count(func(m *metrics) { m.adapterLoads.WithLabelValues("loaded").Inc() })
 		changed = true
 		a.log.Info("adapter loaded", "model", d.Name, "base_model", d.BaseModel, "bytes", d.Bytes,
 			"took", a.now().Sub(start).Round(time.Millisecond).String())
 	}
 	return changed
+}
+
+// count updates the metrics, when there are any, and the loaded gauge.
+func (a *adapterSync) count(f func(*metrics)) {
+	if a.m == nil {
+		return
+	}
+	f(a.m)
+	a.mu.Lock()
+	n := len(a.held)
+	a.mu.Unlock()
+	a.m.adapters.Set(float64(n))
+}
+
+// Forget drops every adapter the syncer holds, their cached files kept: the engine
+// restarted and lost them. The next desired set loads them again (from the cache).
+func (a *adapterSync) Forget() {
+	a.mu.Lock()
+	n := len(a.held)
+	a.held = map[string]*heldAdapter{}
+	a.mu.Unlock()
+	if n > 0 {
+		a.log.Info("engine restarted: its LoRA adapters are loaded again", "adapters", n)
+	}
+	a.count(func(*metrics) {})
 }
 
 // cacheDir is where adapter d's files are kept: one directory per name and version.

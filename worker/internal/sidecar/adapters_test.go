@@ -328,3 +328,80 @@ func waitUntil(t *testing.T, what string, cond func() bool) {
 		time.Sleep(10 * time.Millisecond)
 	}
 }
+
+// fakeLoRA is a hand fake of loraEngine.
+type fakeLoRA struct {
+	mu     sync.Mutex
+	loaded map[string]string
+	loads  int
+	fail   error
+}
+
+func (e *fakeLoRA) LoadLoRA(_ context.Context, name, path string) error {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	e.loads++
+	if e.fail != nil {
+		return e.fail
+	}
+	if _, err := os.Stat(filepath.Join(path, adapterConfig)); err != nil {
+		return err
+	}
+	e.loaded[name] = path
+	return nil
+}
+
+func (e *fakeLoRA) UnloadLoRA(_ context.Context, name string) error {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	delete(e.loaded, name)
+	return nil
+}
+
+func TestAdapterSyncRestartAndBackoff(t *testing.T) {
+	eng := &fakeLoRA{loaded: map[string]string{}}
+	fetches := 0
+	archive := peftTar(t)
+	fetch := func(_ context.Context, url string) (io.ReadCloser, error) {
+		fetches++
+		return io.NopCloser(bytes.NewReader(archive)), nil
+	}
+	a := newAdapterSync(eng, fetch, t.TempDir(), 1<<20, 2, 0, slog.New(slog.DiscardHandler))
+	now := time.Unix(1000, 0)
+	a.now = func() time.Time { return now }
+	ctx := context.Background()
+	d := desired("ft:x", "ftjob-xxxxxxxx")
+
+	if !a.apply(ctx, []registry.DesiredAdapter{d}) || eng.loaded["ft:x"] == "" || fetches != 1 {
+		t.Fatalf("first apply: engine %v, fetches %d", eng.loaded, fetches)
+	}
+	if a.apply(ctx, []registry.DesiredAdapter{d}) || eng.loads != 1 {
+		t.Fatalf("a second apply changed something: loads %d", eng.loads)
+	}
+	// The engine restarts empty: after Forget the adapter is loaded again, from the cache.
+	eng.loaded = map[string]string{}
+	a.Forget()
+	if got := a.Serving(); len(got) != 0 {
+		t.Fatalf("serving after Forget: %v", got)
+	}
+	if !a.apply(ctx, []registry.DesiredAdapter{d}) || eng.loaded["ft:x"] == "" || fetches != 1 {
+		t.Fatalf("after the restart: engine %v, fetches %d", eng.loaded, fetches)
+	}
+
+	// A load the engine refuses is retried after a backoff, not at every heartbeat.
+	e := desired("ft:y", "ftjob-yyyyyyyy")
+	eng.fail = io.ErrUnexpectedEOF
+	a.apply(ctx, []registry.DesiredAdapter{d, e})
+	a.apply(ctx, []registry.DesiredAdapter{d, e})
+	if eng.loads != 3 {
+		t.Fatalf("loads %d, want 3 (x twice, y once before its backoff)", eng.loads)
+	}
+	now = now.Add(6 * time.Second)
+	eng.fail = nil
+	if !a.apply(ctx, []registry.DesiredAdapter{d, e}) || eng.loaded["ft:y"] == "" {
+		t.Fatalf("after the backoff: engine %v", eng.loaded)
+	}
+	if got := a.Serving(); !slices.Equal(got, []string{"ft:x", "ft:y"}) {
+		t.Errorf("serving %v", got)
+	}
+}

@@ -10,6 +10,9 @@ type metrics struct {
 	engineRestarts                 prometheus.Counter
 	running, waiting, kvCache      prometheus.Gauge
 	capacity                       prometheus.Gauge
+	adapters                       prometheus.Gauge
+	adapterLoads                   *prometheus.CounterVec
+	adapterUnloads                 prometheus.Counter
 }
 
 func newMetrics(reg prometheus.Registerer) *metrics {
@@ -30,7 +33,14 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 		waiting:           g("maas_worker_engine_waiting_requests", "Requests waiting in the engine's queue (last scrape)."),
 		kvCache:           g("maas_worker_engine_kv_cache_usage_ratio", "Engine KV-cache usage, 0..1 (last scrape)."),
 		capacity:          g("maas_worker_engine_capacity", "Capacity registered for the backend: the engine's concurrency limit, capped by MAAS_ENGINE_CAPACITY."),
+		adapters:          g("maas_worker_adapters_loaded", "LoRA adapters loaded in the engine as control placed them (retiring ones included)."),
+		adapterLoads: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "maas_worker_adapter_loads_total",
+			Help: "LoRA adapter loads: result=loaded, or failed (fetch, archive or engine refused; retried with backoff)."}, []string{"result"}),
+		adapterUnloads: c("maas_worker_adapter_unloads_total", "LoRA adapters unloaded because control no longer placed them here."),
 	}
+	m.adapterLoads.WithLabelValues("loaded")
+	m.adapterLoads.WithLabelValues("failed")
+	reg.MustRegister(m.adapters, m.adapterLoads, m.adapterUnloads)
 	reg.MustRegister(m.registered, m.draining, m.engineUp, m.heartbeatFailures, m.scrapeFailures, m.engineRestarts, m.running, m.waiting, m.kvCache, m.capacity)
 	return m
 }

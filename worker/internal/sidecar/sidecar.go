@@ -236,8 +236,10 @@ func (w *worker) adapterSyncer(simSrv *sim.Sim) *adapterSync {
 		return nil
 	}
 	w.log.Info("LoRA adapters placed by control", "slots", slots, "slots_from", from, "cache_dir", w.o.AdapterCacheDir)
-	return newAdapterSync(le, w.cc.fetchArchive, w.o.AdapterCacheDir, int64(w.o.AdapterMaxBytes), slots,
+	a := newAdapterSync(le, w.cc.fetchArchive, w.o.AdapterCacheDir, int64(w.o.AdapterMaxBytes), slots,
 		w.o.HeartbeatInterval/2, w.log)
+	a.m = w.m
+	return a
 }
 
 // served is the engine's model list with the adapters this worker placed replaced by those
@@ -335,6 +337,9 @@ func (w *worker) engineUp(ctx context.Context) {
 	}
 	down := w.now().Sub(w.downSince)
 	w.downSince = time.Time{}
+	if w.ad != nil {
+		w.ad.Forget() // a restarted engine holds none of them
+	}
 	w.log.Info("engine recovered; reporting the backend healthy", "down_for", down.Round(time.Millisecond).String())
 	c, from, err := w.readCapacity(ctx)
 	switch {
