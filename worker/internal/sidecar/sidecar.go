@@ -5,7 +5,8 @@
 // forgot it), marks it unhealthy while the engine is down — logging once when it goes down
 // and once when it recovers, with how long it was down — and on shutdown drains (state
 // draining, wait for in-flight requests to finish or the grace period to end), deregisters
-// and stops the engine it owns.
+// and stops the engine it owns. It loads and unloads LoRA adapters in the engine as control
+// places them, and serves them among the engine's models (adapters.go).
 package sidecar
 
 import (

@@ -61,3 +61,43 @@ func TestSettings(t *testing.T) {
 		})
 	}
 }
+
+func TestLoRASettings(t *testing.T) {
+	for _, tt := range []struct {
+		name    string
+		env     map[string]string
+		slots   int
+		runtime bool
+		err     string
+	}{
+		{"defaults", nil, 8, true, ""},
+		{"environment", map[string]string{"MAAS_SIM_MAX_LORAS": "3", "MAAS_SIM_RUNTIME_LORA_UPDATING": "false"}, 3, false, ""},
+		{"negative", map[string]string{"MAAS_SIM_MAX_LORAS": "-1"}, 0, false, "MAAS_SIM_MAX_LORAS"},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			for k, v := range tt.env {
+				t.Setenv(k, v)
+			}
+			l, err := config.NewLoader("sim", t.TempDir())
+			if err != nil {
+				t.Fatal(err)
+			}
+			var f Flags
+			f.Bind(l)
+			if err := l.Parse(nil); err != nil {
+				t.Fatal(err)
+			}
+			o, err := f.Options()
+			if tt.err != "" {
+				var ce *config.Error
+				if !errors.As(err, &ce) || ce.Name != tt.err {
+					t.Errorf("error %v, want one naming %s", err, tt.err)
+				}
+				return
+			}
+			if err != nil || o.MaxLoRAs != tt.slots || o.RuntimeLoRAUpdating != tt.runtime {
+				t.Errorf("MaxLoRAs %d, RuntimeLoRAUpdating %v, err %v", o.MaxLoRAs, o.RuntimeLoRAUpdating, err)
+			}
+		})
+	}
+}
