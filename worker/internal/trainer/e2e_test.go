@@ -150,7 +150,7 @@ func TestE2ETrainingWorkerWithControl(t *testing.T) {
 	if got := waitJob(t, p, dev, long.ID, func(e2eJob) bool { return true }); got.Status != "cancelled" {
 		t.Errorf("cancelled job is %s", got.Status)
 	}
-	if !strings.Contains(worker.Output(), "stopped by control") {
+	if !regexp.MustCompile(`stopped by control.*reason=cancelled`).MatchString(worker.Output()) {
 		t.Errorf("the worker did not log the stop:\n%s", worker.Output())
 	}
 	worker.Stop(10 * time.Second)

@@ -73,6 +73,18 @@ func TestParseTemplate(t *testing.T) {
 	}
 }
 
+func TestTemplateArgs(t *testing.T) {
+	tpl, err := ParseTemplate(`train --cfg='{"model":"{base_model}","r":{lora_rank}}' --lr={learning_rate_multiplier}x {validation_file}`)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := tpl.Args(map[string]string{"base_model": "org/m {seed}", "lora_rank": "8", "learning_rate_multiplier": "0.5"})
+	want := []string{"train", `--cfg={"model":"org/m {seed}","r":8}`, "--lr=0.5x", ""}
+	if strings.Join(got, "|") != strings.Join(want, "|") {
+		t.Errorf("args %q, want %q (a value is not expanded again)", got, want)
+	}
+}
+
 // A job's values stay one literal argument each: no shell ever sees them.
 func TestRunNoShellInjection(t *testing.T) {
 	dir := t.TempDir()

@@ -118,7 +118,7 @@ func (w *Worker) runTask(ctx context.Context, t *training.Task) error {
 		err := retry(jobCtx, 4, func() error { _, err := w.c.download(jobCtx, t, f.f, f.path); return err })
 		switch {
 		case err == nil:
-		case w.stopped(jobCtx, log):
+		case w.stopped(jobCtx, t, log):
 			return nil
 		case permanent(err):
 			return w.finish(ctx, t, log, stopHeartbeat, training.FailRequest{Code: "file_unavailable",
@@ -144,7 +144,7 @@ func (w *Worker) runTask(ctx context.Context, t *training.Task) error {
 	}
 	runErr := Run(jobCtx, Spec{Args: w.o.Command.Args(values), Dir: dir, Timeout: w.o.Timeout, StopGrace: w.o.StopGrace,
 		OnProgress: rep.add, Logger: log})
-	if w.stopped(jobCtx, log) {
+	if w.stopped(jobCtx, t, log) {
 		return nil
 	}
 	reporterClosed = true
@@ -178,7 +178,7 @@ func (w *Worker) runTask(ctx context.Context, t *training.Task) error {
 		return fmt.Errorf("archive the adapter: %w", err)
 	}
 	if err := retry(jobCtx, 4, func() error { return w.c.putAdapter(jobCtx, t, archive) }); err != nil {
-		if w.stopped(jobCtx, log) || errors.Is(err, errLeaseLost) {
+		if w.stopped(jobCtx, t, log) || errors.Is(err, errLeaseLost) {
 			return nil
 		}
 		return err
@@ -217,13 +217,23 @@ func (w *Worker) finish(ctx context.Context, t *training.Task, log *slog.Logger,
 
 // stopped reports whether the job ended because control stopped it or the worker is
 // shutting down, and logs which.
-func (w *Worker) stopped(jobCtx context.Context, log *slog.Logger) bool {
+func (w *Worker) stopped(jobCtx context.Context, t *training.Task, log *slog.Logger) bool {
 	if jobCtx.Err() == nil {
 		return false
 	}
 	var se *stopError
 	if errors.As(context.Cause(jobCtx), &se) {
-		log.Info("fine-tuning job stopped by control; trainer stopped", "reason", se.reason)
+		reason := se.reason
+		if reason == training.LeaseLostCode {
+			// A refused events call says only that the lease is gone; a heartbeat says why
+			// (cancelled, failed…) when the job has ended.
+			ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+			if r, err := w.c.heartbeat(ctx, t, w.o.WorkerID); err == nil && r.Action == training.ActionStop && r.Reason != "" {
+				reason = r.Reason
+			}
+			cancel()
+		}
+		log.Info("fine-tuning job stopped by control; trainer stopped", "reason", reason)
 	} else {
 		log.Warn("worker stopping: trainer stopped; control re-queues the job when its lease expires")
 	}
