@@ -193,3 +193,20 @@ func TestE2ETrainingWorkerWithControl(t *testing.T) {
 		t.Errorf("job of the killed worker: %+v; control's log lacks %q", orphaned, claimed)
 	}
 }
+
+// A training worker with an invalid setting exits 2 and names it.
+func TestE2ETrainInvalidConfigExits2(t *testing.T) {
+	bin := testenv.Build(t)
+	for _, tc := range []struct{ env, want string }{
+		{"MAAS_TRAINER_COMMAND=train.py {base_modle}", "MAAS_TRAINER_COMMAND: unknown placeholder {base_modle}"},
+		{"MAAS_TRAINER_COMMAND=", "MAAS_TRAINER_COMMAND: is required"},
+		{"MAAS_TRAINER_GPUS=-1", "MAAS_TRAINER_GPUS: must not be negative"},
+	} {
+		p := testenv.Start(t, "worker-train", bin.Worker, []string{"train"},
+			"MAAS_INTERNAL_TOKEN=test-internal-token-0123456789", "MAAS_TRAINER_COMMAND=sim", tc.env)
+		code, ok := p.Wait(10 * time.Second)
+		if !ok || code != 2 || !strings.Contains(p.Output(), tc.want) {
+			t.Errorf("%s: exit %d (exited %v), output %q; want 2 with %q", tc.env, code, ok, p.Output(), tc.want)
+		}
+	}
+}

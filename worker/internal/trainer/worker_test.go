@@ -180,6 +180,12 @@ const dataset = `{"messages":[{"role":"user","content":"hi"},{"role":"assistant"
 // startWorker runs a training Worker against f until the test ends; it returns the
 // work directory and a channel closed when Run returns.
 func startWorker(t *testing.T, f *fakeControl, cmd Template, mod func(*Options)) (string, <-chan struct{}) {
+	dir, done, _ := startWorkerCancel(t, f, cmd, mod)
+	return dir, done
+}
+
+// startWorkerCancel is startWorker that also returns the function stopping the worker.
+func startWorkerCancel(t *testing.T, f *fakeControl, cmd Template, mod func(*Options)) (string, <-chan struct{}, context.CancelFunc) {
 	t.Helper()
 	workDir := t.TempDir()
 	o := DefaultOptions()
@@ -204,7 +210,7 @@ func startWorker(t *testing.T, f *fakeControl, cmd Template, mod func(*Options))
 			t.Error("worker did not stop")
 		}
 	})
-	return workDir, done
+	return workDir, done, cancel
 }
 
 func waitClosed(t *testing.T, c <-chan struct{}, what string) {
@@ -399,5 +405,23 @@ func TestWorkerFailsOnMissingDataset(t *testing.T) {
 	defer f.lock()()
 	if f.fail == nil || f.fail.Code != "file_unavailable" || !strings.Contains(f.fail.Message, "file-train") {
 		t.Errorf("fail %+v", f.fail)
+	}
+}
+
+// The worker shutting down mid-job stops its trainer and sends no verdict: control
+// re-queues the job when its lease expires.
+func TestWorkerShutdownStopsTrainer(t *testing.T) {
+	f := newFakeControl(t, dataset, "")
+	pidFile := filepath.Join(t.TempDir(), "trainer")
+	cmd := mustTemplate(t, "/bin/sh", "-c", `echo $$ > "$1"; exec sleep 300`, "trainer", pidFile)
+	workDir, done, stop := startWorkerCancel(t, f, cmd, nil)
+	pid, _ := strconv.Atoi(waitFile(t, pidFile))
+	stop()
+	waitClosed(t, done, "worker stopped")
+	waitGone(t, pid)
+	emptyDir(t, workDir)
+	defer f.lock()()
+	if f.complete != nil || f.fail != nil {
+		t.Errorf("verdict sent on shutdown: complete %+v, fail %+v", f.complete, f.fail)
 	}
 }
