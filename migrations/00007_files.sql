@@ -8,7 +8,7 @@ CREATE TABLE files (
     id           TEXT        NOT NULL UNIQUE CHECK (id ~ '^file-[A-Za-z0-9]{8,64}$'),
     user_id      BIGINT      NOT NULL REFERENCES users (id) ON DELETE CASCADE,
     filename     TEXT        NOT NULL CHECK (filename <> '' AND octet_length(filename) <= 255),
-    purpose      TEXT        NOT NULL CHECK (purpose IN ('fine-tune', 'batch', 'assistants', 'user_data')),
+    purpose      TEXT        NOT NULL CHECK (purpose IN ('fine-tune', 'batch', 'assistants', 'user_data', 'fine-tune-results', 'batch_output')),
     bytes        BIGINT      NOT NULL CHECK (bytes >= 0),
     storage_key  TEXT        NOT NULL,
     status       TEXT        NOT NULL DEFAULT 'processed' CHECK (status IN ('uploaded', 'processed', 'error')),

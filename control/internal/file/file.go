@@ -154,6 +154,25 @@ func (s *Service) Create(ctx context.Context, up Upload) (*File, error) {
 	return f, nil
 }
 
+// CreateOutput records content the platform produced for a user, under one of
+// OutputPurposes. Such files do not count against the user's upload limits (a finished job
+// must not fail because its owner's storage is full), but still obey MAAS_FILES_MAX_BYTES.
+func (s *Service) CreateOutput(ctx context.Context, up Upload) (*File, error) {
+	if !slices.Contains(OutputPurposes, up.Purpose) {
+		return nil, fmt.Errorf("file: %q is not an output purpose", up.Purpose)
+	}
+	f, err := s.stage(ctx, up.UserID, up.Content)
+	if err != nil {
+		return nil, err
+	}
+	f.Filename, f.Purpose = up.Filename, up.Purpose
+	if err := s.store.insert(ctx, f, Limits{}); err != nil {
+		s.discard(ctx, f)
+		return nil, apierr.Wrap(err, "record file")
+	}
+	return f, nil
+}
+
 func checkPurpose(p string) error {
 	if !slices.Contains(Purposes, p) {
 		return apierr.Param("purpose", "purpose must be one of fine-tune, batch, assistants, user_data (got %q)", p)

@@ -7,6 +7,7 @@ import (
 	"io"
 	"mime"
 	"mime/multipart"
+	"slices"
 	"strconv"
 	"strings"
 	"unicode"
@@ -208,8 +209,10 @@ func (s *Service) handleList(c *server.Call) error {
 	}
 	if raw := args.Peek("purpose"); raw != nil {
 		q.Purpose = string(raw)
-		if err := checkPurpose(q.Purpose); err != nil {
-			return err
+		if !slices.Contains(OutputPurposes, q.Purpose) {
+			if err := checkPurpose(q.Purpose); err != nil {
+				return err
+			}
 		}
 	}
 	files, err := s.store.list(c.Ctx, q)

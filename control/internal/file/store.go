@@ -32,6 +32,11 @@ var (
 // Purposes a file may be uploaded for.
 var Purposes = []string{"fine-tune", "batch", "assistants", "user_data"}
 
+// OutputPurposes are the purposes of files the platform writes for a user (a fine-tuning
+// job's metrics, a batch's results), as OpenAI names them. They cannot be uploaded; they
+// are listed, read and deleted like any file.
+var OutputPurposes = []string{"fine-tune-results", "batch_output"}
+
 // File is a stored file as OpenAI's Files API shows it.
 type File struct {
 	ID        string `json:"id"`

@@ -135,7 +135,8 @@ func (a fileAdapter) Open(ctx context.Context, id string) (io.ReadCloser, error)
 }
 
 func (a fileAdapter) Create(ctx context.Context, userID int64, purpose, filename string, content []byte) (finetune.File, error) {
-	f, err := a.s.Create(ctx, file.Upload{UserID: userID, Filename: filename, Purpose: purpose, Content: bytes.NewReader(content)})
+	// finetune creates only its result files (purpose fine-tune-results).
+	f, err := a.s.CreateOutput(ctx, file.Upload{UserID: userID, Filename: filename, Purpose: purpose, Content: bytes.NewReader(content)})
 	if err != nil {
 		return finetune.File{}, err
 	}

@@ -5,12 +5,10 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
-	"slices"
 	"strings"
 	"testing"
 	"time"
 
-	"github.com/maas-platform/maas/control/internal/file"
 	"github.com/maas-platform/maas/control/internal/finetune"
 	"github.com/maas-platform/maas/pkg/training"
 )
@@ -215,24 +213,17 @@ func TestFineTuneLifecycle(t *testing.T) {
 		t.Errorf("adapter download: %d bytes, want %d", len(got.Body), len(adapter))
 	}
 
-	// The metrics CSV result file, once the Files API accepts the purpose fine-tune-results;
-	// until then the job says why it has none.
-	if slices.Contains(file.Purposes, finetune.PurposeResults) {
-		if len(done.ResultFiles) != 1 {
-			t.Fatalf("result_files %v", done.ResultFiles)
-		}
-		csv := tc.call("GET", "/v1/files/"+done.ResultFiles[0]+"/content", dev.Token, nil, 200)
-		if want := "step,train_loss,train_accuracy,valid_loss,valid_mean_token_accuracy\n1,2.5,,,\n2,1.75,,1.9,\n3,1.25,,,\n"; string(csv.Body) != want {
-			t.Errorf("metrics CSV:\n%s\nwant:\n%s", csv.Body, want)
-		}
-	} else {
-		warned := false
-		for _, e := range tc.events(dev.Token, j.ID, "?limit=100").Data {
-			warned = warned || (e.Level == "warn" && strings.Contains(e.Message, "metrics result file could not be stored"))
-		}
-		if len(done.ResultFiles) != 0 || !warned {
-			t.Errorf("result_files %v without the purpose in the Files API; warned %v", done.ResultFiles, warned)
-		}
+	// The metrics CSV result file: a file of purpose fine-tune-results the owner can read
+	// and list.
+	if len(done.ResultFiles) != 1 {
+		t.Fatalf("result_files %v", done.ResultFiles)
+	}
+	csv := tc.call("GET", "/v1/files/"+done.ResultFiles[0]+"/content", dev.Token, nil, 200)
+	if want := "step,train_loss,train_accuracy,valid_loss,valid_mean_token_accuracy\n1,2.5,,,\n2,1.75,,1.9,\n3,1.25,,,\n"; string(csv.Body) != want {
+		t.Errorf("metrics CSV:\n%s\nwant:\n%s", csv.Body, want)
+	}
+	if l := tc.call("GET", "/v1/files?purpose=fine-tune-results", dev.Token, nil, 200); !bytes.Contains(l.Body, []byte(done.ResultFiles[0])) {
+		t.Errorf("the result file is not listed under its purpose: %s", l.Body)
 	}
 
 	// Events, newest first, paginated without overlap.
