@@ -19,8 +19,13 @@ type Options struct {
 	// Command is the trainer's command template (MAAS_TRAINER_COMMAND).
 	Command Template
 	// GPUs is the GPU count this worker offers (MAAS_TRAINER_GPUS): sent with each claim and
-	// given to the trainer as {gpus}. The worker runs one job at a time on all of them.
+	// given to the trainer as {gpus}. The worker runs one job at a time on all of them,
+	// unless GPUsPerJob splits them.
 	GPUs int
+	// GPUsPerJob (MAAS_TRAINER_GPUS_PER_JOB; 0 = all) splits the GPUs into GPUs/GPUsPerJob
+	// slots that each run a job, the trainer seeing its own devices in
+	// CUDA_VISIBLE_DEVICES (taken from the worker's CUDA_VISIBLE_DEVICES when set).
+	GPUsPerJob int
 	// Timeout ends a trainer that runs longer, failing its job (MAAS_TRAINER_TIMEOUT).
 	Timeout time.Duration
 	// StopGrace is how long a stopped trainer has between SIGTERM and SIGKILL
@@ -49,6 +54,10 @@ func (o *Options) validate() error {
 		return &config.Error{Name: "MAAS_TRAINER_COMMAND", Msg: "is empty"}
 	case o.GPUs < 0:
 		return &config.Error{Name: "MAAS_TRAINER_GPUS", Msg: "must not be negative"}
+	case o.GPUsPerJob < 0 || (o.GPUsPerJob > 0 && o.GPUsPerJob < o.GPUs && o.GPUs%o.GPUsPerJob != 0):
+		return &config.Error{Name: "MAAS_TRAINER_GPUS_PER_JOB", Msg: fmt.Sprintf("must divide MAAS_TRAINER_GPUS (%d), or be 0 for one job on all of them", o.GPUs)}
+	case o.GPUsPerJob > 0 && o.GPUsPerJob < o.GPUs && len(visibleDevices(o.GPUs)) < o.GPUs:
+		return &config.Error{Name: "MAAS_TRAINER_GPUS", Msg: fmt.Sprintf("%d GPUs declared but CUDA_VISIBLE_DEVICES lists %d", o.GPUs, len(visibleDevices(o.GPUs)))}
 	case o.Timeout < 0:
 		return &config.Error{Name: "MAAS_TRAINER_TIMEOUT", Msg: "must not be negative (0 = no limit)"}
 	case o.StopGrace <= 0:
@@ -102,6 +111,7 @@ func (f *Flags) Bind(l *config.Loader) {
 	l.String(&f.command, "MAAS_TRAINER_COMMAND", "trainer-command", "",
 		`trainer command template; "sim" = the built-in simulated trainer; empty = no training (placeholders: {`+strings.Join(Placeholders, "} {")+"})")
 	l.Int(&f.o.GPUs, "MAAS_TRAINER_GPUS", "trainer-gpus", d.GPUs, "GPUs this worker offers to training (one job at a time)")
+	l.Int(&f.o.GPUsPerJob, "MAAS_TRAINER_GPUS_PER_JOB", "trainer-gpus-per-job", 0, "GPUs per job: runs MAAS_TRAINER_GPUS / this many jobs at once, each with its own CUDA_VISIBLE_DEVICES; 0 = one job on all GPUs")
 	l.Duration(&f.o.Timeout, "MAAS_TRAINER_TIMEOUT", "trainer-timeout", d.Timeout, "longest training run; 0 = no limit")
 	l.Duration(&f.o.StopGrace, "MAAS_TRAINER_STOP_GRACE", "trainer-stop-grace", d.StopGrace, "SIGTERM → SIGKILL delay when a trainer is stopped")
 	l.Duration(&f.o.PollInterval, "MAAS_TRAINER_POLL_INTERVAL", "trainer-poll-interval", d.PollInterval, "wait between claims when no job is queued")

@@ -8,6 +8,7 @@ import (
 	"os"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"sync"
 	"time"
 
@@ -29,25 +30,79 @@ func New(o Options) (*Worker, error) {
 	return &Worker{o: o, c: newClient(o.ControlURL, o.InternalToken)}, nil
 }
 
-// Run claims and runs jobs until ctx ends. A job running then has its trainer stopped and
-// is left to control, which gives it to another worker once its lease expires.
+// slot is one share of the worker's GPUs that runs one job at a time.
+type slot struct {
+	id      string   // the worker id given to control
+	gpus    int      // {gpus} and ClaimRequest.GPUs
+	devices []string // CUDA_VISIBLE_DEVICES for its trainer; nil = inherit the worker's
+	log     *slog.Logger
+}
+
+// slots splits the worker's GPUs: one slot with all of them, or GPUs / GPUsPerJob slots
+// each with its own devices (from the worker's CUDA_VISIBLE_DEVICES when set, else
+// 0…GPUs-1).
+func (w *Worker) slots() []slot {
+	per := w.o.GPUsPerJob
+	if per <= 0 || per >= w.o.GPUs {
+		return []slot{{id: w.o.WorkerID, gpus: w.o.GPUs, log: w.o.Logger}}
+	}
+	devices := visibleDevices(w.o.GPUs)
+	var out []slot
+	for i := 0; (i+1)*per <= len(devices); i++ {
+		d := devices[i*per : (i+1)*per]
+		out = append(out, slot{id: fmt.Sprintf("%s-gpu%s", w.o.WorkerID, strings.Join(d, "-")), gpus: per, devices: d,
+			log: w.o.Logger.With("gpus", strings.Join(d, ","))})
+	}
+	return out
+}
+
+// visibleDevices is the worker's CUDA_VISIBLE_DEVICES list, or 0…n-1, cut to n entries.
+func visibleDevices(n int) []string {
+	var devices []string
+	if v := strings.TrimSpace(os.Getenv("CUDA_VISIBLE_DEVICES")); v != "" {
+		for _, d := range strings.Split(v, ",") {
+			if d = strings.TrimSpace(d); d != "" {
+				devices = append(devices, d)
+			}
+		}
+	} else {
+		for i := range n {
+			devices = append(devices, strconv.Itoa(i))
+		}
+	}
+	return devices[:min(n, len(devices))]
+}
+
+// Run claims and runs jobs until ctx ends: one at a time, or one per GPU slot when
+// GPUsPerJob splits the GPUs. A job running then has its trainer stopped and is left to
+// control, which gives it to another worker once its lease expires.
 func (w *Worker) Run(ctx context.Context) error {
-	log := w.o.Logger
-	log.Info("training worker started", "worker_id", w.o.WorkerID, "gpus", w.o.GPUs, "trainer", w.o.Command.Words()[0])
+	slots := w.slots()
+	w.o.Logger.Info("training worker started", "worker_id", w.o.WorkerID, "gpus", w.o.GPUs, "slots", len(slots), "trainer", w.o.Command.Words()[0])
+	var wg sync.WaitGroup
+	for _, s := range slots {
+		wg.Go(func() { w.loop(ctx, s) })
+	}
+	wg.Wait()
+	return nil
+}
+
+// loop claims and runs jobs on slot s until ctx ends.
+func (w *Worker) loop(ctx context.Context, s slot) {
 	backoff := w.o.PollInterval
 	for ctx.Err() == nil {
-		t, err := w.c.claim(ctx, training.ClaimRequest{WorkerID: w.o.WorkerID, GPUs: w.o.GPUs, LeaseSeconds: w.o.Lease.Seconds()})
+		t, err := w.c.claim(ctx, training.ClaimRequest{WorkerID: s.id, GPUs: s.gpus, LeaseSeconds: w.o.Lease.Seconds()})
 		wait := w.o.PollInterval
 		switch {
 		case ctx.Err() != nil:
-			return nil
+			return
 		case err != nil:
-			log.Warn("claim a fine-tuning job", "err", err, "retry_in", backoff)
+			s.log.Warn("claim a fine-tuning job", "err", err, "retry_in", backoff)
 			wait, backoff = backoff, min(2*backoff, 30*time.Second)
 		case t != nil:
 			backoff = w.o.PollInterval
-			if err := w.runTask(ctx, t); err != nil {
-				log.Error("fine-tuning job abandoned; control re-queues it when its lease expires", "job", t.JobID, "err", err)
+			if err := w.runTask(ctx, s, t); err != nil {
+				s.log.Error("fine-tuning job abandoned; control re-queues it when its lease expires", "job", t.JobID, "err", err)
 			} else {
 				continue // look for the next job at once
 			}
@@ -58,11 +113,10 @@ func (w *Worker) Run(ctx context.Context) error {
 		select {
 		case <-ctx.Done():
 			timer.Stop()
-			return nil
+			return
 		case <-timer.C:
 		}
 	}
-	return nil
 }
 
 // stopError is control telling the worker to stop a job (cancelled, lease lost).
@@ -72,8 +126,8 @@ func (e *stopError) Error() string { return "control stopped the job: " + e.reas
 
 // runTask runs one claimed job to its end. It returns an error only when the job is
 // abandoned without a verdict (a local failure, or control unreachable).
-func (w *Worker) runTask(ctx context.Context, t *training.Task) error {
-	log := w.o.Logger.With("job", t.JobID, "attempt", t.Attempt)
+func (w *Worker) runTask(ctx context.Context, s slot, t *training.Task) error {
+	log := s.log.With("job", t.JobID, "attempt", t.Attempt)
 	log.Info("fine-tuning job claimed", "base_model", t.BaseModel, "epochs", t.Hyperparameters.NEpochs)
 	began := time.Now()
 	jobCtx, cancel := context.WithCancelCause(ctx)
@@ -83,7 +137,7 @@ func (w *Worker) runTask(ctx context.Context, t *training.Task) error {
 	defer wg.Wait()
 	hbCtx, stopHeartbeat := context.WithCancel(jobCtx)
 	defer stopHeartbeat()
-	wg.Go(func() { w.heartbeat(hbCtx, t, cancel, log) })
+	wg.Go(func() { w.heartbeat(hbCtx, s.id, t, cancel, log) })
 	rep := newReporter(w.c, t, log, w.o.FlushInterval, func() { cancel(&stopError{reason: training.LeaseLostCode}) })
 	wg.Go(func() { rep.run(jobCtx) })
 	reporterClosed := false
@@ -140,9 +194,13 @@ func (w *Worker) runTask(ctx context.Context, t *training.Task) error {
 		"n_epochs": strconv.Itoa(h.NEpochs), "batch_size": strconv.Itoa(h.BatchSize),
 		"learning_rate_multiplier": strconv.FormatFloat(h.LearningRateMultiplier, 'g', -1, 64),
 		"lora_rank":                strconv.Itoa(h.LoRARank), "lora_alpha": strconv.Itoa(h.LoRAAlpha),
-		"seed": strconv.FormatInt(t.Seed, 10), "gpus": strconv.Itoa(w.o.GPUs),
+		"seed": strconv.FormatInt(t.Seed, 10), "gpus": strconv.Itoa(s.gpus),
 	}
-	runErr := Run(jobCtx, Spec{Args: w.o.Command.Args(values), Dir: dir, Timeout: w.o.Timeout, StopGrace: w.o.StopGrace,
+	var env []string
+	if s.devices != nil {
+		env = []string{"CUDA_VISIBLE_DEVICES=" + strings.Join(s.devices, ",")}
+	}
+	runErr := Run(jobCtx, Spec{Args: w.o.Command.Args(values), Dir: dir, Env: env, Timeout: w.o.Timeout, StopGrace: w.o.StopGrace,
 		OnProgress: rep.add, Logger: log})
 	if w.stopped(jobCtx, t, log) {
 		return nil
@@ -242,7 +300,7 @@ func (w *Worker) stopped(jobCtx context.Context, t *training.Task, log *slog.Log
 
 // heartbeat renews the lease every interval until ctx ends, and stops the job (cancel with
 // a stopError) when control answers "stop" or refuses the lease.
-func (w *Worker) heartbeat(ctx context.Context, t *training.Task, cancel context.CancelCauseFunc, log *slog.Logger) {
+func (w *Worker) heartbeat(ctx context.Context, workerID string, t *training.Task, cancel context.CancelCauseFunc, log *slog.Logger) {
 	every := time.Duration(t.HeartbeatIntervalMS) * time.Millisecond
 	if every <= 0 {
 		every = 10 * time.Second
@@ -257,7 +315,7 @@ func (w *Worker) heartbeat(ctx context.Context, t *training.Task, cancel context
 			return
 		case <-tick.C:
 		}
-		r, err := w.c.heartbeat(ctx, t, w.o.WorkerID)
+		r, err := w.c.heartbeat(ctx, t, workerID)
 		switch {
 		case ctx.Err() != nil:
 			return

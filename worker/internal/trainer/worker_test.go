@@ -32,7 +32,11 @@ type fakeControl struct {
 	files map[string][]byte
 
 	mu          sync.Mutex
-	task        *training.Task // handed out by the next claim, then nil
+	task        *training.Task    // handed out by the next claim, then nil
+	queue       []*training.Task  // handed out after task
+	leases      map[string]string // job id → its lease token
+	claimedBy   []string          // worker ids of the claims that got a job
+	completed   []string          // job ids completed
 	claims      int
 	heartbeats  int
 	events      []training.Event
@@ -62,6 +66,7 @@ func newFakeControl(t *testing.T, train string, valid string) *fakeControl {
 		task.ValidationFile = &training.TaskFile{ID: "file-valid", Bytes: int64(len(valid)), URL: "/internal/v1/fine_tuning/jobs/ftjob-1/files/file-valid"}
 	}
 	f.task = task
+	f.leases = map[string]string{task.JobID: task.LeaseToken}
 	f.srv = httptest.NewServer(http.HandlerFunc(f.serve))
 	t.Cleanup(f.srv.Close)
 	return f
@@ -81,8 +86,9 @@ func (f *fakeControl) serve(w http.ResponseWriter, r *http.Request) {
 		w.WriteHeader(http.StatusUnauthorized)
 		return
 	}
-	const prefix = "/internal/v1/fine_tuning/jobs/ftjob-1/"
-	if r.URL.Path != "/internal/v1/fine_tuning/claim" && r.Header.Get(training.LeaseHeader) != "lease-1" {
+	jobID, _, _ := strings.Cut(strings.TrimPrefix(r.URL.Path, "/internal/v1/fine_tuning/jobs/"), "/")
+	prefix := "/internal/v1/fine_tuning/jobs/" + jobID + "/"
+	if r.URL.Path != "/internal/v1/fine_tuning/claim" && (f.leases[jobID] == "" || r.Header.Get(training.LeaseHeader) != f.leases[jobID]) {
 		f.badCalls = append(f.badCalls, "no lease: "+r.URL.Path)
 		f.leaseLost(w)
 		return
@@ -96,14 +102,19 @@ func (f *fakeControl) serve(w http.ResponseWriter, r *http.Request) {
 	case p == "/internal/v1/fine_tuning/claim" && r.Method == http.MethodPost:
 		var cr training.ClaimRequest
 		decode(&cr)
-		if cr.WorkerID != "trainer-test" || cr.GPUs != 2 {
+		if !strings.HasPrefix(cr.WorkerID, "trainer-test") || cr.GPUs < 1 {
 			f.badCalls = append(f.badCalls, fmt.Sprintf("claim %+v", cr))
 		}
 		f.claims++
+		if f.task == nil && len(f.queue) > 0 {
+			f.task, f.queue = f.queue[0], f.queue[1:]
+		}
 		if f.task == nil {
 			w.WriteHeader(http.StatusNoContent)
 			return
 		}
+		f.leases[f.task.JobID] = f.task.LeaseToken
+		f.claimedBy = append(f.claimedBy, cr.WorkerID)
 		_ = json.NewEncoder(w).Encode(f.task)
 		f.task = nil
 	case strings.HasPrefix(p, prefix+"files/") && r.Method == http.MethodGet:
@@ -156,17 +167,26 @@ func (f *fakeControl) serve(w http.ResponseWriter, r *http.Request) {
 			f.badCalls = append(f.badCalls, "complete before the adapter")
 		}
 		f.complete = &cr
-		close(f.verdict)
+		f.completed = append(f.completed, jobID)
+		f.closeVerdict()
 		w.WriteHeader(http.StatusNoContent)
 	case p == prefix+"fail":
 		var fr training.FailRequest
 		decode(&fr)
 		f.fail = &fr
-		close(f.verdict)
+		f.closeVerdict()
 		w.WriteHeader(http.StatusNoContent)
 	default:
 		f.badCalls = append(f.badCalls, r.Method+" "+p)
 		w.WriteHeader(http.StatusNotFound)
+	}
+}
+
+func (f *fakeControl) closeVerdict() {
+	select {
+	case <-f.verdict:
+	default:
+		close(f.verdict)
 	}
 }
 
@@ -423,5 +443,42 @@ func TestWorkerShutdownStopsTrainer(t *testing.T) {
 	defer f.lock()()
 	if f.complete != nil || f.fail != nil {
 		t.Errorf("verdict sent on shutdown: complete %+v, fail %+v", f.complete, f.fail)
+	}
+}
+
+// Four GPUs in slots of two: two jobs run at once, each trainer seeing its own devices
+// and {gpus} = 2.
+func TestWorkerRunsOneJobPerGPUSlot(t *testing.T) {
+	t.Setenv("CUDA_VISIBLE_DEVICES", "4,5,6,7")
+	f := newFakeControl(t, dataset, "")
+	second := *f.task
+	second.JobID, second.LeaseToken = "ftjob-2", "lease-2"
+	second.TrainingFile.URL = "/internal/v1/fine_tuning/jobs/ftjob-2/files/file-train"
+	second.AdapterUploadURL = "/internal/v1/fine_tuning/jobs/ftjob-2/adapter"
+	f.queue = []*training.Task{&second}
+	seen := t.TempDir()
+	// Each trainer records what it sees, then waits until both have started: the test
+	// ends only if the two run at the same time.
+	script := `echo "$CUDA_VISIBLE_DEVICES gpus=$1" > "$2/$3"; while [ $(ls "$2" | wc -l) -lt 2 ]; do sleep 0.01; done
+echo '{"base_model_name_or_path":"x","peft_type":"LORA"}' > "$4/adapter_config.json"`
+	cmd := mustTemplate(t, "/bin/sh", "-c", script, "trainer", "{gpus}", seen, "{job_id}", "{output_dir}")
+	startWorker(t, f, cmd, func(o *Options) { o.GPUs, o.GPUsPerJob = 4, 2 })
+	waitFor(t, f, "both jobs completed", func() bool { return len(f.completed) == 2 })
+	var got []string
+	for _, id := range []string{"ftjob-1", "ftjob-2"} {
+		b, err := os.ReadFile(filepath.Join(seen, id))
+		if err != nil {
+			t.Fatal(err)
+		}
+		got = append(got, strings.TrimSpace(string(b)))
+	}
+	sort.Strings(got)
+	if strings.Join(got, "|") != "4,5 gpus=2|6,7 gpus=2" {
+		t.Errorf("trainers saw %q", got)
+	}
+	defer f.lock()()
+	sort.Strings(f.claimedBy)
+	if strings.Join(f.claimedBy, ",") != "trainer-test-gpu4-5,trainer-test-gpu6-7" {
+		t.Errorf("claims by %q", f.claimedBy)
 	}
 }
