@@ -6,6 +6,8 @@ import (
 	"fmt"
 	"log/slog"
 	"slices"
+	"sync"
+	"time"
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
@@ -23,18 +25,89 @@ type DB interface {
 // ErrNotFound reports a name that is no enabled, placeable adapter.
 var ErrNotFound = errors.New("adapter: not found")
 
+// FoldInterval is how often the ledger's latest records of adapters are folded into their
+// last use (at most; the fold runs in the heartbeat that finds it due).
+const FoldInterval = 15 * time.Second
+
+// foldMargin is how far before the previous fold the next one looks again: the ledger's
+// records arrive in batches, a few seconds after their created_at.
+const foldMargin = 30 * time.Second
+
+// firstFold is how far back the first fold of a process looks.
+const firstFold = 24 * time.Hour
+
+// Options configures a Service.
+type Options struct {
+	Logger *slog.Logger // nil: discard
+	// FoldInterval is how often, at most, the ledger is folded into last uses (zero:
+	// FoldInterval).
+	FoldInterval time.Duration
+}
+
 // Service places adapters. Safe for concurrent use; its zero value is not.
 type Service struct {
-	db  DB
-	log *slog.Logger
+	db        DB
+	log       *slog.Logger
+	foldEvery time.Duration
+
+	foldMu   sync.Mutex // held by the fold running; others skip it
+	foldedAt time.Time  // the database's clock at the start of the last fold (zero before)
+	lastTry  time.Time  // this process's clock at the last fold attempt
 }
 
 // New returns a Service on db.
-func New(db DB, log *slog.Logger) *Service {
-	if log == nil {
-		log = slog.New(slog.DiscardHandler)
+func New(db DB, o Options) *Service {
+	if o.Logger == nil {
+		o.Logger = slog.New(slog.DiscardHandler)
 	}
-	return &Service{db: db, log: log}
+	if o.FoldInterval <= 0 {
+		o.FoldInterval = FoldInterval
+	}
+	return &Service{db: db, log: o.Logger, foldEvery: o.FoldInterval}
+}
+
+// Fold records in adapter_uses the latest ledger record of each adapter since the last
+// fold (less a margin for late batches). The ledger has no index by model: the fold reads
+// a time range of it (its created_at BRIN within the month's partition), not every
+// adapter's history at every heartbeat.
+func (s *Service) Fold(ctx context.Context) error {
+	if !s.foldMu.TryLock() {
+		return nil
+	}
+	defer s.foldMu.Unlock()
+	s.lastTry = time.Now()
+	var now time.Time
+	if err := s.db.QueryRow(ctx, `SELECT now()`).Scan(&now); err != nil {
+		return fmt.Errorf("fold adapter uses: %w", err)
+	}
+	since := now.Add(-firstFold)
+	if !s.foldedAt.IsZero() {
+		since = s.foldedAt.Add(-foldMargin)
+	}
+	if _, err := s.db.Exec(ctx, `INSERT INTO adapter_uses (model_id, used_at)
+		SELECT m.id, u.at FROM (
+			SELECT r.model, max(r.created_at) AS at FROM usage_records r
+			WHERE r.created_at > $1 AND r.model IN (SELECT name FROM models WHERE base_model IS NOT NULL)
+			GROUP BY r.model) u
+		JOIN models m ON m.name = u.model
+		ON CONFLICT (model_id) DO UPDATE SET used_at = GREATEST(adapter_uses.used_at, EXCLUDED.used_at)`, since); err != nil {
+		return fmt.Errorf("fold adapter uses: %w", err)
+	}
+	s.foldedAt = now
+	return nil
+}
+
+// foldIfDue folds when FoldInterval passed since the last attempt.
+func (s *Service) foldIfDue(ctx context.Context) {
+	s.foldMu.Lock()
+	due := time.Since(s.lastTry) >= s.foldEvery
+	s.foldMu.Unlock()
+	if !due {
+		return
+	}
+	if err := s.Fold(ctx); err != nil {
+		s.log.Warn("adapter placement: ledger not read; last uses may be stale", "err", err)
+	}
 }
 
 // ArchiveURL is the path on control of a fine-tuning job's adapter archive (the fine-tuning
@@ -45,8 +118,7 @@ func ArchiveURL(jobID string) string { return "/internal/v1/fine_tuning/jobs/" +
 const placeable = `SELECT m.name, m.base_model, j.id, COALESCE(j.adapter_bytes, 0)
 	FROM models m
 	JOIN fine_tuning_jobs j ON j.fine_tuned_model = m.name AND j.adapter_key IS NOT NULL AND j.trained
-	LEFT JOIN adapter_demands d ON d.model_id = m.id
-	LEFT JOIN LATERAL (SELECT max(r.created_at) AS at FROM usage_records r WHERE r.model = m.name) u ON true
+	LEFT JOIN adapter_uses u ON u.model_id = m.id
 	WHERE m.enabled AND m.base_model IS NOT NULL`
 
 // Bases returns the models b serves that are not adapters it loaded.
@@ -70,8 +142,9 @@ func (s *Service) Desired(ctx context.Context, b *registry.Backend) ([]registry.
 	if len(bases) == 0 {
 		return []registry.DesiredAdapter{}, nil
 	}
+	s.foldIfDue(ctx)
 	rows, err := s.db.Query(ctx, placeable+` AND m.base_model = ANY($1)
-		ORDER BY GREATEST(m.created_at, d.demanded_at, u.at) DESC, m.name
+		ORDER BY GREATEST(m.created_at, u.used_at) DESC, m.name
 		LIMIT $2`, bases, b.AdapterSlots)
 	if err != nil {
 		return nil, fmt.Errorf("place adapters on %s: %w", b.ID, err)
@@ -120,8 +193,8 @@ func (s *Service) Demand(ctx context.Context, name string) (*Placement, error) {
 	if err != nil {
 		return nil, fmt.Errorf("demand adapter %s: %w", name, err)
 	}
-	if _, err := s.db.Exec(ctx, `INSERT INTO adapter_demands (model_id, demanded_at) VALUES ($1, now())
-		ON CONFLICT (model_id) DO UPDATE SET demanded_at = now()`, id); err != nil {
+	if _, err := s.db.Exec(ctx, `INSERT INTO adapter_uses (model_id, used_at) VALUES ($1, now())
+		ON CONFLICT (model_id) DO UPDATE SET used_at = GREATEST(adapter_uses.used_at, now())`, id); err != nil {
 		return nil, fmt.Errorf("demand adapter %s: %w", name, err)
 	}
 	rows, err := s.db.Query(ctx, `SELECT id, $1 = ANY(adapters), state = 'healthy' AND NOT disabled AND adapter_slots > 0

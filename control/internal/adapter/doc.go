@@ -10,10 +10,11 @@
 //   - candidates are the adapters whose base model the backend serves (its models minus the
 //     adapters it loaded): by default every backend of the base, no other choice is made;
 //   - when there are more candidates than N, the N most recently used are kept, least
-//     recently used evicted. An adapter's last use is the latest of: a request for it in the
-//     usage ledger (usage_records, by model and time, read through its (model, created_at)
-//     index), an on-demand request (adapter_demands), and its registration (models.created_at,
-//     so a newly trained adapter is placed at once);
+//     recently used evicted. An adapter's last use is the latest of: its last request in
+//     the usage ledger (usage_records; folded into adapter_uses at most every FoldInterval,
+//     reading only the ledger's records since the previous fold, as the ledger has no index
+//     by model), an on-demand request (adapter_uses too), and its registration
+//     (models.created_at, so a newly trained adapter is placed at once);
 //   - ties go by name, so every backend of a base with as many slots holds the same set.
 //
 // The set is computed afresh at every heartbeat: deleting or disabling an adapter's model

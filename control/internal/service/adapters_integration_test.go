@@ -74,7 +74,7 @@ func desiredNames(t *testing.T, b registry.Backend) []string {
 }
 
 func TestAdapterPlacementLifecycle(t *testing.T) {
-	tc := startControl(t, nil)
+	tc := startControl(t, func(o *Options) { o.AdapterFoldInterval = time.Millisecond })
 	ctx := context.Background()
 	register := func(id string, models ...string) {
 		tc.call("POST", "/internal/v1/backends/register", testInternalToken, map[string]any{"id": id, "url": "http://127.0.0.1:9",

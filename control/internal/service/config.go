@@ -47,6 +47,9 @@ type Options struct {
 
 	// ReapInterval is how often silent backends are looked for (1s when zero; tests only).
 	ReapInterval time.Duration
+	// AdapterFoldInterval is how often the ledger is folded into adapters' last uses
+	// (adapter.FoldInterval when zero; tests only).
+	AdapterFoldInterval time.Duration
 	// HashParams overrides the argon2id cost (zero: the defaults; tests only).
 	HashParams user.HashParams
 

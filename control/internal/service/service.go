@@ -287,7 +287,7 @@ func newServer(pool *pgxpool.Pool, o Options, log *slog.Logger, reg *prometheus.
 	if reap <= 0 {
 		reap = time.Second
 	}
-	adapters := adapter.New(pool, log)
+	adapters := adapter.New(pool, adapter.Options{Logger: log, FoldInterval: o.AdapterFoldInterval})
 	backends, err := backend.New(pool, backend.Options{
 		Logger: log, Registerer: reg, RemoveAfter: o.BackendRemoveAfter, ReapInterval: reap,
 		Placer: adapters,
