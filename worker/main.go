@@ -17,6 +17,7 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"net"
 	"os"
 	"os/signal"
 	"strings"
@@ -151,6 +152,8 @@ func runTrain(args []string) int {
 	tf.Bind(l)
 	var jsonLogs bool
 	l.Bool(&jsonLogs, "MAAS_LOG_JSON", "log-json", false, "JSON log lines")
+	var addr string
+	l.String(&addr, "MAAS_WORKER_ADDR", "addr", "127.0.0.1:8003", "the training worker's HTTP address (health, metrics)")
 	if err := l.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
 			return 0
@@ -171,6 +174,8 @@ func runTrain(args []string) int {
 	if err != nil {
 		config.Fatal("worker", err)
 	}
+	reg := obs.NewRegistry("worker")
+	to.Registerer = reg
 	w, err := trainer.New(to)
 	if err != nil {
 		config.Fatal("worker", err)
@@ -178,6 +183,14 @@ func runTrain(args []string) int {
 	log.Info("starting training worker", l.Redacted()...)
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		log.Error("training worker failed", "err", err)
+		return 1
+	}
+	served := make(chan error, 1)
+	go func() { served <- trainer.Serve(ctx, ln, reg) }()
+	defer func() { stop(); <-served }()
 	if err := w.Run(ctx); err != nil {
 		log.Error("training worker failed", "err", err)
 		return 1

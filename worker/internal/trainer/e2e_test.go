@@ -104,8 +104,10 @@ func TestE2ETrainingWorkerWithControl(t *testing.T) {
 	data := strings.Repeat(`{"messages":[{"role":"user","content":"Hi"},{"role":"assistant","content":"Hello there"}]}`+"\n", 4)
 	fileID := uploadDataset(t, p, dev, data)
 
+	workerAddr := testenv.FreeAddr(t)
 	worker := testenv.Start(t, "worker-train", p.Bin.Worker, []string{"train"}, p.Env("MAAS_TRAINER_COMMAND=sim",
-		"MAAS_TRAIN_SIM_STEP_INTERVAL=50ms", "MAAS_TRAINER_POLL_INTERVAL=100ms", "MAAS_TRAINER_ID=e2e-trainer")...)
+		"MAAS_TRAIN_SIM_STEP_INTERVAL=50ms", "MAAS_TRAINER_POLL_INTERVAL=100ms", "MAAS_TRAINER_ID=e2e-trainer", "MAAS_WORKER_ADDR="+workerAddr)...)
+	testenv.WaitHTTP(t, worker, "http://"+workerAddr+"/health", 10*time.Second)
 
 	// A job runs to success: 4 examples × 2 epochs = 8 steps.
 	j := createJob(t, p, dev, fileID, 2)
@@ -152,6 +154,19 @@ func TestE2ETrainingWorkerWithControl(t *testing.T) {
 	}
 	if !regexp.MustCompile(`stopped by control.*reason=cancelled`).MatchString(worker.Output()) {
 		t.Errorf("the worker did not log the stop:\n%s", worker.Output())
+	}
+	resp, err := http.Get("http://" + workerAddr + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var metrics bytes.Buffer
+	_, _ = metrics.ReadFrom(resp.Body)
+	resp.Body.Close()
+	for _, want := range []string{`maas_worker_training_jobs_total{result="succeeded"} 2`, `maas_worker_training_jobs_total{result="stopped"} 1`,
+		`maas_worker_training_jobs_running 0`, `maas_worker_training_slots 1`} {
+		if !strings.Contains(metrics.String(), want) {
+			t.Errorf("the worker's /metrics lack %q", want)
+		}
 	}
 	worker.Stop(10 * time.Second)
 

@@ -7,6 +7,8 @@ import (
 	"strings"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
+
 	"github.com/maas-platform/maas/pkg/config"
 )
 
@@ -40,7 +42,9 @@ type Options struct {
 	WorkDir string
 	// FlushInterval is how often progress is sent to control (default 1 s).
 	FlushInterval time.Duration
-	Logger        *slog.Logger
+	// Registerer receives the maas_worker_training_* series (nil = not exported).
+	Registerer prometheus.Registerer
+	Logger     *slog.Logger
 }
 
 // DefaultOptions are the documented defaults.

@@ -20,6 +20,7 @@ import (
 type Worker struct {
 	o Options
 	c *client
+	m *metrics
 }
 
 // New checks o and returns a Worker.
@@ -27,7 +28,7 @@ func New(o Options) (*Worker, error) {
 	if err := o.validate(); err != nil {
 		return nil, err
 	}
-	return &Worker{o: o, c: newClient(o.ControlURL, o.InternalToken)}, nil
+	return &Worker{o: o, c: newClient(o.ControlURL, o.InternalToken), m: newMetrics(o.Registerer)}, nil
 }
 
 // slot is one share of the worker's GPUs that runs one job at a time.
@@ -78,6 +79,7 @@ func visibleDevices(n int) []string {
 // control, which gives it to another worker once its lease expires.
 func (w *Worker) Run(ctx context.Context) error {
 	slots := w.slots()
+	w.m.slots.Set(float64(len(slots)))
 	w.o.Logger.Info("training worker started", "worker_id", w.o.WorkerID, "gpus", w.o.GPUs, "slots", len(slots), "trainer", w.o.Command.Words()[0])
 	var wg sync.WaitGroup
 	for _, s := range slots {
@@ -97,11 +99,16 @@ func (w *Worker) loop(ctx context.Context, s slot) {
 		case ctx.Err() != nil:
 			return
 		case err != nil:
+			w.m.claimFailures.Inc()
 			s.log.Warn("claim a fine-tuning job", "err", err, "retry_in", backoff)
 			wait, backoff = backoff, min(2*backoff, 30*time.Second)
 		case t != nil:
 			backoff = w.o.PollInterval
-			if err := w.runTask(ctx, s, t); err != nil {
+			w.m.running.Inc()
+			result, err := w.runTask(ctx, s, t)
+			w.m.running.Dec()
+			w.m.jobs.WithLabelValues(result).Inc()
+			if err != nil {
 				s.log.Error("fine-tuning job abandoned; control re-queues it when its lease expires", "job", t.JobID, "err", err)
 			} else {
 				continue // look for the next job at once
@@ -124,9 +131,10 @@ type stopError struct{ reason string }
 
 func (e *stopError) Error() string { return "control stopped the job: " + e.reason }
 
-// runTask runs one claimed job to its end. It returns an error only when the job is
-// abandoned without a verdict (a local failure, or control unreachable).
-func (w *Worker) runTask(ctx context.Context, s slot, t *training.Task) error {
+// runTask runs one claimed job to its end and returns its result (for the metrics). It
+// returns an error only when the job is abandoned without a verdict (a local failure, or
+// control unreachable).
+func (w *Worker) runTask(ctx context.Context, s slot, t *training.Task) (string, error) {
 	log := s.log.With("job", t.JobID, "attempt", t.Attempt)
 	log.Info("fine-tuning job claimed", "base_model", t.BaseModel, "epochs", t.Hyperparameters.NEpochs)
 	began := time.Now()
@@ -151,7 +159,7 @@ func (w *Worker) runTask(ctx context.Context, s slot, t *training.Task) error {
 
 	dir, err := os.MkdirTemp(w.o.WorkDir, "maas-"+t.JobID+"-")
 	if err != nil {
-		return fmt.Errorf("work directory: %w", err)
+		return resultAbandoned, fmt.Errorf("work directory: %w", err)
 	}
 	defer os.RemoveAll(dir)
 
@@ -173,19 +181,19 @@ func (w *Worker) runTask(ctx context.Context, s slot, t *training.Task) error {
 		switch {
 		case err == nil:
 		case w.stopped(jobCtx, t, log):
-			return nil
+			return resultStopped, nil
 		case permanent(err):
 			return w.finish(ctx, t, log, stopHeartbeat, training.FailRequest{Code: "file_unavailable",
 				Message: fmt.Sprintf("The dataset %s could not be read: %s", f.f.ID, CleanText(err.Error(), 500))})
 		default:
-			return err
+			return resultAbandoned, err
 		}
 	}
 
 	// The trainer.
 	outDir := filepath.Join(dir, "adapter")
 	if err := os.Mkdir(outDir, 0o755); err != nil {
-		return fmt.Errorf("output directory: %w", err)
+		return resultAbandoned, fmt.Errorf("output directory: %w", err)
 	}
 	h := t.Hyperparameters
 	values := map[string]string{
@@ -203,13 +211,13 @@ func (w *Worker) runTask(ctx context.Context, s slot, t *training.Task) error {
 	runErr := Run(jobCtx, Spec{Args: w.o.Command.Args(values), Dir: dir, Env: env, Timeout: w.o.Timeout, StopGrace: w.o.StopGrace,
 		OnProgress: rep.add, Logger: log})
 	if w.stopped(jobCtx, t, log) {
-		return nil
+		return resultStopped, nil
 	}
 	reporterClosed = true
 	if err := rep.close(ctx); err != nil {
 		if errors.Is(err, errLeaseLost) {
 			log.Info("fine-tuning job stopped: control gave its lease away")
-			return nil
+			return resultStopped, nil
 		}
 		log.Warn("some training progress could not be sent to control", "err", err)
 	}
@@ -233,13 +241,13 @@ func (w *Worker) runTask(ctx context.Context, s slot, t *training.Task) error {
 		return w.finish(ctx, t, log, stopHeartbeat, training.FailRequest{Code: "adapter_missing", Message: "The trainer finished but " + errNoAdapter.Error() + "."})
 	}
 	if err != nil {
-		return fmt.Errorf("archive the adapter: %w", err)
+		return resultAbandoned, fmt.Errorf("archive the adapter: %w", err)
 	}
 	if err := retry(jobCtx, 4, func() error { return w.c.putAdapter(jobCtx, t, archive) }); err != nil {
 		if w.stopped(jobCtx, t, log) || errors.Is(err, errLeaseLost) {
-			return nil
+			return resultStopped, nil
 		}
-		return err
+		return resultAbandoned, err
 	}
 	tokens := rep.tokens()
 	if tokens == 0 {
@@ -250,7 +258,7 @@ func (w *Worker) runTask(ctx context.Context, s slot, t *training.Task) error {
 }
 
 // finish stops the heartbeats and sends the verdict: a CompleteRequest or a FailRequest.
-func (w *Worker) finish(ctx context.Context, t *training.Task, log *slog.Logger, stopHeartbeat func(), verdict any) error {
+func (w *Worker) finish(ctx context.Context, t *training.Task, log *slog.Logger, stopHeartbeat func(), verdict any) (string, error) {
 	stopHeartbeat()
 	var err error
 	switch v := verdict.(type) {
@@ -262,15 +270,16 @@ func (w *Worker) finish(ctx context.Context, t *training.Task, log *slog.Logger,
 	}
 	if errors.Is(err, errLeaseLost) {
 		log.Info("fine-tuning job's verdict refused: the lease was lost meanwhile")
-		return nil
+		return resultStopped, nil
 	}
 	if err != nil {
-		return fmt.Errorf("report the job's end: %w", err)
+		return resultAbandoned, fmt.Errorf("report the job's end: %w", err)
 	}
 	if _, ok := verdict.(training.CompleteRequest); ok {
 		log.Info("fine-tuning job completed")
+		return resultSucceeded, nil
 	}
-	return nil
+	return resultFailed, nil
 }
 
 // stopped reports whether the job ended because control stopped it or the worker is

@@ -19,6 +19,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/testutil"
+
 	"github.com/maas-platform/maas/pkg/training"
 )
 
@@ -406,8 +409,27 @@ func TestWorkerReportsFailures(t *testing.T) {
 			t.Setenv("MAAS_TRAIN_SIM_STEP_INTERVAL", "1ms")
 			t.Setenv("MAAS_TRAIN_SIM_FAIL_AT_STEP", tc.env)
 			f := newFakeControl(t, dataset, "")
-			startWorker(t, f, tc.cmd(t), tc.mod)
+			reg := prometheus.NewRegistry()
+			startWorker(t, f, tc.cmd(t), func(o *Options) {
+				o.Registerer = reg
+				if tc.mod != nil {
+					tc.mod(o)
+				}
+			})
 			waitClosed(t, f.verdict, "verdict")
+			waitFor(t, f, "failed job counted", func() bool {
+				n, _ := testutil.GatherAndCount(reg, "maas_worker_training_jobs_total")
+				failed := 0.0
+				mfs, _ := reg.Gather()
+				for _, mf := range mfs {
+					for _, m := range mf.GetMetric() {
+						if mf.GetName() == "maas_worker_training_jobs_total" && m.GetLabel()[0].GetValue() == resultFailed {
+							failed = m.GetCounter().GetValue()
+						}
+					}
+				}
+				return n == 4 && failed == 1
+			})
 			defer f.lock()()
 			if f.complete != nil || f.fail == nil || f.fail.Code != tc.code || !strings.Contains(f.fail.Message, tc.message) {
 				t.Errorf("complete %+v, fail %+v; want code %s with %q", f.complete, f.fail, tc.code, tc.message)
