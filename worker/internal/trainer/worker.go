@@ -247,6 +247,16 @@ func (w *Worker) runTask(ctx context.Context, s slot, t *training.Task) (string,
 		if w.stopped(jobCtx, t, log) || errors.Is(err, errLeaseLost) {
 			return resultStopped, nil
 		}
+		if permanent(err) {
+			// Training again elsewhere would give the same adapter: fail the job.
+			var se *statusError
+			msg := err.Error()
+			if errors.As(err, &se) {
+				msg = se.Message
+			}
+			return w.finish(ctx, t, log, stopHeartbeat, training.FailRequest{Code: "adapter_rejected",
+				Message: "Control refused the trained adapter: " + CleanText(msg, 500)})
+		}
 		return resultAbandoned, err
 	}
 	tokens := rep.tokens()

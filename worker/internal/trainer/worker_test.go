@@ -53,8 +53,10 @@ type fakeControl struct {
 	stopWhen func(f *fakeControl) bool
 	// lostEvents answers event posts with 409 lease_lost.
 	lostEvents bool
-	verdict    chan struct{} // closed on complete or fail
-	stopped    chan struct{} // closed when a heartbeat answered stop
+	// refuseAdapter answers the adapter upload with 413.
+	refuseAdapter bool
+	verdict       chan struct{} // closed on complete or fail
+	stopped       chan struct{} // closed when a heartbeat answered stop
 }
 
 func newFakeControl(t *testing.T, train string, valid string) *fakeControl {
@@ -157,6 +159,10 @@ func (f *fakeControl) serve(w http.ResponseWriter, r *http.Request) {
 		decode(&cr)
 		f.checkpoints = append(f.checkpoints, cr)
 		_, _ = w.Write([]byte(`{}`))
+	case p == prefix+"adapter" && r.Method == http.MethodPut && f.refuseAdapter:
+		w.Header().Set("Content-Type", "application/json")
+		w.WriteHeader(http.StatusRequestEntityTooLarge)
+		fmt.Fprint(w, `{"error":{"message":"the adapter archive exceeds 10 bytes","type":"invalid_request_error","code":"request_too_large"}}`)
 	case p == prefix+"adapter" && r.Method == http.MethodPut:
 		if r.Header.Get("Content-Type") != "application/x-tar" || r.ContentLength <= 0 {
 			f.badCalls = append(f.badCalls, "adapter upload without type or length")
@@ -502,5 +508,19 @@ echo '{"base_model_name_or_path":"x","peft_type":"LORA"}' > "$4/adapter_config.j
 	sort.Strings(f.claimedBy)
 	if strings.Join(f.claimedBy, ",") != "trainer-test-gpu4-5,trainer-test-gpu6-7" {
 		t.Errorf("claims by %q", f.claimedBy)
+	}
+}
+
+// An adapter control refuses (too large): the job fails; training it again elsewhere
+// would give the same adapter.
+func TestWorkerFailsOnRefusedAdapter(t *testing.T) {
+	t.Setenv("MAAS_TRAIN_SIM_STEP_INTERVAL", "1ms")
+	f := newFakeControl(t, dataset, "")
+	f.refuseAdapter = true
+	startWorker(t, f, SimTemplate(os.Args[0]), nil)
+	waitClosed(t, f.verdict, "verdict")
+	defer f.lock()()
+	if f.fail == nil || f.fail.Code != "adapter_rejected" || f.fail.Message != "Control refused the trained adapter: the adapter archive exceeds 10 bytes" {
+		t.Errorf("fail %+v", f.fail)
 	}
 }
