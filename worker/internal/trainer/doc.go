@@ -30,9 +30,11 @@
 // work directory, heartbeat every Task.HeartbeatIntervalMS while the trainer runs, send
 // events and metrics every second (checkpoints after their metrics), then upload the
 // adapter as a tar archive and complete — or fail with a code (training_failed,
-// training_timeout, adapter_missing, adapter_rejected, file_unavailable, trainer_unavailable)
-// and message.
-// The work directory is deleted after. A worker that stops mid-job sends no verdict: the
-// lease expires and control re-queues the job. The worker holds no database credentials,
-// only the internal token.
+// training_timeout, adapter_missing, adapter_rejected, file_unavailable,
+// trainer_unavailable) and a message. The work directory is deleted after. A worker that
+// stops mid-job sends no verdict: the lease expires and control re-queues the job. The
+// worker holds no database credentials, only the internal token.
+//
+// MAAS_TRAINER_GPUS_PER_JOB splits the worker's GPUs into slots that each run one job,
+// the trainer seeing only its slot's devices in CUDA_VISIBLE_DEVICES.
 package trainer
