@@ -23,22 +23,24 @@ var columns = []string{"request_id", "created_at", "user_id", "api_key_id", "mod
 	"client_request_id"}
 
 // createStage makes the session's staging table once per connection: rows are COPYed
-// there, then inserted into usage_records with ON CONFLICT, and vanish at commit.
+// there, then inserted into usage_records with ON CONFLICT, and vanish at commit. Only a
+// batch whose plain COPY met a request id already written takes this path.
 const createStage = `CREATE TEMP TABLE IF NOT EXISTS usage_stage (
     request_id text, created_at timestamptz, user_id bigint, api_key_id bigint, model text, backend_id text,
     endpoint text, status integer, prompt_tokens integer, completion_tokens integer, estimated boolean,
     streamed boolean, ttft_ms double precision, duration_ms double precision, error_type text,
     client_request_id text) ON COMMIT DELETE ROWS`
 
-// insertStaged moves the staged rows into the ledger; a request id already written (a
-// replayed or retried batch) is skipped, so a batch written twice counts once.
+// insertStaged moves the staged rows into the ledger; a record already written (a
+// replayed or retried batch: same request id, same created_at, see migration 00010) is
+// skipped, so a batch written twice counts once.
 const insertStaged = `INSERT INTO usage_records (request_id, created_at, user_id, api_key_id, model, backend_id,
     endpoint, status, prompt_tokens, completion_tokens, estimated, streamed, ttft_ms, duration_ms, error_type,
     client_request_id)
 SELECT request_id, created_at, user_id, api_key_id, model, backend_id, endpoint, status, prompt_tokens,
     completion_tokens, estimated, streamed, ttft_ms, duration_ms, error_type, client_request_id
 FROM usage_stage
-ON CONFLICT (request_id) DO NOTHING`
+ON CONFLICT (request_id, created_at) DO NOTHING`
 
 // touchKeys moves api_keys.last_used_at forward: $1 are key ids (sorted, distinct), $2
 // the latest request time of each. Rows are locked in id order first, so that gateways
@@ -87,24 +89,54 @@ func rowSource(recs []Record) pgx.CopyFromSource {
 // commit writes recs and their keys' last_used_at in one transaction and returns how many
 // rows were new. before runs just before COMMIT is sent, after just after it succeeded
 // (the crash accounting of the Writer).
+//
+// A batch is first COPYed straight into usage_records: the common case, a batch none of
+// whose request ids is written yet, costs PostgreSQL a plain COPY. When that COPY meets a
+// request id already written (unique_violation: a batch retried after a lost COMMIT
+// acknowledgement, or replayed from the spool), the transaction is rolled back and the
+// batch written again through the staging table with ON CONFLICT DO NOTHING, which skips
+// what is already there. Either way the batch is written whole or not at all.
 func (w *Writer) commit(ctx context.Context, recs []Record, before func(), after func(int64)) (int64, error) {
 	start := time.Now()
 	ctx, cancel := context.WithTimeout(ctx, batchTimeout)
 	defer cancel()
+	n, err := w.commitTx(ctx, recs, false, before, after)
+	if isUniqueViolation(err) {
+		w.staged.Inc()
+		n, err = w.commitTx(ctx, recs, true, before, after)
+	}
+	if err != nil {
+		return 0, err
+	}
+	w.flushes.Observe(time.Since(start).Seconds())
+	return n, nil
+}
+
+// commitTx is one attempt of commit: a plain COPY, or with staged the COPY into the
+// staging table and the INSERT ... ON CONFLICT DO NOTHING.
+func (w *Writer) commitTx(ctx context.Context, recs []Record, staged bool, before func(), after func(int64)) (int64, error) {
 	tx, err := w.o.DB.Begin(ctx)
 	if err != nil {
 		return 0, fmt.Errorf("begin usage batch: %w", err)
 	}
 	defer func() { _ = tx.Rollback(ctx) }() // no-op once committed
-	if _, err := tx.Exec(ctx, createStage); err != nil {
-		return 0, fmt.Errorf("create usage staging table: %w", err)
-	}
-	if _, err := tx.CopyFrom(ctx, pgx.Identifier{"usage_stage"}, columns, rowSource(recs)); err != nil {
-		return 0, fmt.Errorf("copy usage records: %w", err)
-	}
-	tag, err := tx.Exec(ctx, insertStaged)
-	if err != nil {
-		return 0, fmt.Errorf("insert usage records: %w", err)
+	var n int64
+	if staged {
+		if _, err := tx.Exec(ctx, createStage); err != nil {
+			return 0, fmt.Errorf("create usage staging table: %w", err)
+		}
+		if _, err := tx.CopyFrom(ctx, pgx.Identifier{"usage_stage"}, columns, rowSource(recs)); err != nil {
+			return 0, fmt.Errorf("copy usage records to the staging table: %w", err)
+		}
+		tag, err := tx.Exec(ctx, insertStaged)
+		if err != nil {
+			return 0, fmt.Errorf("insert usage records: %w", err)
+		}
+		n = tag.RowsAffected()
+	} else {
+		if n, err = tx.CopyFrom(ctx, pgx.Identifier{"usage_records"}, columns, rowSource(recs)); err != nil {
+			return 0, fmt.Errorf("copy usage records: %w", err)
+		}
 	}
 	if ids, ats := w.keysUsed(recs); len(ids) > 0 {
 		if _, err := tx.Exec(ctx, touchKeys, ids, ats); err != nil {
@@ -118,10 +150,16 @@ func (w *Writer) commit(ctx context.Context, recs []Record, before func(), after
 		return 0, fmt.Errorf("commit usage batch: %w", err)
 	}
 	if after != nil {
-		after(tag.RowsAffected())
+		after(n)
 	}
-	w.flushes.Observe(time.Since(start).Seconds())
-	return tag.RowsAffected(), nil
+	return n, nil
+}
+
+// isUniqueViolation reports whether err is PostgreSQL's unique_violation (23505): the only
+// unique index of usage_records is its key, so the batch holds a record already written.
+func isUniqueViolation(err error) bool {
+	var pe *pgconn.PgError
+	return errors.As(err, &pe) && pe.Code == "23505"
 }
 
 // permanent reports whether err is about the data of the batch, so that retrying the same

@@ -125,8 +125,8 @@ type Writer struct {
 
 	held atomic.Int64 // records in mem and in a batch from memory (the depth gauge)
 
-	dropped, written, duplicates, errors, deadLetters, lost, torn, spoolErrors prometheus.Counter
-	flushes                                                                    prometheus.Histogram
+	dropped, written, duplicates, staged, errors, deadLetters, lost, torn, spoolErrors prometheus.Counter
+	flushes                                                                            prometheus.Histogram
 
 	// Scratch of the batch writer for the last_used_at update, reused across batches.
 	lastUsed map[int64]time.Time
@@ -173,6 +173,8 @@ func New(o Options) (*Writer, error) {
 			Help: "Usage records written to PostgreSQL."}),
 		duplicates: prometheus.NewCounter(prometheus.CounterOpts{Name: "maas_gateway_usage_records_duplicate_total",
 			Help: "Usage records already in PostgreSQL when written again (a replayed spool or a retried batch), skipped."}),
+		staged: prometheus.NewCounter(prometheus.CounterOpts{Name: "maas_gateway_usage_batches_staged_total",
+			Help: "Batches whose plain COPY met a record already written, written again through the staging table with ON CONFLICT DO NOTHING."}),
 		errors: prometheus.NewCounter(prometheus.CounterOpts{Name: "maas_gateway_usage_flush_errors_total",
 			Help: "Batches PostgreSQL did not take for a transient reason (kept and retried)."}),
 		deadLetters: prometheus.NewCounter(prometheus.CounterOpts{Name: "maas_gateway_usage_dead_letters_total",
@@ -207,7 +209,7 @@ func New(o Options) (*Writer, error) {
 			prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "maas_gateway_usage_spool_bytes",
 				Help: "Bytes of the spool on disk still to replay."}, func() float64 { return float64(w.sp.bytes.Load()) }),
 		}
-		for _, c := range append([]prometheus.Collector{w.dropped, w.written, w.duplicates, w.errors, w.deadLetters, w.lost,
+		for _, c := range append([]prometheus.Collector{w.dropped, w.written, w.duplicates, w.staged, w.errors, w.deadLetters, w.lost,
 			w.torn, w.spoolErrors, w.flushes}, gauges...) {
 			if err := o.Registerer.Register(c); err != nil {
 				w.closeFiles()

@@ -209,3 +209,67 @@ func TestConcurrentWritersShareKeys(t *testing.T) {
 		t.Errorf("%d usage rows (want %d), %d keys without their latest use", rows, 2*each, stale)
 	}
 }
+
+// TestWrittenOnceAcrossMonthsAndReplays writes a batch whose records fall in two monthly
+// partitions (a nanosecond-precise time a hair before the boundary, the boundary itself)
+// and in a month with no partition (the default one), then writes it again as a retry
+// would and as the spool gives it back: the first write is a plain COPY, the others fall
+// back to the staged insert and add nothing.
+func TestWrittenOnceAcrossMonthsAndReplays(t *testing.T) {
+	pool, _ := pgtest.NewPool(t)
+	ctx := context.Background()
+	if _, err := pool.Exec(ctx, `SELECT usage_records_add_month('2030-01-01Z'), usage_records_add_month('2030-02-01Z')`); err != nil {
+		t.Fatal(err)
+	}
+	w := newWriter(t, Options{DB: pool, Batch: 100, FlushInterval: time.Hour, Buffer: 1000})
+	defer w.Stop(ctx)
+	boundary := time.Date(2030, 2, 1, 0, 0, 0, 0, time.UTC)
+	recs := []Record{rec(1), rec(2), rec(3), rec(4)}
+	recs[0].CreatedAt = boundary.Add(-500 * time.Nanosecond) // stored as 23:59:59.999999
+	recs[1].CreatedAt = boundary
+	recs[2].CreatedAt = time.Date(2041, 7, 1, 0, 0, 0, 0, time.FixedZone("x", 3600)) // no partition: default
+	recs[3].CreatedAt = boundary.Add(time.Minute)
+	recs[3].ClientRequestID = "client-4"
+
+	if n, err := w.commit(ctx, recs, nil, nil); err != nil || n != 4 {
+		t.Fatalf("first write: %d rows (%v), want 4", n, err)
+	}
+	if got := counter(w.staged); got != 0 {
+		t.Errorf("first write staged %v times, want a plain COPY", got)
+	}
+	// A retry of the same batch, and the batch as the spool stores and replays it.
+	var replay []Record
+	for i := range recs {
+		r, err := decodeRecord(encodeRecord(nil, &recs[i]))
+		if err != nil {
+			t.Fatal(err)
+		}
+		replay = append(replay, r)
+	}
+	for _, tc := range []struct {
+		name  string
+		batch []Record
+		want  int64
+	}{
+		{"retry", recs, 0},
+		{"spool replay", replay, 0},
+		{"one old, one new", []Record{replay[2], rec(5)}, 1},
+	} {
+		if n, err := w.commit(ctx, tc.batch, nil, nil); err != nil || n != tc.want {
+			t.Errorf("%s: %d rows (%v), want %d", tc.name, n, err, tc.want)
+		}
+	}
+	if got := counter(w.staged); got != 3 {
+		t.Errorf("staged %v batches, want 3", got)
+	}
+	if n, distinct := rows(t, pool); n != 5 || distinct != 5 {
+		t.Errorf("%d rows (%d distinct), want 5", n, distinct)
+	}
+	for id, part := range map[string]string{"r1": "usage_records_y2030m01", "r2": "usage_records_y2030m02",
+		"r3": "usage_records_default", "r4": "usage_records_y2030m02"} {
+		var got string
+		if err := pool.QueryRow(ctx, `SELECT tableoid::regclass::text FROM usage_records WHERE request_id = $1`, id).Scan(&got); err != nil || got != part {
+			t.Errorf("%s in %q (%v), want %s", id, got, err, part)
+		}
+	}
+}

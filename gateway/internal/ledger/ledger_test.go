@@ -85,7 +85,17 @@ func (tx *fakeTx) CopyFrom(ctx context.Context, table pgx.Identifier, cols []str
 		if tx.db.refuse != "" && v[4] == tx.db.refuse {
 			return 0, &pgconn.PgError{Code: "22021", Message: "invalid byte sequence for encoding \"UTF8\""}
 		}
-		tx.staged = append(tx.staged, v[0].(string))
+		id := v[0].(string)
+		if table[0] == "usage_records" {
+			// Straight into the table: a request id already there fails the COPY.
+			tx.db.mu.Lock()
+			dup := tx.db.ids[id] != 0
+			tx.db.mu.Unlock()
+			if dup || slices.Contains(tx.staged, id) {
+				return 0, &pgconn.PgError{Code: "23505", Message: "duplicate key value violates unique constraint \"usage_records_y2026m11_pkey\""}
+			}
+		}
+		tx.staged = append(tx.staged, id)
 		n++
 	}
 	return int64(n), nil

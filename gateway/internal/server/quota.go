@@ -30,16 +30,18 @@ func (q quota) Admit(ctx context.Context, k *snapshot.Key, tokens int64) (proxy.
 	return t, nil
 }
 
-// budgetUsed sums the ledger for a subject's month, to seed its budget counter.
+// budgetUsed sums the ledger for a subject's month, to seed its budget counter. Both sums
+// use usage_records' (user_id, api_key_id) index within the month's partition (migration
+// 00010): a key's rows all carry the key's user, so a key is found under its user.
 func budgetUsed(pool *pgxpool.Pool) func(ctx context.Context, scope string, id int64, monthStart time.Time) (int64, error) {
 	return func(ctx context.Context, scope string, id int64, monthStart time.Time) (int64, error) {
-		col := "user_id"
+		where := `user_id = $1`
 		if scope == admit.ScopeKey {
-			col = "api_key_id"
+			where = `user_id = (SELECT user_id FROM api_keys WHERE id = $1) AND api_key_id = $1`
 		}
 		var n int64
 		err := pool.QueryRow(ctx, `SELECT COALESCE(SUM(prompt_tokens + completion_tokens), 0)::bigint
-			FROM usage_records WHERE `+col+` = $1 AND created_at >= $2`, id, monthStart).Scan(&n)
+			FROM usage_records WHERE `+where+` AND created_at >= $2`, id, monthStart).Scan(&n)
 		if err != nil {
 			return 0, fmt.Errorf("sum usage of %s %d: %w", scope, id, err)
 		}
