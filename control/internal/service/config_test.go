@@ -41,3 +41,21 @@ func TestTrustedProxies(t *testing.T) {
 		})
 	}
 }
+
+func TestUsageSettings(t *testing.T) {
+	o, _, err := Load(nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if o.Usage.RetentionMonths != 0 || o.Usage.Ahead != 2 || o.Usage.Interval <= 0 {
+		t.Errorf("defaults: %+v, want everything kept, 2 months ahead, a positive interval", o.Usage)
+	}
+	t.Setenv("MAAS_USAGE_RETENTION_MONTHS", "13")
+	if o, _, err = Load(nil); err != nil || o.Usage.RetentionMonths != 13 {
+		t.Errorf("retention %d (%v), want 13", o.Usage.RetentionMonths, err)
+	}
+	t.Setenv("MAAS_USAGE_RETENTION_MONTHS", "-1")
+	if _, _, err := Load(nil); err == nil || !strings.Contains(err.Error(), "MAAS_USAGE_RETENTION_MONTHS") {
+		t.Errorf("error %v, want one naming MAAS_USAGE_RETENTION_MONTHS", err)
+	}
+}

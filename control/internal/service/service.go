@@ -21,6 +21,7 @@ import (
 	"github.com/maas-platform/maas/control/internal/jobs"
 	"github.com/maas-platform/maas/control/internal/model"
 	"github.com/maas-platform/maas/control/internal/server"
+	"github.com/maas-platform/maas/control/internal/usage"
 	"github.com/maas-platform/maas/control/internal/user"
 	"github.com/maas-platform/maas/pkg/apikey"
 	"github.com/maas-platform/maas/pkg/config"
@@ -266,6 +267,12 @@ func Run(ctx context.Context, o Options, out io.Writer, ready func(addr string))
 	}
 	defer stopSweeper()
 
+	stopUsage, err := usage.Start(pool, o.Usage, log)
+	if err != nil {
+		return err
+	}
+	defer stopUsage()
+
 	err = srv.Serve(ctx, o.ShutdownGrace, func(addr string) {
 		log.Info("control listening", "addr", addr)
 		if ready != nil {
@@ -320,6 +327,11 @@ func newServer(pool *pgxpool.Pool, o Options, log *slog.Logger, reg *prometheus.
 		return nil, nil, err
 	}
 	ft.Routes(srv)
+	kb, err := newKnowledge(pool, o, log, files, queue)
+	if err != nil {
+		return nil, nil, err
+	}
+	kb.Routes(srv)
 	return srv, backends, nil
 }
 
