@@ -79,7 +79,10 @@ func (c *call) path() string { return endpointPaths[c.ep] }
 func (h *Handler) serve(ctx *fasthttp.RequestCtx, ep endpoint) {
 	c := h.calls.Get().(*call)
 	c.h, c.ep, c.start, c.ttft = h, ep, h.o.Now(), -1
-	c.reqID = h.RequestID(ctx)
+	// The call itself holds the id for RequestID: a pointer in the user value costs no
+	// allocation where the id string would (the call outlives the handler's use of ctx).
+	c.reqID = h.newRequestID(ctx)
+	ctx.SetUserValue(reqIDKey, c)
 	c.clientReqID = ClientRequestID(ctx)
 	h.m.inFlight.Inc()
 	streaming := false
@@ -93,8 +96,12 @@ func (h *Handler) serve(ctx *fasthttp.RequestCtx, ep endpoint) {
 		}
 	}()
 	snap, err := c.authenticate(ctx)
+	var body []byte
 	if err == nil {
-		c.fields, err = readRequest(ctx.PostBody(), ep, h.o.Limits)
+		body, err = h.requestBody(ctx)
+	}
+	if err == nil {
+		c.fields, err = readRequest(body, ep, h.o.Limits)
 	}
 	if err == nil {
 		err = c.authorize(snap)
@@ -103,13 +110,16 @@ func (h *Handler) serve(ctx *fasthttp.RequestCtx, ep endpoint) {
 		err = c.admit()
 	}
 	if err == nil {
-		c.rewrite(ctx.PostBody())
+		c.rewrite(body)
 		streaming, err = c.dispatch(ctx)
 		if streaming {
 			return // the stream writer finishes the call
 		}
 	}
 	if err != nil {
+		if body == nil {
+			refuseUnread(ctx)
+		}
 		e := h.writeError(ctx, err)
 		c.status, c.errType = e.Kind.Status(), e.Kind.Type()
 		if c.lease == nil && c.attempts == 0 {

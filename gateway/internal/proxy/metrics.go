@@ -3,6 +3,7 @@ package proxy
 import (
 	"strconv"
 	"sync"
+	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 )
@@ -23,6 +24,10 @@ type metrics struct {
 	rejections  *prometheus.CounterVec
 	retries     *prometheus.CounterVec
 	upstreamErr *prometheus.CounterVec
+	// forwarded requests (forward.go)
+	fwdRequests *prometheus.CounterVec
+	fwdDuration *prometheus.HistogramVec
+	fwdBytes    *prometheus.CounterVec
 
 	perModel sync.Map // model name → *modelMetrics
 	perReq   sync.Map // reqLabels → prometheus.Counter
@@ -65,10 +70,18 @@ func newMetrics(r prometheus.Registerer) (*metrics, error) {
 			Help: "Requests retried on another backend before their first byte, by model."}, []string{"model"}),
 		upstreamErr: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "maas_gateway_upstream_errors_total",
 			Help: "Backend failures by backend and kind (connect, timeout, status, stream; stale: a pooled connection the backend had closed, the request sent again on a new one)."}, []string{"backend", "kind"}),
+		fwdRequests: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "maas_gateway_forwarded_requests_total",
+			Help: "Requests forwarded to control (files, fine-tuning, vector stores, apps, the platform API), by route and HTTP status."},
+			[]string{"route", "status"}),
+		fwdDuration: prometheus.NewHistogramVec(prometheus.HistogramOpts{Name: "maas_gateway_forwarded_request_duration_seconds",
+			Help: "Time from receiving a forwarded request to the last byte of its answer, by route.", Buckets: latency}, []string{"route"}),
+		fwdBytes: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "maas_gateway_forwarded_bytes_total",
+			Help: "Body bytes of forwarded requests, by direction (in: from clients to control, out: from control to clients)."},
+			[]string{"direction"}),
 	}
 	if r != nil {
 		for _, c := range []prometheus.Collector{m.requests, m.duration, m.ttft, m.itl, m.prompt, m.completion,
-			m.inFlight, m.streams, m.rejections, m.retries, m.upstreamErr} {
+			m.inFlight, m.streams, m.rejections, m.retries, m.upstreamErr, m.fwdRequests, m.fwdDuration, m.fwdBytes} {
 			if err := r.Register(c); err != nil {
 				return nil, err
 			}
@@ -101,4 +114,16 @@ func (m *metrics) request(model, backend string, status int) {
 	c := m.requests.WithLabelValues(model, strconv.Itoa(status), backend)
 	v, _ := m.perReq.LoadOrStore(k, c)
 	v.(prometheus.Counter).Inc()
+}
+
+// forwarded counts one forwarded request (off the inference path: labels resolved per call).
+func (m *metrics) forwarded(route string, status int, d time.Duration, in, out int64) {
+	m.fwdRequests.WithLabelValues(route, strconv.Itoa(status)).Inc()
+	m.fwdDuration.WithLabelValues(route).Observe(d.Seconds())
+	if in > 0 {
+		m.fwdBytes.WithLabelValues("in").Add(float64(in))
+	}
+	if out > 0 {
+		m.fwdBytes.WithLabelValues("out").Add(float64(out))
+	}
 }

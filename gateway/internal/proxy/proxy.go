@@ -65,6 +65,13 @@ type Options struct {
 	// traceparent and tracestate; every other client header is dropped.
 	ForwardHeaders []string
 
+	// MaxBodyBytes bounds an inference request's body, and a forwarded request's other
+	// than a file upload: 413 beyond (0: no bound).
+	MaxBodyBytes int
+	// FilesMaxBytes bounds the file of an upload forwarded to control (POST /v1/files);
+	// the multipart framing may add 1 MiB.
+	FilesMaxBytes int64
+
 	MaxAttempts       int
 	FirstByteTimeout  time.Duration
 	StreamIdleTimeout time.Duration
@@ -99,6 +106,8 @@ type Options struct {
 // DefaultOptions returns the defaults.
 func DefaultOptions() Options {
 	return Options{
+		MaxBodyBytes:      10 << 20,
+		FilesMaxBytes:     512 << 20,
 		MaxAttempts:       3,
 		FirstByteTimeout:  60 * time.Second,
 		StreamIdleTimeout: 60 * time.Second,
@@ -206,14 +215,25 @@ func (h *Handler) Embeddings(ctx *fasthttp.RequestCtx) { h.serve(ctx, epEmbeddin
 // own X-Request-Id never replaces it; see ClientRequestID.
 func (h *Handler) RequestID(ctx *fasthttp.RequestCtx) string {
 	if v := ctx.UserValue(reqIDKey); v != nil {
-		return v.(string)
+		switch v := v.(type) {
+		case string:
+			return v
+		case *call:
+			return v.reqID
+		}
 	}
+	id := h.newRequestID(ctx)
+	ctx.SetUserValue(reqIDKey, id)
+	return id
+}
+
+// newRequestID makes a request id and sets it on the response.
+func (h *Handler) newRequestID(ctx *fasthttp.RequestCtx) string {
 	var buf [48]byte
 	b := append(buf[:0], h.idBase...)
 	b = strconv.AppendUint(b, h.idSeq.Add(1), 36)
 	id := string(b)
 	ctx.Response.Header.Set("X-Request-Id", id)
-	ctx.SetUserValue(reqIDKey, id)
 	return id
 }
 

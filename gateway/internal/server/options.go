@@ -16,6 +16,10 @@ type Options struct {
 	Addr string
 	// MaxBodyBytes bounds a request body; larger bodies get 413 (MAAS_MAX_BODY_BYTES).
 	MaxBodyBytes int
+	// FilesMaxBytes bounds a file uploaded through POST /v1/files, which the gateway
+	// streams to control (MAAS_FILES_MAX_BYTES, read by control too: give both the same
+	// value); 413 beyond. Every other request body is bounded by MaxBodyBytes.
+	FilesMaxBytes int
 	// MaxHeaderBytes bounds the request line plus headers (MAAS_MAX_HEADER_BYTES).
 	MaxHeaderBytes int
 	// MaxN is the most choices (n) one chat or completions request may ask for; more is a
@@ -130,6 +134,7 @@ func DefaultOptions() Options {
 	return Options{
 		Addr:                "127.0.0.1:8000",
 		MaxBodyBytes:        10 << 20,
+		FilesMaxBytes:       512 << 20,
 		MaxHeaderBytes:      8 << 10,
 		MaxN:                16,
 		MaxMessages:         2048,
@@ -167,6 +172,7 @@ func (o *Options) Bind(l *config.Loader) {
 	o.Common.Bind(l)
 	l.String(&o.Addr, "MAAS_GATEWAY_ADDR", "addr", o.Addr, "listen address")
 	l.Int(&o.MaxBodyBytes, "MAAS_MAX_BODY_BYTES", "max-body-bytes", o.MaxBodyBytes, "largest request body (413 beyond)")
+	l.Int(&o.FilesMaxBytes, "MAAS_FILES_MAX_BYTES", "files-max-bytes", o.FilesMaxBytes, "largest file uploaded through /v1/files (413 beyond)")
 	l.Int(&o.MaxHeaderBytes, "MAAS_MAX_HEADER_BYTES", "max-header-bytes", o.MaxHeaderBytes, "largest request header block")
 	l.Int(&o.MaxN, "MAAS_MAX_N", "max-n", o.MaxN, "most choices (n) per request (0: no limit)")
 	l.Int(&o.MaxMessages, "MAAS_MAX_MESSAGES", "max-messages", o.MaxMessages, "most messages per chat request (0: no limit)")
@@ -219,6 +225,7 @@ func (o *Options) Validate() error {
 	}{
 		{"MAAS_MAX_BODY_BYTES", int64(o.MaxBodyBytes)},
 		{"MAAS_MAX_HEADER_BYTES", int64(o.MaxHeaderBytes)},
+		{"MAAS_FILES_MAX_BYTES", int64(o.FilesMaxBytes)},
 		{"MAAS_READ_TIMEOUT", int64(o.ReadTimeout)},
 		{"MAAS_WRITE_TIMEOUT", int64(o.WriteTimeout)},
 		{"MAAS_IDLE_TIMEOUT", int64(o.IdleTimeout)},

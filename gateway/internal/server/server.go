@@ -121,6 +121,7 @@ func Run(ctx context.Context, o Options) error {
 	po.ControlURL, po.InternalToken = o.Common.ControlURL, o.Common.InternalToken
 	po.MaxAttempts, po.FirstByteTimeout, po.StreamIdleTimeout, po.RequestTimeout = o.MaxAttempts, o.FirstByteTimeout, o.StreamIdleTimeout, o.RequestTimeout
 	po.BaseContext, po.AccessLog, po.Logger, po.Registerer = streamCtx, o.AccessLog, log, reg
+	po.MaxBodyBytes, po.FilesMaxBytes = o.MaxBodyBytes, int64(o.FilesMaxBytes)
 	po.Limits = reqbody.Limits{MaxN: int64(o.MaxN), MaxMessages: o.MaxMessages, MaxInputs: o.MaxInputs}
 	if o.ForwardHeaders != "" {
 		po.ForwardHeaders = strings.Split(o.ForwardHeaders, ",")
@@ -276,11 +277,18 @@ func New(o Options, d Deps) *fasthttp.Server {
 	recovered := recoverer(r.Handler, rec, ph.RequestID)
 
 	return &fasthttp.Server{
-		Handler:                       recovered,
-		Name:                          "maas-gateway",
-		ReadTimeout:                   o.ReadTimeout,
-		WriteTimeout:                  o.WriteTimeout,
-		IdleTimeout:                   o.IdleTimeout,
+		Handler:      recovered,
+		Name:         "maas-gateway",
+		ReadTimeout:  o.ReadTimeout,
+		WriteTimeout: o.WriteTimeout,
+		IdleTimeout:  o.IdleTimeout,
+		// Request bodies are streamed: the handlers read them. An inference body is read
+		// whole at once, bounded by MaxBodyBytes (proxy.requestBody); a forwarded one is
+		// passed to control as it arrives, bounded per route (proxy.Forward), so a file
+		// upload never sits in the gateway's memory. MaxRequestBodySize is then only how
+		// much the server reads ahead with the headers (at most 8 KiB).
+		StreamRequestBody:             true,
+		DisablePreParseMultipartForm:  true,
 		MaxRequestBodySize:            o.MaxBodyBytes,
 		ReadBufferSize:                o.MaxHeaderBytes,
 		DisableHeaderNamesNormalizing: false,
@@ -347,7 +355,14 @@ func recoverer(next fasthttp.RequestHandler, rec *panics.Recorder, reqID func(*f
 
 type fasthttpLogger struct{ l *slog.Logger }
 
+// Printf logs fasthttp's messages at debug level. The server streams request bodies, and
+// fasthttp warns on every Request.Body of a streamed body: the handlers read bodies whole
+// on purpose (bounded, see proxy.requestBody), so that warning is dropped, and nothing is
+// formatted when debug logs are off (it would cost an inference request two allocations).
 func (f fasthttpLogger) Printf(format string, args ...any) {
+	if !f.l.Enabled(context.Background(), slog.LevelDebug) || strings.HasPrefix(format, "WARNING: Request.Body() reads the entire stream") {
+		return
+	}
 	f.l.Debug("fasthttp: " + fmt.Sprintf(format, args...))
 }
 
