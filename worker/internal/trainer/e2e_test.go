@@ -137,7 +137,7 @@ func TestE2ETrainingWorkerWithControl(t *testing.T) {
 	long := createJob(t, p, dev, fileID, 50)
 	waitJob(t, p, dev, long.ID, func(j e2eJob) bool { return j.Status == "running" })
 	deadline := time.Now().Add(30 * time.Second)
-	for !strings.Contains(strings.Join(jobEvents(t, p, dev, long.ID), "\n"), "Step 1/200") {
+	for !strings.Contains(strings.Join(jobEvents(t, p, dev, long.ID), "\n"), "/200: training loss") {
 		if time.Now().After(deadline) {
 			t.Fatal("no progress from the long job")
 		}
@@ -187,7 +187,7 @@ func TestE2ETrainingWorkerWithControl(t *testing.T) {
 		"MAAS_TRAIN_SIM_STEP_INTERVAL=100ms", "MAAS_TRAINER_POLL_INTERVAL=100ms", "MAAS_TRAINER_ID=doomed")...)
 	orphaned := createJob(t, p, dev, fileID, 20)
 	deadline = time.Now().Add(30 * time.Second)
-	for !strings.Contains(strings.Join(jobEvents(t, p, dev, orphaned.ID), "\n"), "Step 1/80") {
+	for !strings.Contains(strings.Join(jobEvents(t, p, dev, orphaned.ID), "\n"), "/80: training loss") {
 		if time.Now().After(deadline) {
 			t.Fatalf("no progress from the job:\n%s", doomed.Output())
 		}

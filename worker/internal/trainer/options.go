@@ -114,7 +114,7 @@ func (f *Flags) Bind(l *config.Loader) {
 	d := DefaultOptions()
 	l.String(&f.command, "MAAS_TRAINER_COMMAND", "trainer-command", "",
 		`trainer command template; "sim" = the built-in simulated trainer; empty = no training (placeholders: {`+strings.Join(Placeholders, "} {")+"})")
-	l.Int(&f.o.GPUs, "MAAS_TRAINER_GPUS", "trainer-gpus", d.GPUs, "GPUs this worker offers to training (one job at a time)")
+	l.Int(&f.o.GPUs, "MAAS_TRAINER_GPUS", "trainer-gpus", d.GPUs, "GPUs this worker offers to training (one job at a time on all of them unless MAAS_TRAINER_GPUS_PER_JOB)")
 	l.Int(&f.o.GPUsPerJob, "MAAS_TRAINER_GPUS_PER_JOB", "trainer-gpus-per-job", 0, "GPUs per job: runs MAAS_TRAINER_GPUS / this many jobs at once, each with its own CUDA_VISIBLE_DEVICES; 0 = one job on all GPUs")
 	l.Duration(&f.o.Timeout, "MAAS_TRAINER_TIMEOUT", "trainer-timeout", d.Timeout, "longest training run; 0 = no limit")
 	l.Duration(&f.o.StopGrace, "MAAS_TRAINER_STOP_GRACE", "trainer-stop-grace", d.StopGrace, "SIGTERM → SIGKILL delay when a trainer is stopped")
