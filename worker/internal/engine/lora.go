@@ -9,6 +9,8 @@ import (
 	"io"
 	"net/http"
 	"strings"
+
+	"github.com/maas-platform/maas/pkg/openai"
 )
 
 // LoRAAPI describes how an engine kind loads and unloads LoRA adapters at run time. A nil
@@ -47,6 +49,30 @@ func (a Adapter) SlotsFromCommand(cmd string) (int, string) {
 		return 0, ""
 	}
 	return n, src + " in MAAS_ENGINE_CMD"
+}
+
+// LoRAs returns the LoRA adapters the engine lists in /v1/models (entries with a parent, as
+// vLLM lists them), by name with their path (root); empty for an engine that lists none.
+func (c *Client) LoRAs(ctx context.Context) (map[string]string, error) {
+	resp, err := c.get(ctx, "/v1/models")
+	if err != nil {
+		return nil, fmt.Errorf("list LoRA adapters: %w", err)
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return nil, fmt.Errorf("list LoRA adapters: status %d", resp.StatusCode)
+	}
+	var l openai.ModelList
+	if err := json.NewDecoder(io.LimitReader(resp.Body, 8<<20)).Decode(&l); err != nil {
+		return nil, fmt.Errorf("list LoRA adapters: decode: %w", err)
+	}
+	out := map[string]string{}
+	for _, m := range l.Data {
+		if m.Parent != nil {
+			out[m.ID] = m.Root
+		}
+	}
+	return out, nil
 }
 
 // LoadLoRA loads the PEFT adapter at path (on the engine's file system) under name.

@@ -7,13 +7,17 @@ import (
 	"io"
 	"net/http"
 	"net/http/httptest"
+	"os"
+	"path/filepath"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/maas-platform/maas/worker/internal/engine"
 	"github.com/maas-platform/maas/worker/internal/engine/sglang"
 	"github.com/maas-platform/maas/worker/internal/engine/tgi"
 	"github.com/maas-platform/maas/worker/internal/engine/vllm"
+	"github.com/maas-platform/maas/worker/internal/sim"
 )
 
 // fakeVLLM answers /v1/load_lora_adapter and /v1/unload_lora_adapter with vLLM's status
@@ -177,5 +181,49 @@ func TestSlotsFromCommand(t *testing.T) {
 		if n, _ := tt.a.SlotsFromCommand(tt.cmd); n != tt.want {
 			t.Errorf("%s: %d, want %d", tt.cmd, n, tt.want)
 		}
+	}
+}
+
+// TestLoRAsAgainstSimulator loads and lists adapters through the vLLM API of the simulator,
+// whose /v1/models lists adapters as vLLM does (root = path, parent = base).
+func TestLoRAsAgainstSimulator(t *testing.T) {
+	o := sim.DefaultOptions()
+	o.Addr = "127.0.0.1:0"
+	s, err := sim.New(o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Listen(); err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- s.Serve() }()
+	defer func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		_ = s.Stop(ctx)
+		<-done
+	}()
+	dir := t.TempDir()
+	if err := os.WriteFile(filepath.Join(dir, "adapter_config.json"), []byte("{}"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	c := engine.NewClient(vllm.Adapter, s.URL())
+	ctx := context.Background()
+	if err := c.LoadLoRA(ctx, "ft:x", dir); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.LoadLoRA(ctx, "ft:y", t.TempDir()); !errors.Is(err, engine.ErrLoRAPathNotFound) {
+		t.Errorf("load of a directory without adapter_config.json: %v", err)
+	}
+	got, err := c.LoRAs(ctx)
+	if err != nil || len(got) != 1 || got["ft:x"] != dir {
+		t.Fatalf("LoRAs %v, %v", got, err)
+	}
+	if err := c.UnloadLoRA(ctx, "ft:x"); err != nil {
+		t.Fatal(err)
+	}
+	if got, _ := c.LoRAs(ctx); len(got) != 0 {
+		t.Errorf("after unload %v", got)
 	}
 }

@@ -45,6 +45,8 @@ import (
 type loraEngine interface {
 	LoadLoRA(ctx context.Context, name, path string) error
 	UnloadLoRA(ctx context.Context, name string) error
+	// LoRAs lists the adapters loaded in the engine, by name with their path.
+	LoRAs(ctx context.Context) (map[string]string, error)
 }
 
 // heldAdapter is an adapter loaded in the engine.
@@ -79,6 +81,7 @@ type adapterSync struct {
 	mu       sync.Mutex
 	held     map[string]*heldAdapter
 	failures map[string]*loadFailure // by name + version
+	adopted  bool                    // the engine's leftovers were looked for
 }
 
 func newAdapterSync(eng loraEngine, fetch func(context.Context, string) (io.ReadCloser, error), dir string,
@@ -149,9 +152,46 @@ func (a *adapterSync) run(ctx context.Context) {
 	}
 }
 
+// adopt takes over the adapters an earlier life of this worker left loaded in the engine
+// (those whose path lies in the cache directory; an engine outlives a worker restarted
+// beside it): kept when still desired at the same version (same cache directory),
+// otherwise retired and unloaded like any other. Adapters loaded from elsewhere (e.g.
+// vLLM's --lora-modules) are not touched.
+func (a *adapterSync) adopt(ctx context.Context, desired []registry.DesiredAdapter) {
+	loaded, err := a.eng.LoRAs(ctx)
+	if err != nil {
+		a.log.Warn("adapters left in the engine not listed; looking again at the next heartbeat", "err", err)
+		return
+	}
+	a.adopted = true
+	cache, err := filepath.Abs(a.dir)
+	if err != nil {
+		return
+	}
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	for name, root := range loaded {
+		rel, err := filepath.Rel(cache, root)
+		if err != nil || rel == "." || strings.HasPrefix(rel, "..") || a.held[name] != nil {
+			continue
+		}
+		h := &heldAdapter{dir: root}
+		for _, d := range desired {
+			if d.Name == name && filepath.Base(a.cacheDir(d)) == rel {
+				h.version = d.Version
+			}
+		}
+		a.held[name] = h
+		a.log.Info("adapter left loaded in the engine by an earlier worker: taken over", "model", name, "still_placed", h.version != "")
+	}
+}
+
 // apply moves the engine one step towards desired; it reports whether the served set
 // changed.
 func (a *adapterSync) apply(ctx context.Context, desired []registry.DesiredAdapter) (changed bool) {
+	if !a.adopted {
+		a.adopt(ctx, desired)
+	}
 	now := a.now()
 	want := make(map[string]registry.DesiredAdapter, len(desired))
 	for _, d := range desired {

@@ -351,6 +351,16 @@ func (e *fakeLoRA) LoadLoRA(_ context.Context, name, path string) error {
 	return nil
 }
 
+func (e *fakeLoRA) LoRAs(context.Context) (map[string]string, error) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	out := map[string]string{}
+	for k, v := range e.loaded {
+		out[k] = v
+	}
+	return out, nil
+}
+
 func (e *fakeLoRA) UnloadLoRA(_ context.Context, name string) error {
 	e.mu.Lock()
 	defer e.mu.Unlock()
@@ -403,5 +413,43 @@ func TestAdapterSyncRestartAndBackoff(t *testing.T) {
 	}
 	if got := a.Serving(); !slices.Equal(got, []string{"ft:x", "ft:y"}) {
 		t.Errorf("serving %v", got)
+	}
+}
+
+// TestAdapterSyncTakesOverLeftovers: a worker restarted beside a running engine finds the
+// adapters its earlier life loaded: one still placed is kept (not loaded again), one no
+// longer placed is unloaded, one the engine loaded from elsewhere is left alone.
+func TestAdapterSyncTakesOverLeftovers(t *testing.T) {
+	cache := t.TempDir()
+	keep, drop := desired("ft:keep", "ftjob-kkkkkkkk"), desired("ft:drop", "ftjob-dddddddd")
+	probe := newAdapterSync(nil, nil, cache, 1<<20, 4, 0, slog.New(slog.DiscardHandler))
+	keepDir, dropDir := probe.cacheDir(keep), probe.cacheDir(drop)
+	for _, d := range []string{keepDir, dropDir} {
+		if err := os.MkdirAll(d, 0o755); err != nil {
+			t.Fatal(err)
+		}
+		_ = os.WriteFile(filepath.Join(d, adapterConfig), []byte("{}"), 0o644)
+	}
+	eng := &fakeLoRA{loaded: map[string]string{"ft:keep": keepDir, "ft:drop": dropDir, "static": "/models/static-lora"}}
+	fetch := func(context.Context, string) (io.ReadCloser, error) {
+		t.Error("an adapter was fetched")
+		return nil, io.EOF
+	}
+	a := newAdapterSync(eng, fetch, cache, 1<<20, 4, 0, slog.New(slog.DiscardHandler))
+	a.apply(context.Background(), []registry.DesiredAdapter{keep})
+	if eng.loads != 0 {
+		t.Errorf("loads %d, want 0 (kept as it was)", eng.loads)
+	}
+	if _, ok := eng.loaded["ft:drop"]; ok {
+		t.Error("the adapter no longer placed is still loaded")
+	}
+	if eng.loaded["static"] == "" || eng.loaded["ft:keep"] == "" {
+		t.Errorf("engine holds %v", eng.loaded)
+	}
+	if got := a.Serving(); !slices.Equal(got, []string{"ft:keep"}) {
+		t.Errorf("serving %v", got)
+	}
+	if _, err := os.Stat(dropDir); err == nil {
+		t.Error("the dropped adapter's cache is kept")
 	}
 }

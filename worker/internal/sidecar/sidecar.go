@@ -67,6 +67,10 @@ func (e simEngine) UnloadLoRA(ctx context.Context, name string) error {
 	return e.lora.UnloadLoRA(ctx, name)
 }
 
+func (e simEngine) LoRAs(ctx context.Context) (map[string]string, error) {
+	return e.lora.LoRAs(ctx)
+}
+
 func (e simEngine) Ready(context.Context) error { return nil }
 func (e simEngine) Models(context.Context) ([]string, error) {
 	return e.s.Models(), nil
