@@ -223,3 +223,43 @@ func (s *Service) Demand(ctx context.Context, name string) (*Placement, error) {
 	s.log.Info("adapter demanded", "model", name, "loaded_on", len(p.LoadedOn), "placeable_on", len(p.PlaceableOn))
 	return p, nil
 }
+
+// Adapter is an adapter model as operators see its placement.
+type Adapter struct {
+	Model     string `json:"model"`
+	BaseModel string `json:"base_model"`
+	Enabled   bool   `json:"enabled"`
+	// Placeable: a fine-tuning job stored its archive (else control places it nowhere).
+	Placeable bool `json:"placeable"`
+	// LastUsedAt is its last use as placement counts it (Unix seconds): registration, the
+	// ledger as last folded, or an on-demand request.
+	LastUsedAt int64    `json:"last_used_at"`
+	LoadedOn   []string `json:"loaded_on"`
+}
+
+// List returns up to limit+1 adapter models named after after, by name.
+func (s *Service) List(ctx context.Context, after string, limit int) ([]*Adapter, error) {
+	rows, err := s.db.Query(ctx, `SELECT m.name, m.base_model, m.enabled,
+			EXISTS (SELECT 1 FROM fine_tuning_jobs j WHERE j.fine_tuned_model = m.name AND j.adapter_key IS NOT NULL AND j.trained),
+			EXTRACT(EPOCH FROM GREATEST(m.created_at, u.used_at))::bigint,
+			COALESCE((SELECT array_agg(b.id ORDER BY b.id) FROM backends b WHERE m.name = ANY(b.adapters)), '{}')
+		FROM models m LEFT JOIN adapter_uses u ON u.model_id = m.id
+		WHERE m.base_model IS NOT NULL AND m.name > $1
+		ORDER BY m.name LIMIT $2`, after, limit+1)
+	if err != nil {
+		return nil, fmt.Errorf("list adapters: %w", err)
+	}
+	defer rows.Close()
+	var out []*Adapter
+	for rows.Next() {
+		a := &Adapter{}
+		if err := rows.Scan(&a.Model, &a.BaseModel, &a.Enabled, &a.Placeable, &a.LastUsedAt, &a.LoadedOn); err != nil {
+			return nil, fmt.Errorf("list adapters: %w", err)
+		}
+		out = append(out, a)
+	}
+	if err := rows.Err(); err != nil {
+		return nil, fmt.Errorf("list adapters: %w", err)
+	}
+	return out, nil
+}

@@ -7,9 +7,22 @@ import (
 	"github.com/maas-platform/maas/pkg/apierr"
 )
 
-// Routes adds the gateways' on-demand hook.
+// Routes adds the gateways' on-demand hook and the operators' placement list.
 func (s *Service) Routes(srv *server.Server) {
 	srv.Handle("POST", "/internal/v1/adapters/demand", server.Internal, s.handleDemand)
+	srv.Handle("GET", "/api/v1/adapters", server.AdminOnly, s.handleList)
+}
+
+func (s *Service) handleList(c *server.Call) error {
+	page, err := c.PageParams()
+	if err != nil {
+		return err
+	}
+	list, err := s.List(c.Ctx, page.After, page.Limit)
+	if err != nil {
+		return apierr.Wrap(err, "list adapters")
+	}
+	return c.JSON(200, server.NewList(list, page.Limit, func(a *Adapter) any { return a.Model }))
 }
 
 // DemandRequest is POST /internal/v1/adapters/demand.

@@ -164,6 +164,21 @@ func TestAdapterPlacementLifecycle(t *testing.T) {
 	if !slices.Equal(p.LoadedOn, []string{"a1"}) {
 		t.Errorf("loaded_on %v", p.LoadedOn)
 	}
+	var list struct {
+		Data []struct {
+			Model      string   `json:"model"`
+			BaseModel  string   `json:"base_model"`
+			Placeable  bool     `json:"placeable"`
+			LastUsedAt int64    `json:"last_used_at"`
+			LoadedOn   []string `json:"loaded_on"`
+		} `json:"data"`
+	}
+	tc.call("GET", "/api/v1/adapters?limit=10", tc.adminTokenCached(), nil, 200).decode(t, &list)
+	if len(list.Data) != 3 || list.Data[1].Model != oldA || !slices.Equal(list.Data[1].LoadedOn, []string{"a1"}) ||
+		!list.Data[1].Placeable || list.Data[1].LastUsedAt < now.Add(-time.Minute).Unix() {
+		t.Errorf("adapters list %+v", list.Data)
+	}
+
 	// Its loaded adapters are not bases: the placement still sees base-a only.
 	if got := desiredNames(t, tc.adapterBeat("a1", 2, []string{newA, oldA}, nil)); !slices.Equal(got, []string{oldA, newA}) {
 		t.Fatalf("a1 desired with both loaded %v", got)

@@ -284,6 +284,7 @@ func matrix() []matrixCase {
 		{"POST", "/internal/v1/fine_tuning/jobs/{id}/complete", fixed("/internal/v1/fine_tuning/jobs/ftjob-missing0000/complete", map[string]any{}), internalOnly(404)},
 		{"POST", "/internal/v1/fine_tuning/jobs/{id}/fail", fixed("/internal/v1/fine_tuning/jobs/ftjob-missing0000/fail", map[string]any{"message": "x"}), internalOnly(404)},
 		{"POST", "/internal/v1/adapters/demand", fixed("/internal/v1/adapters/demand", map[string]any{"model": "ft:none"}), internalOnly(404)},
+		{"GET", "/api/v1/adapters", fixed("/api/v1/adapters", nil), expect(403, 403, 200)},
 
 		{"POST", "/internal/v1/backends/register", func(f *rbacFixture, who string) (string, any) {
 			return "/internal/v1/backends/register", registerBody(f.backendID, 2000)
