@@ -27,5 +27,7 @@
 // served models (backends.models), which is what gateways route on. The on-demand hook, POST
 // /internal/v1/adapters/demand {"model"}, records a use now, so that every backend of the
 // base places the adapter at its next heartbeat (evicting its least recently used one when
-// full), and answers where it is loaded and where it can be.
+// full), and answers where it is loaded and where it can be. Operators see every adapter's
+// placement with GET /api/v1/adapters (admin); each backend's slots and loaded adapters are
+// in GET /api/v1/backends.
 package adapter
