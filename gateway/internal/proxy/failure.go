@@ -45,6 +45,10 @@ type verdict struct {
 //   - a timeout → 504, any other transport error → 502, a 502/503/504 answer → the same
 //     status as the gateway's own error: tried on another backend while the client has
 //     seen nothing, and counted against the backend's breaker;
+//   - a connection the backend refused (a dial error, not a timeout: nothing listens) is
+//     counted as Unreachable: while the breaker it opened stays open, the backend's port is
+//     probed, and the breaker closes as soon as a connection is accepted again (an engine
+//     restart costs no 5 s tail); a connection broken after it was made is a Failure;
 //   - but a stale pooled connection (not a timeout) → one more try on a new connection to
 //     the same backend first, not counted against it;
 //   - any other answer (400, 401, 404, 422, 429, 500, …) is relayed as the backend sent it
@@ -72,8 +76,12 @@ func judge(f failure) verdict {
 		return verdict{err: &apierr.Error{Kind: apierr.BadGateway, Message: "the backend could not be reached", Err: f.err},
 			fresh: true, kind: "stale", outcome: upstream.Neutral}
 	case f.err != nil:
+		out := upstream.Failure
+		if refused(f.err) {
+			out = upstream.Unreachable
+		}
 		return verdict{err: &apierr.Error{Kind: apierr.BadGateway, Message: "the backend could not be reached", Err: f.err},
-			retry: true, kind: "connect", outcome: upstream.Failure}
+			retry: true, kind: "connect", outcome: out}
 	case f.status == 502 || f.status == 503 || f.status == 504:
 		kind := apierr.BadGateway
 		switch f.status {
@@ -105,6 +113,14 @@ func blamesRequest(body []byte) bool {
 	}
 	code, ok := intValue(member(e, "code"))
 	return ok && code >= 400 && code < 500
+}
+
+// refused reports whether err is a failure to connect to the backend (nothing accepted
+// the connection), as opposed to a connection that broke once made: only the former says
+// the backend is away, which a reachability probe can tell the end of.
+func refused(err error) bool {
+	var oe *net.OpError
+	return errors.As(err, &oe) && oe.Op == "dial"
 }
 
 func isTimeout(err error, timedOut bool) bool {

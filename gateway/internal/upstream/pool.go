@@ -270,7 +270,7 @@ func (p *Pool) pick(m *snapshot.Model, affinity uint64, exclude []*Upstream) (*L
 		if u == nil {
 			return nil, anyUsable
 		}
-		done, err := u.breaker.Allow()
+		done, err := u.breaker.Load().Allow()
 		if err != nil {
 			u.inFlight.Add(-1)
 			exclude = append(exclude[:len(exclude):len(exclude)], u)
@@ -638,7 +638,7 @@ func (c *backendCollector) Collect(ch chan<- prometheus.Metric) {
 			h = 1
 		}
 		var st float64
-		switch u.breaker.State() {
+		switch u.breaker.Load().State() {
 		case gobreaker.StateHalfOpen:
 			st = 1
 		case gobreaker.StateOpen:

@@ -47,7 +47,17 @@ type Upstream struct {
 	waiting  atomic.Int64
 	kvMilli  atomic.Int64 // KV-cache use × 1000
 
-	breaker *gobreaker.TwoStepCircuitBreaker[struct{}]
+	// breaker is replaced by a closed one when a backend whose connections were refused
+	// accepts them again (reachable.go); a lease keeps reporting to the breaker it took.
+	breaker atomic.Pointer[gobreaker.TwoStepCircuitBreaker[struct{}]]
+	// unreachable: the last failure reported was Unreachable (connection refused or
+	// broken); an open breaker then probes the backend's port (reachable.go).
+	unreachable atomic.Bool
+	// probing: a reachability probe runs for the current open breaker.
+	probing atomic.Bool
+	addr    string
+	opts    *Options
+	changed func()
 	// openUntil mirrors the breaker for usable: while it is open, the (real) time it may let
 	// a probe through, in unix nanoseconds; 0 otherwise. Asking the breaker itself takes its
 	// mutex and reads the clock, for every candidate of every request.
@@ -63,7 +73,7 @@ func (u *Upstream) InFlight() int64 { return u.inFlight.Load() }
 func (u *Upstream) Capacity() int64 { return u.capacity.Load() }
 
 // BreakerState is u's circuit breaker state.
-func (u *Upstream) BreakerState() gobreaker.State { return u.breaker.State() }
+func (u *Upstream) BreakerState() gobreaker.State { return u.breaker.Load().State() }
 
 // URL returns the absolute URL of path on u.
 func (u *Upstream) URL(path string) string { return u.Base + path }
@@ -115,11 +125,16 @@ const (
 	// Success: the backend answered (a completed stream, or a status that says the
 	// request, not the backend, was at fault: see the gateway's error rules).
 	Success Outcome = iota
-	// Failure: connection error, timeout, 502/503/504 or a 5xx that does not blame the
-	// request; counts against the breaker.
+	// Failure: timeout, 502/503/504 or a 5xx that does not blame the request; counts
+	// against the breaker.
 	Failure
 	// Neutral: the client went away or the request was cancelled; no health signal.
 	Neutral
+	// Unreachable: the backend could not be reached (connection refused, or broken
+	// before an answer); counts against the breaker like Failure, and while the breaker
+	// is open the backend's port is probed: it is back in service as soon as it accepts
+	// connections again (reachable.go).
+	Unreachable
 )
 
 var errFailed = errors.New("upstream: backend failed")
@@ -136,8 +151,13 @@ type Lease struct {
 func (l *Lease) Release(o Outcome) {
 	if l.done != nil {
 		switch o {
-		case Failure:
+		case Failure, Unreachable:
+			// Set before the breaker hears of it: its trip (OnStateChange) reads it.
+			l.U.unreachable.Store(o == Unreachable)
 			l.done(errFailed)
+		case Success:
+			l.U.unreachable.Store(false)
+			l.done(nil)
 		default:
 			// Neutral: a half-open probe that was cancelled must still finish; count it a
 			// success so that a client hang-up does not keep a backend out of the pool.
@@ -170,7 +190,7 @@ func newUpstream(b snapshot.Backend, o *Options, breakerChanged func()) (*Upstre
 		}
 	}
 	connect := o.ConnectTimeout
-	u := &Upstream{ID: b.ID, Base: base}
+	u := &Upstream{ID: b.ID, Base: base, addr: addr, opts: o, changed: breakerChanged}
 	idle := o.IdleTimeout
 	if idle <= 0 {
 		idle = DefaultOptions().IdleTimeout
@@ -219,26 +239,7 @@ func newUpstream(b snapshot.Backend, o *Options, breakerChanged func()) (*Upstre
 		NoDefaultUserAgentHeader: true, StreamResponseBody: true, ReadBufferSize: 4 << 10, WriteBufferSize: 2 << 10,
 		Dial: func(a string) (net.Conn, error) { return u.Stream.Dial(a) },
 	}
-	u.breaker = gobreaker.NewTwoStepCircuitBreaker[struct{}](gobreaker.Settings{
-		Name:        b.ID,
-		MaxRequests: 1,
-		Interval:    o.BreakerInterval,
-		Timeout:     o.BreakerOpenFor,
-		ReadyToTrip: func(c gobreaker.Counts) bool {
-			return c.ConsecutiveFailures >= o.BreakerFailures
-		},
-		OnStateChange: func(name string, from, to gobreaker.State) {
-			if to == gobreaker.StateOpen {
-				u.openUntil.Store(time.Now().Add(o.BreakerOpenFor).UnixNano())
-			} else {
-				u.openUntil.Store(0)
-			}
-			o.Logger.Warn("backend circuit breaker changed state", "backend", name, "from", from.String(), "to", to.String())
-			if breakerChanged != nil {
-				breakerChanged()
-			}
-		},
-	})
+	u.breaker.Store(u.newBreaker())
 	u.update(b)
 	u.applyLoad(b.Load)
 	return u, nil
@@ -356,4 +357,34 @@ func (c *streamConn) SetDeadline(t time.Time) error {
 		return c.Conn.SetWriteDeadline(t)
 	}
 	return c.Conn.SetDeadline(t)
+}
+
+// newBreaker returns a closed breaker for u.
+func (u *Upstream) newBreaker() *gobreaker.TwoStepCircuitBreaker[struct{}] {
+	o := u.opts
+	var br *gobreaker.TwoStepCircuitBreaker[struct{}]
+	br = gobreaker.NewTwoStepCircuitBreaker[struct{}](gobreaker.Settings{
+		Name:        u.ID,
+		MaxRequests: 1,
+		Interval:    o.BreakerInterval,
+		Timeout:     o.BreakerOpenFor,
+		ReadyToTrip: func(c gobreaker.Counts) bool {
+			return c.ConsecutiveFailures >= o.BreakerFailures
+		},
+		OnStateChange: func(name string, from, to gobreaker.State) {
+			if to == gobreaker.StateOpen {
+				u.openUntil.Store(time.Now().Add(o.BreakerOpenFor).UnixNano())
+				if u.unreachable.Load() {
+					u.probeUntilReachable(br)
+				}
+			} else {
+				u.openUntil.Store(0)
+			}
+			o.Logger.Warn("backend circuit breaker changed state", "backend", name, "from", from.String(), "to", to.String())
+			if u.changed != nil {
+				u.changed()
+			}
+		},
+	})
+	return br
 }
