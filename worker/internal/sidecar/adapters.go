@@ -181,6 +181,9 @@ func (a *adapterSync) adopt(ctx context.Context, desired []registry.DesiredAdapt
 				h.version = d.Version
 			}
 		}
+		if h.version == "" {
+			h.retiring = a.now() // never served: reported adapters stay within the slots
+		}
 		a.held[name] = h
 		a.log.Info("adapter left loaded in the engine by an earlier worker: taken over", "model", name, "still_placed", h.version != "")
 	}
