@@ -85,7 +85,9 @@ def render(tokenizer, messages, add_generation_prompt=False):
     """Token ids of messages through the model's chat template (a plain one when it has none)."""
     msgs = [{"role": m.get("role", "user"), "content": text_of(m.get("content"))} for m in messages]
     if getattr(tokenizer, "chat_template", None):
-        return tokenizer.apply_chat_template(msgs, tokenize=True, add_generation_prompt=add_generation_prompt)
+        ids = tokenizer.apply_chat_template(msgs, tokenize=True, add_generation_prompt=add_generation_prompt)
+        # Some versions answer a BatchEncoding rather than a list of ids.
+        return ids["input_ids"] if hasattr(ids, "keys") else ids
     text = "".join(f"<|{m['role']}|>\n{m['content']}\n" for m in msgs)
     if add_generation_prompt:
         text += "<|assistant|>\n"

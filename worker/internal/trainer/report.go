@@ -55,6 +55,9 @@ func (r *reporter) add(p Progress) {
 	switch {
 	case p.Metric != nil:
 		m := *p.Metric
+		if m.TotalSteps == 0 && r.last != nil {
+			m.TotalSteps = r.last.TotalSteps // a trainer may state it once
+		}
 		if r.last != nil && r.last.Step == m.Step {
 			// A second line for the same step (validation after training, say): control
 			// replaces a step's figures, so carry what the first line said.

@@ -20,8 +20,9 @@ func TestReporterBatchesAndMerges(t *testing.T) {
 	for i := 1; i <= 2500; i++ {
 		r.add(Progress{Metric: &training.Metric{Step: i, TotalSteps: 2500, TrainLoss: ptr(1)}})
 	}
-	// A validation line for the last step keeps the step's training loss.
-	r.add(Progress{Metric: &training.Metric{Step: 2500, TotalSteps: 2500, ValidLoss: ptr(2)}, Checkpoint: true})
+	// A validation line for the last step keeps the step's training loss, and the total
+	// stated before.
+	r.add(Progress{Metric: &training.Metric{Step: 2500, ValidLoss: ptr(2)}, Checkpoint: true})
 	for i := 0; i < maxEvents+5; i++ {
 		r.event("info", "line")
 	}
@@ -33,7 +34,7 @@ func TestReporterBatchesAndMerges(t *testing.T) {
 		t.Fatalf("%d metrics sent, want 2501", len(f.metrics))
 	}
 	last := f.metrics[2500]
-	if last.TrainLoss == nil || *last.TrainLoss != 1 || last.ValidLoss == nil || *last.ValidLoss != 2 {
+	if last.TrainLoss == nil || *last.TrainLoss != 1 || last.ValidLoss == nil || *last.ValidLoss != 2 || last.TotalSteps != 2500 {
 		t.Errorf("last metric %+v: the validation line lost the training loss", last)
 	}
 	if len(f.checkpoints) != 1 || f.checkpoints[0].Step != 2500 || f.checkpoints[0].Metrics.TrainLoss == nil {
