@@ -233,6 +233,14 @@ func (w *worker) adapterSyncer(simSrv *sim.Sim) *adapterSync {
 		}
 	case w.o.AdapterSlots > 0:
 		slots, from = w.o.AdapterSlots, "MAAS_ENGINE_ADAPTER_SLOTS"
+	case w.o.EngineKind == registry.KindSGLang:
+		// SGLang selects an adapter by "model": "<base>:<adapter>" (or a lora_path field),
+		// not by the adapter's own name, which is what gateways send: placing adapters on it
+		// is the operator's explicit choice (MAAS_ENGINE_ADAPTER_SLOTS) until a gateway
+		// rewrites the model for it.
+		if n, _ := w.adapter.SlotsFromCommand(w.o.EngineCmd); n > 0 {
+			w.log.Warn("SGLang LoRA slots not offered to control: SGLang serves adapters as <base>:<adapter>, gateways request them by name; set MAAS_ENGINE_ADAPTER_SLOTS to offer them anyway")
+		}
 	default:
 		slots, from = w.adapter.SlotsFromCommand(w.o.EngineCmd)
 	}
