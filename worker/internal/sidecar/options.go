@@ -40,8 +40,9 @@ type Options struct {
 	// (MAAS_ADAPTER_CACHE_DIR; the engine reads them from there, so it must see this path).
 	AdapterCacheDir string
 	// AdapterSlots is how many LoRA adapters the engine holds (MAAS_ENGINE_ADAPTER_SLOTS;
-	// 0 = from the engine: the simulator's MAAS_SIM_MAX_LORAS, vLLM's and SGLang's flags
-	// in MAAS_ENGINE_CMD). With none, control places no adapter on this backend.
+	// 0 = from the engine: the simulator's MAAS_SIM_MAX_LORAS, vLLM's flags in
+	// MAAS_ENGINE_CMD; SGLang's only when set here). With none, control places no adapter
+	// on this backend.
 	AdapterSlots int
 	// AdapterMaxBytes bounds an adapter archive and its extracted files (MAAS_ADAPTER_MAX_BYTES).
 	AdapterMaxBytes int

@@ -217,7 +217,7 @@ type worker struct {
 // adapterSyncer returns the LoRA adapter syncer for the engine, or nil when it has no
 // adapter slots: the simulator's MAAS_SIM_MAX_LORAS (with its runtime LoRA API on), else
 // MAAS_ENGINE_ADAPTER_SLOTS, else the engine's command line (vLLM --enable-lora with
-// --max-cpu-loras or --max-loras; SGLang --max-loaded-loras or --max-loras-per-batch).
+// --max-cpu-loras or --max-loras; SGLang only with MAAS_ENGINE_ADAPTER_SLOTS).
 func (w *worker) adapterSyncer(simSrv *sim.Sim) *adapterSync {
 	le, ok := w.eng.(loraEngine)
 	slots, from := 0, ""
