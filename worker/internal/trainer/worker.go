@@ -184,7 +184,7 @@ func (w *Worker) runTask(ctx context.Context, s slot, t *training.Task) (string,
 			return resultStopped, nil
 		case permanent(err):
 			return w.finish(ctx, t, log, stopHeartbeat, training.FailRequest{Code: "file_unavailable",
-				Message: fmt.Sprintf("The dataset %s could not be read: %s", f.f.ID, CleanText(err.Error(), 500))})
+				Message: fmt.Sprintf("The dataset %s could not be read: %s", f.f.ID, CleanText(controlMessage(err), 500))})
 		default:
 			return resultAbandoned, err
 		}
@@ -249,13 +249,8 @@ func (w *Worker) runTask(ctx context.Context, s slot, t *training.Task) (string,
 		}
 		if permanent(err) {
 			// Training again elsewhere would give the same adapter: fail the job.
-			var se *statusError
-			msg := err.Error()
-			if errors.As(err, &se) {
-				msg = se.Message
-			}
 			return w.finish(ctx, t, log, stopHeartbeat, training.FailRequest{Code: "adapter_rejected",
-				Message: "Control refused the trained adapter: " + CleanText(msg, 500)})
+				Message: "Control refused the trained adapter: " + CleanText(controlMessage(err), 500)})
 		}
 		return resultAbandoned, err
 	}
@@ -267,9 +262,22 @@ func (w *Worker) runTask(ctx context.Context, s slot, t *training.Task) (string,
 	return w.finish(ctx, t, log, stopHeartbeat, training.CompleteRequest{TrainedTokens: tokens})
 }
 
+// controlMessage is control's own message in an error answer, else err's text.
+func controlMessage(err error) string {
+	var se *statusError
+	if errors.As(err, &se) && se.Message != "" {
+		return se.Message
+	}
+	return err.Error()
+}
+
 // finish stops the heartbeats and sends the verdict: a CompleteRequest or a FailRequest.
 func (w *Worker) finish(ctx context.Context, t *training.Task, log *slog.Logger, stopHeartbeat func(), verdict any) (string, error) {
 	stopHeartbeat()
+	// The verdict is sent even when the worker is stopping: the work is done, and without
+	// it the job would wait for its lease to expire and run again elsewhere.
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)
+	defer cancel()
 	var err error
 	switch v := verdict.(type) {
 	case training.CompleteRequest:

@@ -524,3 +524,25 @@ func TestWorkerFailsOnRefusedAdapter(t *testing.T) {
 		t.Errorf("fail %+v", f.fail)
 	}
 }
+
+// The verdict goes out even when the worker is stopping (its context already ended).
+func TestFinishSendsVerdictWhileStopping(t *testing.T) {
+	f := newFakeControl(t, dataset, "")
+	o := DefaultOptions()
+	o.ControlURL, o.InternalToken, o.Command = f.srv.URL, testToken, mustTemplate(t, "true")
+	w, err := New(o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	result, err := w.finish(ctx, &training.Task{JobID: "ftjob-1", LeaseToken: "lease-1"}, w.o.Logger, func() {},
+		training.FailRequest{Code: "training_failed", Message: "boom"})
+	if err != nil || result != resultFailed {
+		t.Fatalf("result %s, err %v", result, err)
+	}
+	defer f.lock()()
+	if f.fail == nil || f.fail.Message != "boom" {
+		t.Errorf("fail %+v", f.fail)
+	}
+}
