@@ -2,6 +2,17 @@
 // MAAS_INTERNAL_TOKEN: workers and gateways calling control's /internal endpoints send it as a
 // bearer token, and the gateway passes a caller's identity to control in headers signed with
 // it (HMAC-SHA256), so control can trust an identity the gateway already authenticated.
+//
+// The other way round, a platform service embeds for a user through the gateway (control's
+// knowledge ingestion): POST /v1/embeddings with the internal token as its bearer
+// ("Authorization: Bearer MAAS_INTERNAL_TOKEN"), the user's identity in the signed headers
+// with KeyID 0 (Sign; roles are ignored: the gateway takes them from its snapshot), and
+// the service's name in X-Maas-Service (a short lowercase name, e.g. "knowledge"). The
+// gateway accepts it on /v1/embeddings only, in place of an API key; the user must exist
+// and be active; the model's visibility and the user's quotas apply as for the user's own
+// key, and the usage record carries the user, no key, and the endpoint
+// "<service>:/v1/embeddings". A wrong token, a bad signature, one older than MaxSkew, a
+// KeyID other than 0 or an unknown or disabled user is a 401.
 package internalauth
 
 import (

@@ -41,6 +41,8 @@ type Options struct {
 	Files FilesOptions
 	// FineTune configures fine-tuning and the job queue (MAAS_FINETUNE_*, MAAS_JOBS_*).
 	FineTune FineTuneOptions
+	// Knowledge configures vector stores and their ingestion (MAAS_KNOWLEDGE_*, MAAS_GATEWAY_URL).
+	Knowledge KnowledgeOptions
 	// Usage configures the usage ledger's monthly partitions (MAAS_USAGE_*).
 	Usage usage.Options
 
@@ -87,6 +89,7 @@ func Load(args []string) (Options, []string, error) {
 	l.Bool(&o.LogJSON, "MAAS_LOG_JSON", "log-json", false, "JSON log lines")
 	bindFiles(l, &o.Files)
 	bindFineTune(l, &o.FineTune)
+	bindKnowledge(l, &o.Knowledge)
 	usage.Bind(l, &o.Usage)
 	var proxies string
 	l.String(&proxies, "MAAS_TRUSTED_PROXIES", "trusted-proxies", "127.0.0.0/8,::1/128", "comma-separated CIDRs of proxies (gateways) whose X-Forwarded-For is trusted for the login limit, or none")
@@ -125,6 +128,9 @@ func Load(args []string) (Options, []string, error) {
 		return o, nil, err
 	}
 	if err := o.FineTune.validate(); err != nil {
+		return o, nil, err
+	}
+	if err := o.Knowledge.validate(); err != nil {
 		return o, nil, err
 	}
 	if err := o.Usage.Validate(); err != nil {

@@ -327,6 +327,11 @@ func newServer(pool *pgxpool.Pool, o Options, log *slog.Logger, reg *prometheus.
 		return nil, nil, err
 	}
 	ft.Routes(srv)
+	kb, err := newKnowledge(pool, o, log, files, queue)
+	if err != nil {
+		return nil, nil, err
+	}
+	kb.Routes(srv)
 	return srv, backends, nil
 }
 

@@ -52,16 +52,20 @@ func (c *call) finish() {
 	if c.use.completion > 0 {
 		mm.completion.Add(float64(c.use.completion))
 	}
+	endpoint := c.path()
+	if c.service != "" {
+		endpoint = c.service + ":" + endpoint // made for the user by a platform service
+	}
 	if c.key != nil && h.o.Ledger != nil {
 		c.record(ledger.Record{
 			RequestID: c.reqID, ClientRequestID: c.clientReqID, CreatedAt: c.start, UserID: c.key.UserID, KeyID: c.key.ID,
-			Model: c.reqModel, Backend: c.backend, Endpoint: c.path(), Status: c.status,
+			Model: c.reqModel, Backend: c.backend, Endpoint: endpoint, Status: c.status,
 			PromptTokens: c.use.prompt, CompletionTokens: c.use.completion, Estimated: c.estimated,
 			Streamed: c.fields.Stream, TTFT: c.ttft, Duration: dur, ErrorType: c.errType,
 		})
 	}
 	if h.o.AccessLog {
-		f := accessFields{requestID: c.reqID, clientRequestID: c.clientReqID, endpoint: c.path(), model: label, backend: c.backend, status: c.status,
+		f := accessFields{requestID: c.reqID, clientRequestID: c.clientReqID, endpoint: endpoint, model: label, backend: c.backend, status: c.status,
 			duration: dur, stream: c.fields.Stream, prompt: c.use.prompt, completion: c.use.completion, attempts: c.attempts}
 		if c.key != nil {
 			f.userID, f.keyID = c.key.UserID, c.key.ID

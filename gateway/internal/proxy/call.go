@@ -24,7 +24,10 @@ type call struct {
 	clientReqID string
 
 	// authenticate, parse, authorise
-	key      *snapshot.Key
+	key *snapshot.Key
+	// service names the platform service acting for key's user (onbehalf.go); "" for a
+	// request made with an API key.
+	service  string
 	fields   requestFields
 	model    *snapshot.Model
 	label    string // model metric label

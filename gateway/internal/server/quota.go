@@ -13,7 +13,8 @@ import (
 )
 
 // quota adapts admit.Limiter to proxy.Quota: every request is charged to its key and to
-// the key's user.
+// the key's user (to the user alone for a request a platform service made for the user:
+// its key has ID 0).
 type quota struct{ l *admit.Limiter }
 
 func (q quota) Admit(ctx context.Context, k *snapshot.Key, tokens int64) (proxy.Ticket, error) {
@@ -23,7 +24,11 @@ func (q quota) Admit(ctx context.Context, k *snapshot.Key, tokens int64) (proxy.
 		{Scope: admit.ScopeUser, ID: k.UserID, Limits: admit.Limits{RequestsPerMinute: uq.RequestsPerMinute,
 			TokensPerMinute: uq.TokensPerMinute, MaxConcurrent: uq.MaxConcurrent, MonthlyTokenBudget: uq.MonthlyTokenBudget}},
 	}
-	t, err := q.l.Admit(ctx, admit.Request{Subjects: subjects[:], Tokens: tokens})
+	subs := subjects[:]
+	if k.ID == 0 {
+		subs = subjects[1:] // a platform service acting for the user: no key, the user's limits
+	}
+	t, err := q.l.Admit(ctx, admit.Request{Subjects: subs, Tokens: tokens})
 	if err != nil {
 		return nil, err
 	}
