@@ -193,12 +193,17 @@ func (s *Service) PostEvents(ctx context.Context, id, token string, r training.E
 				return err
 			}
 		}
+		// A second line for a step (a validation loss after the training loss) adds its
+		// figures to the step's, replacing only those it carries.
 		for _, m := range r.Metrics {
 			if _, err := tx.Exec(ctx, `INSERT INTO fine_tuning_metrics (job_id, step, total_steps, train_loss, valid_loss,
 				train_mean_token_accuracy, valid_mean_token_accuracy) VALUES ($1, $2, $3, $4, $5, $6, $7)
-				ON CONFLICT (job_id, step) DO UPDATE SET total_steps = EXCLUDED.total_steps, train_loss = EXCLUDED.train_loss,
-				valid_loss = EXCLUDED.valid_loss, train_mean_token_accuracy = EXCLUDED.train_mean_token_accuracy,
-				valid_mean_token_accuracy = EXCLUDED.valid_mean_token_accuracy, created_at = now()`,
+				ON CONFLICT (job_id, step) DO UPDATE SET total_steps = EXCLUDED.total_steps,
+				train_loss = COALESCE(EXCLUDED.train_loss, fine_tuning_metrics.train_loss),
+				valid_loss = COALESCE(EXCLUDED.valid_loss, fine_tuning_metrics.valid_loss),
+				train_mean_token_accuracy = COALESCE(EXCLUDED.train_mean_token_accuracy, fine_tuning_metrics.train_mean_token_accuracy),
+				valid_mean_token_accuracy = COALESCE(EXCLUDED.valid_mean_token_accuracy, fine_tuning_metrics.valid_mean_token_accuracy),
+				created_at = now()`,
 				id, m.Step, m.TotalSteps, m.TrainLoss, m.ValidLoss, m.TrainMeanTokenAccuracy, m.ValidMeanTokenAccuracy); err != nil {
 				return err
 			}

@@ -169,7 +169,9 @@ func TestFineTuneLifecycle(t *testing.T) {
 		Events: []training.Event{{Message: "loading base model"}},
 		Metrics: []training.Metric{
 			{Step: 1, TotalSteps: 4, TrainLoss: f64(2.5)},
-			{Step: 2, TotalSteps: 4, TrainLoss: f64(1.75), ValidLoss: f64(1.9)},
+			{Step: 2, TotalSteps: 4, TrainLoss: f64(1.75)},
+			// A validation line for a step already reported adds to it, erasing nothing.
+			{Step: 2, TotalSteps: 4, ValidLoss: f64(1.9)},
 			{Step: 3, TotalSteps: 4, TrainLoss: f64(1.25)},
 		}}, 204)
 	if est := tc.job(dev.Token, j.ID).EstimatedFinish; est == nil {
@@ -243,7 +245,7 @@ func TestFineTuneLifecycle(t *testing.T) {
 			metrics = append(metrics, e)
 		}
 	}
-	if len(metrics) != 3 || metrics[0].Data["step"] != float64(3) || metrics[1].Data["valid_loss"] != 1.9 || metrics[2].Data["train_loss"] != 2.5 {
+	if len(metrics) != 4 || metrics[0].Data["step"] != float64(3) || metrics[1].Data["valid_loss"] != 1.9 || metrics[3].Data["train_loss"] != 2.5 {
 		t.Errorf("metrics events %+v", metrics)
 	}
 	var paged []string
