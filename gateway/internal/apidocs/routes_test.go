@@ -107,7 +107,16 @@ func count(m map[string][]string) int {
 // gateway's catch-all forwards to control are compared through control's own routes.
 func TestRoutesMatchTheServers(t *testing.T) {
 	root := repoRoot(t)
-	isControl := func(r Route) bool { return strings.HasPrefix(r.Path, "/api/v1/") }
+	// Control serves the platform API and OpenAI's Files, Fine-tuning and Vector stores
+	// APIs; the gateway forwards them.
+	isControl := func(r Route) bool {
+		for _, p := range []string{"/api/v1/", "/v1/files", "/v1/fine_tuning/", "/v1/vector_stores"} {
+			if strings.HasPrefix(r.Path, p) {
+				return true
+			}
+		}
+		return false
+	}
 
 	// The gateway: r.GET("/path", …) and friends in gateway/internal/server, plus the
 	// routes Register adds once the server calls it.
@@ -136,9 +145,9 @@ func TestRoutesMatchTheServers(t *testing.T) {
 		t.Log("gateway/internal/server does not call apidocs.Register yet: /openapi.json, /docs and /redoc are not served")
 	}
 
-	// Control's platform API, which the gateway forwards: s.Handle("GET", "/api/v1/…", …).
+	// Control's routes the gateway forwards: s.Handle("GET", "/api/v1/…", …), HandleWith too.
 	ctlDir := filepath.Join(root, "control", "internal")
-	control := scan(t, ctlDir, regexp.MustCompile(`\.Handle\("([A-Z]+)",\s*"(/api/v1/[^"]+)"`))
+	control := scan(t, ctlDir, regexp.MustCompile(`\.Handle(?:With)?\("([A-Z]+)",\s*"((?:/api/v1/|/v1/files|/v1/fine_tuning/|/v1/vector_stores)[^"]*)"`))
 	if count(control) < 10 {
 		t.Fatalf("found %d control routes in %s; the scan is broken", count(control), ctlDir)
 	}
