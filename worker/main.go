@@ -114,6 +114,9 @@ func runWorker(args []string) int {
 		if err != nil {
 			config.Fatal("worker", err)
 		}
+		// One /metrics for the engine's worker and its trainer.
+		o.Registry = obs.NewRegistry("worker")
+		to.Registerer = o.Registry
 		if tw, err = trainer.New(to); err != nil {
 			config.Fatal("worker", err)
 		}

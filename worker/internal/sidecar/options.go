@@ -2,6 +2,7 @@ package sidecar
 
 import (
 	"fmt"
+	"github.com/prometheus/client_golang/prometheus"
 	"log/slog"
 	"net/url"
 	"os"
@@ -17,7 +18,10 @@ import (
 
 // Options configures the worker. Build it from Flags, or start from DefaultOptions.
 type Options struct {
-	Addr              string        // the worker's own HTTP (health, metrics): MAAS_WORKER_ADDR
+	Addr string // the worker's own HTTP (health, metrics): MAAS_WORKER_ADDR
+	// Registry is what the worker's /metrics serves; nil: a registry of its own. Set it to
+	// export series of other parts of the process (a trainer beside the engine).
+	Registry          *prometheus.Registry
 	ControlURL        string        // MAAS_CONTROL_URL
 	InternalToken     string        // MAAS_INTERNAL_TOKEN
 	HeartbeatInterval time.Duration // MAAS_HEARTBEAT_INTERVAL

@@ -94,7 +94,10 @@ func Run(ctx context.Context, o Options) error {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	reg := obs.NewRegistry("worker")
+	reg := o.Registry
+	if reg == nil {
+		reg = obs.NewRegistry("worker")
+	}
 	m := newMetrics(reg)
 
 	// The worker's own HTTP server: health and metrics.

@@ -155,16 +155,10 @@ func TestE2ETrainingWorkerWithControl(t *testing.T) {
 	if !regexp.MustCompile(`stopped by control.*reason=cancelled`).MatchString(worker.Output()) {
 		t.Errorf("the worker did not log the stop:\n%s", worker.Output())
 	}
-	resp, err := http.Get("http://" + workerAddr + "/metrics")
-	if err != nil {
-		t.Fatal(err)
-	}
-	var metrics bytes.Buffer
-	_, _ = metrics.ReadFrom(resp.Body)
-	resp.Body.Close()
+	metrics := getMetrics(t, "http://"+workerAddr+"/metrics")
 	for _, want := range []string{`maas_worker_training_jobs_total{result="succeeded"} 2`, `maas_worker_training_jobs_total{result="stopped"} 1`,
 		`maas_worker_training_jobs_running 0`, `maas_worker_training_slots 1`} {
-		if !strings.Contains(metrics.String(), want) {
+		if !strings.Contains(metrics, want) {
 			t.Errorf("the worker's /metrics lack %q", want)
 		}
 	}
@@ -200,13 +194,34 @@ func TestE2ETrainingWorkerWithControl(t *testing.T) {
 	trainerPID, _ := strconv.Atoi(m[1])
 	doomed.Kill()
 	waitGone(t, trainerPID)
-	_, _ = p.StartWorker([]string{"--engine", "sim"}, "MAAS_SIM_ADDR="+testenv.FreeAddr(t), "MAAS_TRAINER_COMMAND=sim",
+	_, rescuerURL := p.StartWorker([]string{"--engine", "sim"}, "MAAS_SIM_ADDR="+testenv.FreeAddr(t), "MAAS_TRAINER_COMMAND=sim",
 		"MAAS_TRAIN_SIM_STEP_INTERVAL=5ms", "MAAS_TRAINER_POLL_INTERVAL=100ms", "MAAS_TRAINER_ID=rescuer")
 	orphaned = waitJob(t, p, dev, orphaned.ID, func(j e2eJob) bool { return j.Status == "succeeded" || j.Status == "failed" })
 	claimed := "job=" + orphaned.ID + " worker=rescuer attempt=2"
 	if orphaned.Status != "succeeded" || !strings.Contains(p.Control.Output(), claimed) {
 		t.Errorf("job of the killed worker: %+v; control's log lacks %q", orphaned, claimed)
 	}
+	// A worker that serves an engine and trains exports both on its one /metrics.
+	served := getMetrics(t, rescuerURL+"/metrics")
+	for _, want := range []string{`maas_worker_training_jobs_total{result="succeeded"} 1`, `maas_worker_engine_capacity `} {
+		if !strings.Contains(served, want) {
+			t.Errorf("the serving and training worker's /metrics lack %q", want)
+		}
+	}
+}
+
+func getMetrics(t *testing.T, url string) string {
+	t.Helper()
+	resp, err := http.Get(url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	var b bytes.Buffer
+	if _, err := b.ReadFrom(resp.Body); err != nil {
+		t.Fatal(err)
+	}
+	return b.String()
 }
 
 // A training worker with an invalid setting exits 2 and names it.
