@@ -9,6 +9,7 @@ import (
 
 	"github.com/jackc/pgx/v5"
 
+	"github.com/maas-platform/maas/control/internal/vectorindex"
 	"github.com/maas-platform/maas/pkg/apierr"
 )
 
@@ -212,7 +213,7 @@ func (s *Service) UpdateFile(ctx context.Context, c Caller, storeID, fileID stri
 		}
 		// The index is written under the row lock, so an ingestion finishing meanwhile
 		// (which takes the same lock) cannot interleave its upsert with this change.
-		if err := s.index.SetAttributes(ctx, storeID, fileID, attrs); err != nil {
+		if err := s.index.SetAttributes(vectorindex.WithTx(ctx, tx), storeID, fileID, attrs); err != nil {
 			return err
 		}
 		f, err = scanFile(tx.QueryRow(ctx, `UPDATE vector_store_files f SET attributes = $3 WHERE store_id = $1 AND file_id = $2 RETURNING `+fileColumns,
@@ -237,14 +238,16 @@ func (s *Service) DetachFile(ctx context.Context, c Caller, storeID, fileID stri
 		if _, err := tx.Exec(ctx, `DELETE FROM vector_store_files WHERE store_id = $1 AND file_id = $2`, storeID, fileID); err != nil {
 			return err
 		}
+		// The embedded index deletes in this transaction; an external one deletes now, and
+		// the purge job again in case the transaction commits and this deletion failed.
+		if err := s.index.DeleteFile(vectorindex.WithTx(ctx, tx), storeID, fileID); err != nil {
+			s.log.Warn("file's vectors not removed yet; the purge job will", "vector_store", storeID, "file", fileID, "err", err)
+		}
 		_, err := s.queue.InsertTx(ctx, tx, PurgeArgs{StoreID: storeID, FileID: fileID}, nil)
 		return err
 	})
 	if err != nil {
 		return nil, asAPI(err, "detach file %s from %s", fileID, storeID)
-	}
-	if err := s.index.DeleteFile(ctx, storeID, fileID); err != nil {
-		s.log.Warn("file's vectors not removed yet; the purge job will", "vector_store", storeID, "file", fileID, "err", err)
 	}
 	return &Deleted{ID: fileID, Object: "vector_store.file.deleted", Deleted: true}, nil
 }
@@ -454,15 +457,19 @@ func (s *Service) CancelBatch(ctx context.Context, c Caller, storeID, id string)
 			}
 			cancelled = append(cancelled, f)
 		}
-		return rows.Err()
+		if err := rows.Err(); err != nil {
+			return err
+		}
+		rows.Close()
+		for _, f := range cancelled {
+			if err := s.index.DeleteFile(vectorindex.WithTx(ctx, tx), storeID, f); err != nil {
+				return err
+			}
+		}
+		return nil
 	})
 	if err != nil {
 		return nil, asAPI(err, "cancel batch %s", id)
-	}
-	for _, f := range cancelled {
-		if err := s.index.DeleteFile(ctx, storeID, f); err != nil {
-			s.log.Warn("cancelled file's vectors not removed", "vector_store", storeID, "file", f, "err", err)
-		}
 	}
 	return s.batch(ctx, storeID, id)
 }

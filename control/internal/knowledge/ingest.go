@@ -61,13 +61,14 @@ func (w *purgeWorker) Work(ctx context.Context, job *river.Job[PurgeArgs]) error
 		return w.s.index.DeleteStore(ctx, a.StoreID)
 	}
 	return w.s.inTx(ctx, func(tx pgx.Tx) error {
-		// Attached again meanwhile: the new attachment's ingestion owns the vectors.
+		// Attached again meanwhile: the new attachment's ingestion owns the vectors. The
+		// attachment's row is locked (if any), so no ingestion finishes meanwhile.
 		var n int
 		if err := tx.QueryRow(ctx, `SELECT count(*) FROM vector_store_files WHERE store_id = $1 AND file_id = $2 FOR UPDATE`,
 			a.StoreID, a.FileID).Scan(&n); err != nil || n > 0 {
 			return err
 		}
-		return w.s.index.DeleteFile(ctx, a.StoreID, a.FileID)
+		return w.s.index.DeleteFile(vectorindex.WithTx(ctx, tx), a.StoreID, a.FileID)
 	})
 }
 
@@ -198,17 +199,20 @@ func (s *Service) read(ctx context.Context, fileID string) ([]byte, error) {
 func chunkID(fileID string, n int) string { return fmt.Sprintf("%s-%d", fileID, n) }
 
 // finish writes the file's vectors and chunks and completes it, under the attachment's row
-// lock so that a detach, a cancel or a newer attachment cannot interleave.
+// lock so that a detach, a cancel or a newer attachment cannot interleave. The index writes
+// carry the transaction (vectorindex.WithTx): the embedded index commits them with the
+// chunks, and none takes a second connection while this one is held.
 func (s *Service) finish(ctx context.Context, a IngestArgs, chunks []string, vecs [][]float32) error {
 	return s.inTx(ctx, func(tx pgx.Tx) error {
+		ictx := vectorindex.WithTx(ctx, tx)
 		f, ok, err := s.current(ctx, tx, a, true)
 		if err != nil {
 			return err
 		}
 		if !ok {
-			return s.abandonLocked(ctx, a, f)
+			return s.abandonLocked(ictx, a, f)
 		}
-		if err := s.index.DeleteFile(ctx, a.StoreID, a.FileID); err != nil {
+		if err := s.index.DeleteFile(ictx, a.StoreID, a.FileID); err != nil {
 			return err
 		}
 		items := make([]vectorindex.Chunk, len(chunks))
@@ -221,7 +225,7 @@ func (s *Service) finish(ctx context.Context, a IngestArgs, chunks []string, vec
 			usage += int64(len(chunks[i]))
 		}
 		for i := 0; i < len(items); i += 500 {
-			if err := s.index.Upsert(ctx, items[i:min(len(items), i+500)]); err != nil {
+			if err := s.index.Upsert(ictx, items[i:min(len(items), i+500)]); err != nil {
 				return err
 			}
 		}
@@ -250,7 +254,7 @@ func (s *Service) abandon(ctx context.Context, a IngestArgs) error {
 		if err != nil {
 			return err
 		}
-		return s.abandonLocked(ctx, a, f)
+		return s.abandonLocked(vectorindex.WithTx(ctx, tx), a, f)
 	})
 }
 
@@ -267,14 +271,15 @@ func (s *Service) abandonLocked(ctx context.Context, a IngestArgs, f *StoreFile)
 // removes whatever it wrote.
 func (s *Service) failFile(ctx context.Context, a IngestArgs, code, msg string) error {
 	return s.inTx(ctx, func(tx pgx.Tx) error {
+		ictx := vectorindex.WithTx(ctx, tx)
 		f, ok, err := s.current(ctx, tx, a, true)
 		if err != nil {
 			return err
 		}
 		if !ok {
-			return s.abandonLocked(ctx, a, f)
+			return s.abandonLocked(ictx, a, f)
 		}
-		if err := s.index.DeleteFile(ctx, a.StoreID, a.FileID); err != nil {
+		if err := s.index.DeleteFile(ictx, a.StoreID, a.FileID); err != nil {
 			return err
 		}
 		if _, err := tx.Exec(ctx, `DELETE FROM vector_store_chunks WHERE store_id = $1 AND file_id = $2`, a.StoreID, a.FileID); err != nil {

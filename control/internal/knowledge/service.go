@@ -504,14 +504,16 @@ func (s *Service) DeleteStore(ctx context.Context, c Caller, id string) (*Delete
 		if _, err := tx.Exec(ctx, `DELETE FROM vector_stores WHERE id = $1`, id); err != nil {
 			return err
 		}
+		// As for a detached file: in this transaction for the embedded index, now for an
+		// external one, and again by the purge job.
+		if err := s.index.DeleteStore(vectorindex.WithTx(ctx, tx), id); err != nil {
+			s.log.Warn("vector store's vectors not removed yet; the purge job will", "vector_store", id, "err", err)
+		}
 		_, err := s.queue.InsertTx(ctx, tx, PurgeArgs{StoreID: id}, nil)
 		return err
 	})
 	if err != nil {
 		return nil, asAPI(err, "delete vector store %s", id)
-	}
-	if err := s.index.DeleteStore(ctx, id); err != nil {
-		s.log.Warn("vector store's vectors not removed yet; the purge job will", "vector_store", id, "err", err)
 	}
 	s.log.Info("vector store deleted", "vector_store", id, "user_id", c.UserID)
 	return &Deleted{ID: id, Object: "vector_store.deleted", Deleted: true}, nil

@@ -272,6 +272,23 @@ func matrix() []matrixCase {
 			return "/v1/fine_tuning/jobs/" + f.fineTuneJob() + "/checkpoints", nil
 		}, expectInference(200, 404, 200)},
 		{"POST", "/v1/fine_tuning/jobs/{id}/cancel", fixed("/v1/fine_tuning/jobs/ftjob-missing0000/cancel", nil), expectInference(404, 404, 404)},
+
+		{"POST", "/v1/vector_stores", fixed("/v1/vector_stores", map[string]any{"name": "matrix"}), expectInference(200, 200, 200)},
+		{"GET", "/v1/vector_stores", fixed("/v1/vector_stores", nil), expectInference(200, 200, 200)},
+		{"GET", "/v1/vector_stores/{id}", fixed("/v1/vector_stores/vs_missing00000000", nil), expectInference(404, 404, 404)},
+		{"POST", "/v1/vector_stores/{id}", fixed("/v1/vector_stores/vs_missing00000000", map[string]any{"name": "x"}), expectInference(404, 404, 404)},
+		{"DELETE", "/v1/vector_stores/{id}", fixed("/v1/vector_stores/vs_missing00000000", nil), expectInference(404, 404, 404)},
+		{"POST", "/v1/vector_stores/{id}/search", fixed("/v1/vector_stores/vs_missing00000000/search", map[string]any{"query": "x"}), expectInference(404, 404, 404)},
+		{"POST", "/v1/vector_stores/{id}/files", fixed("/v1/vector_stores/vs_missing00000000/files", map[string]any{"file_id": "file-missing000000"}), expectInference(404, 404, 404)},
+		{"GET", "/v1/vector_stores/{id}/files", fixed("/v1/vector_stores/vs_missing00000000/files", nil), expectInference(404, 404, 404)},
+		{"GET", "/v1/vector_stores/{id}/files/{file_id}", fixed("/v1/vector_stores/vs_missing00000000/files/file-missing000000", nil), expectInference(404, 404, 404)},
+		{"POST", "/v1/vector_stores/{id}/files/{file_id}", fixed("/v1/vector_stores/vs_missing00000000/files/file-missing000000", map[string]any{"attributes": map[string]any{}}), expectInference(404, 404, 404)},
+		{"DELETE", "/v1/vector_stores/{id}/files/{file_id}", fixed("/v1/vector_stores/vs_missing00000000/files/file-missing000000", nil), expectInference(404, 404, 404)},
+		{"GET", "/v1/vector_stores/{id}/files/{file_id}/content", fixed("/v1/vector_stores/vs_missing00000000/files/file-missing000000/content", nil), expectInference(404, 404, 404)},
+		{"POST", "/v1/vector_stores/{id}/file_batches", fixed("/v1/vector_stores/vs_missing00000000/file_batches", map[string]any{"file_ids": []string{"file-missing000000"}}), expectInference(404, 404, 404)},
+		{"GET", "/v1/vector_stores/{id}/file_batches/{batch_id}", fixed("/v1/vector_stores/vs_missing00000000/file_batches/vsfb_missing", nil), expectInference(404, 404, 404)},
+		{"POST", "/v1/vector_stores/{id}/file_batches/{batch_id}/cancel", fixed("/v1/vector_stores/vs_missing00000000/file_batches/vsfb_missing/cancel", nil), expectInference(404, 404, 404)},
+		{"GET", "/v1/vector_stores/{id}/file_batches/{batch_id}/files", fixed("/v1/vector_stores/vs_missing00000000/file_batches/vsfb_missing/files", nil), expectInference(404, 404, 404)},
 		// The training workers' API: only the internal token; a claim without worker_id is a
 		// 400, calls about a job that does not exist 404.
 		{"POST", "/internal/v1/fine_tuning/claim", fixed("/internal/v1/fine_tuning/claim", map[string]any{}), internalOnly(400)},

@@ -96,7 +96,7 @@ func (x *Index) Upsert(ctx context.Context, chunks []vectorindex.Chunk) error {
 		stores = append(stores, s)
 	}
 	slices.Sort(stores) // lock order: no deadlock between two multi-store upserts
-	tx, err := x.pool.Begin(ctx)
+	tx, err := x.begin(ctx)
 	if err != nil {
 		return fmt.Errorf("vectorindex upsert: %w", err)
 	}
@@ -171,7 +171,7 @@ func (x *Index) DeleteFile(ctx context.Context, storeID, fileID string) error {
 
 // DeleteStore implements vectorindex.Index.
 func (x *Index) DeleteStore(ctx context.Context, storeID string) error {
-	tx, err := x.pool.Begin(ctx)
+	tx, err := x.begin(ctx)
 	if err != nil {
 		return fmt.Errorf("vectorindex delete store %s: %w", storeID, err)
 	}
@@ -192,7 +192,7 @@ func (x *Index) DeleteStore(ctx context.Context, storeID string) error {
 // write runs fn in a transaction that first bumps the store's version (locking its row, so
 // writes to one store are serialised); a store with no row has no chunks and fn is skipped.
 func (x *Index) write(ctx context.Context, storeID, op string, fn func(pgx.Tx) error) error {
-	tx, err := x.pool.Begin(ctx)
+	tx, err := x.begin(ctx)
 	if err != nil {
 		return fmt.Errorf("vectorindex %s %s: %w", op, storeID, err)
 	}
@@ -212,6 +212,14 @@ func (x *Index) write(ctx context.Context, storeID, op string, fn func(pgx.Tx) e
 	}
 	x.forget(storeID)
 	return nil
+}
+
+// begin starts a transaction, or a savepoint in the caller's (vectorindex.WithTx).
+func (x *Index) begin(ctx context.Context) (pgx.Tx, error) {
+	if tx, ok := vectorindex.TxFrom(ctx); ok {
+		return tx.Begin(ctx)
+	}
+	return x.pool.Begin(ctx)
 }
 
 // Search implements vectorindex.Index.

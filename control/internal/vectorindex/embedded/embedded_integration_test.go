@@ -63,3 +63,43 @@ func TestReplicasSeeEachOthersWrites(t *testing.T) {
 		t.Fatalf("b after a's delete and refill: %v", g)
 	}
 }
+
+// Writes made with vectorindex.WithTx commit and roll back with the caller's transaction.
+func TestWritesInCallersTransaction(t *testing.T) {
+	pool, _ := pgtest.NewPool(t)
+	x := New(pool, Options{})
+	ctx := context.Background()
+	search := func() int {
+		t.Helper()
+		hits, err := x.Search(ctx, vectorindex.Query{StoreID: "vs_tx", Vector: []float32{1, 0}, K: 5})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return len(hits)
+	}
+	for _, commit := range []bool{false, true} {
+		tx, err := pool.Begin(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		tctx := vectorindex.WithTx(ctx, tx)
+		if err := x.Upsert(tctx, []vectorindex.Chunk{{StoreID: "vs_tx", FileID: "f", ChunkID: "c", Vector: []float32{1, 0}}}); err != nil {
+			t.Fatal(err)
+		}
+		if n := search(); n != 0 {
+			t.Fatalf("uncommitted upsert visible: %d hits", n)
+		}
+		if commit {
+			err = tx.Commit(ctx)
+		} else {
+			err = tx.Rollback(ctx)
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		want := map[bool]int{false: 0, true: 1}[commit]
+		if n := search(); n != want {
+			t.Fatalf("commit=%v: %d hits, want %d", commit, n, want)
+		}
+	}
+}
