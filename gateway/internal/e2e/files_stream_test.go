@@ -16,11 +16,14 @@ import (
 	"time"
 )
 
-// pattern is a reader of n deterministic bytes, hashed as they are read.
+// pattern is a reader of n deterministic bytes, hashed as they are read; with pace set,
+// it waits pace after each MiB.
 type pattern struct {
 	left int64
 	i    byte
 	sum  io.Writer
+	pace time.Duration
+	mib  int64
 }
 
 func (p *pattern) Read(b []byte) (int, error) {
@@ -35,6 +38,10 @@ func (p *pattern) Read(b []byte) (int, error) {
 	}
 	p.i += byte(len(b) % 26)
 	p.left -= int64(len(b))
+	if p.mib += int64(len(b)); p.pace > 0 && p.mib >= 1<<20 {
+		p.mib = 0
+		time.Sleep(p.pace)
+	}
 	if p.sum != nil {
 		p.sum.Write(b)
 	}
@@ -105,6 +112,10 @@ func (s *rssSampler) Stop() int64 {
 // when chunked is set, else with its Content-Length), and returns status, body and the
 // content's SHA-256.
 func upload(t *testing.T, gw, key string, n int64, chunked bool) (int, []byte, [32]byte) {
+	return uploadPaced(t, gw, key, n, chunked, 0)
+}
+
+func uploadPaced(t *testing.T, gw, key string, n int64, chunked bool, pace time.Duration) (int, []byte, [32]byte) {
 	t.Helper()
 	h := sha256.New()
 	var head, tail bytes.Buffer
@@ -115,7 +126,7 @@ func upload(t *testing.T, gw, key string, n int64, chunked bool) (int, []byte, [
 	}
 	boundary := mw.Boundary()
 	fmt.Fprintf(&tail, "\r\n--%s--\r\n", boundary)
-	body := io.MultiReader(&head, &pattern{left: n, sum: h}, &tail)
+	body := io.MultiReader(&head, &pattern{left: n, sum: h, pace: pace}, &tail)
 	req, _ := http.NewRequest("POST", gw+"/v1/files", body)
 	req.Header.Set("Authorization", "Bearer "+key)
 	req.Header.Set("Content-Type", "multipart/form-data; boundary="+boundary)
@@ -134,10 +145,12 @@ func upload(t *testing.T, gw, key string, n int64, chunked bool) (int, []byte, [
 }
 
 // A 100 MiB file goes through the gateway to control and back with the gateway's memory
-// flat: the forward path streams both bodies (it buffered them, capped at 10 MiB).
+// flat: the forward path streams both bodies (it buffered them, capped at 10 MiB). Both
+// take longer than the read and write timeouts meant for inference requests (1 s here):
+// a transfer is bounded by the request timeout instead.
 func TestForwardStreamsFiles(t *testing.T) {
 	e := newEnv(t, false)
-	proc, gw := e.gateway("MAAS_MAX_BODY_BYTES=1048576")
+	proc, gw := e.gateway("MAAS_MAX_BODY_BYTES=1048576", "MAAS_READ_TIMEOUT=1s", "MAAS_WRITE_TIMEOUT=1s")
 	key := e.key(gw, nil)
 	pid := proc.Cmd.Process.Pid
 
@@ -149,7 +162,9 @@ func TestForwardStreamsFiles(t *testing.T) {
 
 	const size = 100 << 20
 	s := sampleRSS(t, pid)
-	st, b, want := upload(t, gw, key, size, false)
+	start := time.Now()
+	st, b, want := uploadPaced(t, gw, key, size, false, 15*time.Millisecond) // ≥ 1.5 s
+	upTime := time.Since(start)
 	peakUp := s.Stop()
 	if st != 200 {
 		t.Fatalf("100 MiB upload: %d %s", st, b)
@@ -165,19 +180,33 @@ func TestForwardStreamsFiles(t *testing.T) {
 	s = sampleRSS(t, pid)
 	req, _ := http.NewRequest("GET", gw+"/v1/files/"+f.ID+"/content", nil)
 	req.Header.Set("Authorization", "Bearer "+key)
-	resp, err := http.DefaultClient.Do(req)
-	if err != nil {
-		t.Fatal(err)
+	resp, rerr := http.DefaultClient.Do(req)
+	if rerr != nil {
+		t.Fatal(rerr)
 	}
 	h := sha256.New()
-	n, err := io.Copy(h, resp.Body)
+	start = time.Now()
+	var n int64
+	var err error
+	buf := make([]byte, 1<<20)
+	for err == nil {
+		var k int
+		k, err = io.ReadFull(resp.Body, buf)
+		h.Write(buf[:k])
+		n += int64(k)
+		time.Sleep(15 * time.Millisecond) // a client reading at most ~60 MiB/s: ≥ 1.5 s
+	}
+	if err == io.EOF || err == io.ErrUnexpectedEOF {
+		err = nil
+	}
 	resp.Body.Close()
+	downTime := time.Since(start)
 	peakDown := s.Stop()
 	if err != nil || resp.StatusCode != 200 || n != size || !bytes.Equal(h.Sum(nil), want[:]) {
 		t.Fatalf("download: status %d, %d bytes, err %v, same content %v", resp.StatusCode, n, err, bytes.Equal(h.Sum(nil), want[:]))
 	}
-	t.Logf("gateway RSS: idle %.1f MiB, peak during the 100 MiB upload %.1f MiB (+%.1f), during the download %.1f MiB (+%.1f)",
-		mib(idle), mib(peakUp), mib(peakUp-idle), mib(peakDown), mib(peakDown-idle))
+	t.Logf("gateway RSS: idle %.1f MiB, peak during the 100 MiB upload (%v) %.1f MiB (+%.1f), during the download (%v) %.1f MiB (+%.1f)",
+		mib(idle), upTime.Round(time.Millisecond), mib(peakUp), mib(peakUp-idle), downTime.Round(time.Millisecond), mib(peakDown), mib(peakDown-idle))
 	// Buffering the file once would add 100 MiB; streaming adds buffers and GC slack.
 	for name, peak := range map[string]int64{"upload": peakUp, "download": peakDown} {
 		if peak-idle > 48<<20 {

@@ -189,6 +189,9 @@ func (f *forwarded) send(ctx *fasthttp.RequestCtx) error {
 	f.status = resp.StatusCode()
 	if s := resp.BodyStream(); s != nil {
 		f.resp, f.body = resp, s
+		// A file's content may take longer to reach a slow client than the write timeout
+		// meant for a JSON answer: the whole request's bound applies, as for a stream.
+		_ = ctx.SetWriteDeadline(f.start.Add(h.o.RequestTimeout))
 		// The server reads f to the client and closes it when done (or when the client
 		// left): f.Close ends the request.
 		ctx.Response.SetBodyStream(f, resp.Header.ContentLength())
