@@ -59,7 +59,7 @@ func readJSONL[T any](t *testing.T, path string) []T {
 
 type noFiles struct{}
 
-func (noFiles) Get(context.Context, string) (File, error)            { return File{}, ErrFileNotFound }
+func (noFiles) Get(context.Context, string) (File, error)           { return File{}, ErrFileNotFound }
 func (noFiles) Open(context.Context, string) (io.ReadCloser, error) { return nil, ErrFileNotFound }
 
 type noQueue struct{}
