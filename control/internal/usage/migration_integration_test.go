@@ -109,6 +109,25 @@ func TestMigrationKeepsTheLedger(t *testing.T) {
 		boundary); err == nil {
 		t.Error("a duplicate of r2 was accepted after up")
 	}
+	// The monthly sums start from the rows there were.
+	type sum struct {
+		User, Key        int64
+		Month            string
+		Tokens, Requests int64
+	}
+	srows, err := pool.Query(ctx, `SELECT user_id, api_key_id, to_char(month, 'YYYY-MM'), tokens, requests FROM usage_monthly
+		ORDER BY 1, 2, 3`)
+	if err != nil {
+		t.Fatal(err)
+	}
+	sums, err := pgx.CollectRows(srows, pgx.RowToStructByPos[sum])
+	if err != nil {
+		t.Fatal(err)
+	}
+	wantSums := []sum{{0, 0, "2025-02", 0, 1}, {1, 2, "2026-09", 7, 1}, {1, 2, "2026-10", 11, 1}, {7, 8, time.Now().UTC().Format("2006-01"), 2, 1}}
+	if diff := cmp.Diff(wantSums, sums); diff != "" {
+		t.Errorf("usage_monthly after up (-want +got):\n%s", diff)
+	}
 
 	if _, err := m.Down(ctx, int(m.Latest()-partitionsVersion+1)); err != nil {
 		t.Fatalf("down with rows: %v", err)

@@ -10,7 +10,8 @@
 //     them into it (usage_records_add_month, in the migration), so nothing is refused.
 //   - Retention: with RetentionMonths = N > 0, the current month and the N previous
 //     calendar months are kept; older month partitions are dropped whole (no DELETE, no
-//     vacuum), and rows of those months left in the default partition are deleted.
+//     vacuum), and rows of those months left in the default partition are deleted, with
+//     their sums in usage_monthly.
 //     N = 0 keeps everything.
 //   - Several control replicas may run passes at the same time: each pass holds the
 //     advisory lock usage_records_add_month takes, so they serialise.
@@ -151,6 +152,9 @@ func (m *Maintainer) Maintain(ctx context.Context, now time.Time) (Pass, error) 
 			return fmt.Errorf("purge the default partition: %w", err)
 		}
 		p.Purged = tag.RowsAffected()
+		if _, err := tx.Exec(ctx, `DELETE FROM usage_monthly WHERE month < ($1::timestamptz AT TIME ZONE 'UTC')::date`, cutoff); err != nil {
+			return fmt.Errorf("purge the monthly sums: %w", err)
+		}
 		return nil
 	})
 	if err != nil {

@@ -18,8 +18,12 @@ import (
 func insertAt(t *testing.T, pool *pgxpool.Pool, prefix string, ats ...time.Time) {
 	t.Helper()
 	for i, at := range ats {
-		if _, err := pool.Exec(context.Background(), `INSERT INTO usage_records (request_id, created_at, user_id, api_key_id,
-			model, status, prompt_tokens, completion_tokens) VALUES ($1, $2, 1, 2, 'm', 200, 3, 4)`,
+		// As the ledger writes: the record and its month's sums.
+		if _, err := pool.Exec(context.Background(), `WITH r AS (INSERT INTO usage_records (request_id, created_at, user_id,
+			api_key_id, model, status, prompt_tokens, completion_tokens) VALUES ($1, $2, 1, 2, 'm', 200, 3, 4) RETURNING created_at)
+			INSERT INTO usage_monthly AS m (user_id, api_key_id, month, tokens, requests)
+			SELECT 1, 2, date_trunc('month', created_at AT TIME ZONE 'UTC')::date, 7, 1 FROM r
+			ON CONFLICT (user_id, api_key_id, month) DO UPDATE SET tokens = m.tokens + 7, requests = m.requests + 1`,
 			prefix+"-"+string(rune('a'+i)), at); err != nil {
 			t.Fatal(err)
 		}
@@ -152,6 +156,12 @@ func TestMaintainAppliesTheRetention(t *testing.T) {
 	var n int
 	if err := pool.QueryRow(ctx, `SELECT count(*) FROM usage_records`).Scan(&n); err != nil || n != 6 {
 		t.Errorf("%d rows left (%v), want 6", n, err)
+	}
+	if err := pool.QueryRow(ctx, `SELECT count(*) FROM usage_monthly WHERE month < '2031-04-01'`).Scan(&n); err != nil || n != 0 {
+		t.Errorf("%d monthly sums of dropped months left (%v), want 0", n, err)
+	}
+	if err := pool.QueryRow(ctx, `SELECT count(*) FROM usage_monthly`).Scan(&n); err != nil || n != 3 {
+		t.Errorf("%d monthly sums left (%v), want 3 (April to June)", n, err)
 	}
 }
 

@@ -1,6 +1,7 @@
 package ledger
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -33,14 +34,34 @@ const createStage = `CREATE TEMP TABLE IF NOT EXISTS usage_stage (
 
 // insertStaged moves the staged rows into the ledger; a record already written (a
 // replayed or retried batch: same request id, same created_at, see migration 00010) is
-// skipped, so a batch written twice counts once.
-const insertStaged = `INSERT INTO usage_records (request_id, created_at, user_id, api_key_id, model, backend_id,
-    endpoint, status, prompt_tokens, completion_tokens, estimated, streamed, ttft_ms, duration_ms, error_type,
-    client_request_id)
-SELECT request_id, created_at, user_id, api_key_id, model, backend_id, endpoint, status, prompt_tokens,
-    completion_tokens, estimated, streamed, ttft_ms, duration_ms, error_type, client_request_id
-FROM usage_stage
-ON CONFLICT (request_id, created_at) DO NOTHING`
+// skipped, so a batch written twice counts once. The records it did insert are added to
+// usage_monthly (in user, key, month order, like addMonthly) and counted.
+const insertStaged = `WITH ins AS (
+    INSERT INTO usage_records (request_id, created_at, user_id, api_key_id, model, backend_id,
+        endpoint, status, prompt_tokens, completion_tokens, estimated, streamed, ttft_ms, duration_ms, error_type,
+        client_request_id)
+    SELECT request_id, created_at, user_id, api_key_id, model, backend_id, endpoint, status, prompt_tokens,
+        completion_tokens, estimated, streamed, ttft_ms, duration_ms, error_type, client_request_id
+    FROM usage_stage
+    ON CONFLICT (request_id, created_at) DO NOTHING
+    RETURNING created_at, user_id, api_key_id, prompt_tokens, completion_tokens
+), sums AS (
+    INSERT INTO usage_monthly AS m (user_id, api_key_id, month, tokens, requests)
+    SELECT COALESCE(user_id, 0), COALESCE(api_key_id, 0), date_trunc('month', created_at AT TIME ZONE 'UTC')::date,
+        sum(prompt_tokens::bigint + completion_tokens), count(*)
+    FROM ins GROUP BY 1, 2, 3 ORDER BY 1, 2, 3
+    ON CONFLICT (user_id, api_key_id, month) DO UPDATE
+    SET tokens = m.tokens + EXCLUDED.tokens, requests = m.requests + EXCLUDED.requests
+)
+SELECT count(*) FROM ins`
+
+// addMonthly adds a batch's tokens and requests to usage_monthly: $1 user ids, $2 key ids
+// (0: none), $3 months (the first day of each UTC month), $4 tokens, $5 requests, sorted
+// by user, key, month so that gateways adding to the same rows lock them in one order.
+const addMonthly = `INSERT INTO usage_monthly AS m (user_id, api_key_id, month, tokens, requests)
+SELECT * FROM unnest($1::bigint[], $2::bigint[], $3::date[], $4::bigint[], $5::bigint[])
+ON CONFLICT (user_id, api_key_id, month) DO UPDATE
+SET tokens = m.tokens + EXCLUDED.tokens, requests = m.requests + EXCLUDED.requests`
 
 // touchKeys moves api_keys.last_used_at forward: $1 are key ids (sorted, distinct), $2
 // the latest request time of each. Rows are locked in id order first, so that gateways
@@ -128,14 +149,16 @@ func (w *Writer) commitTx(ctx context.Context, recs []Record, staged bool, befor
 		if _, err := tx.CopyFrom(ctx, pgx.Identifier{"usage_stage"}, columns, rowSource(recs)); err != nil {
 			return 0, fmt.Errorf("copy usage records to the staging table: %w", err)
 		}
-		tag, err := tx.Exec(ctx, insertStaged)
-		if err != nil {
+		if err := tx.QueryRow(ctx, insertStaged).Scan(&n); err != nil {
 			return 0, fmt.Errorf("insert usage records: %w", err)
 		}
-		n = tag.RowsAffected()
 	} else {
 		if n, err = tx.CopyFrom(ctx, pgx.Identifier{"usage_records"}, columns, rowSource(recs)); err != nil {
 			return 0, fmt.Errorf("copy usage records: %w", err)
+		}
+		m := w.monthly(recs)
+		if _, err := tx.Exec(ctx, addMonthly, m.users, m.keys, m.months, m.tokens, m.requests); err != nil {
+			return 0, fmt.Errorf("add %d monthly usage sums: %w", len(m.months), err)
 		}
 	}
 	if ids, ats := w.keysUsed(recs); len(ids) > 0 {
@@ -205,4 +228,54 @@ func (w *Writer) keysUsed(recs []Record) ([]int64, []time.Time) {
 		w.keyTimes = append(w.keyTimes, w.lastUsed[id])
 	}
 	return w.keyIDs, w.keyTimes
+}
+
+// monthlySums is a batch's usage_monthly rows, as parallel columns for addMonthly.
+type monthlySums struct {
+	months                        []time.Time
+	users, keys, tokens, requests []int64
+}
+
+// monthKey is a usage_monthly row's key.
+type monthKey struct {
+	month     time.Time
+	user, key int64
+}
+
+// monthly sums recs by user, key and UTC month, sorted in that order. The slices are the
+// Writer's scratch, valid until the next call (one batch is written at a time).
+func (w *Writer) monthly(recs []Record) monthlySums {
+	if w.sums == nil {
+		w.sums = map[monthKey][2]int64{}
+	}
+	clear(w.sums)
+	for i := range recs {
+		r := &recs[i]
+		t := r.CreatedAt.UTC()
+		k := monthKey{time.Date(t.Year(), t.Month(), 1, 0, 0, 0, 0, time.UTC), r.UserID, r.KeyID}
+		v := w.sums[k]
+		w.sums[k] = [2]int64{v[0] + r.PromptTokens + r.CompletionTokens, v[1] + 1}
+	}
+	keys := w.sumKeys[:0]
+	for k := range w.sums {
+		keys = append(keys, k)
+	}
+	slices.SortFunc(keys, func(a, b monthKey) int {
+		if c := cmp.Compare(a.user, b.user); c != 0 {
+			return c
+		}
+		if c := cmp.Compare(a.key, b.key); c != 0 {
+			return c
+		}
+		return a.month.Compare(b.month)
+	})
+	w.sumKeys = keys
+	m := &w.sumCols
+	m.months, m.users, m.keys, m.tokens, m.requests = m.months[:0], m.users[:0], m.keys[:0], m.tokens[:0], m.requests[:0]
+	for _, k := range keys {
+		v := w.sums[k]
+		m.months, m.users, m.keys = append(m.months, k.month), append(m.users, k.user), append(m.keys, k.key)
+		m.tokens, m.requests = append(m.tokens, v[0]), append(m.requests, v[1])
+	}
+	return *m
 }

@@ -175,6 +175,7 @@ func TestPoisonRecordIsIsolatedOnRealDatabase(t *testing.T) {
 	if len(lines) != 3 || !strings.Contains(lines[0], `"sqlstate":"23514"`) || !strings.Contains(lines[0], `"request_id":"r3"`) {
 		t.Errorf("dead-letter file:\n%s", strings.Join(lines, "\n"))
 	}
+	checkMonthly(t, pool) // the refused records are in neither
 }
 
 func TestOutageIsSpooledAndReplayedOnRealDatabase(t *testing.T) {
@@ -211,6 +212,7 @@ func TestOutageIsSpooledAndReplayedOnRealDatabase(t *testing.T) {
 	if outOfOrder != 0 {
 		t.Errorf("%d records replayed out of order", outOfOrder)
 	}
+	checkMonthly(t, pool)
 }
 
 func TestLostCommitAcknowledgementOnRealDatabase(t *testing.T) {
@@ -229,6 +231,7 @@ func TestLostCommitAcknowledgementOnRealDatabase(t *testing.T) {
 	if counter(w.duplicates) == 0 {
 		t.Error("no duplicate skipped: the lost acknowledgement was not retried")
 	}
+	checkMonthly(t, pool)
 }
 
 func TestPanicInWriterOnRealDatabase(t *testing.T) {
@@ -418,5 +421,25 @@ func TestMigrationDeduplicatesUsageRecords(t *testing.T) {
 	}
 	if _, err := p.UpTo(ctx, 5); err != nil {
 		t.Fatalf("up again: %v", err)
+	}
+}
+
+// checkMonthly fails t unless usage_monthly holds exactly the sums of usage_records by
+// user, key and UTC month: what a batch inserted was added once, what it skipped never.
+func checkMonthly(t *testing.T, pool *pgxpool.Pool) {
+	t.Helper()
+	var diff, groups int
+	if err := pool.QueryRow(context.Background(), `WITH r AS (
+		SELECT COALESCE(user_id, 0) AS user_id, COALESCE(api_key_id, 0) AS api_key_id,
+			date_trunc('month', created_at AT TIME ZONE 'UTC')::date AS month,
+			sum(prompt_tokens::bigint + completion_tokens)::bigint AS tokens, count(*) AS requests
+		FROM usage_records GROUP BY 1, 2, 3)
+		SELECT count(*) FILTER (WHERE r IS DISTINCT FROM m), count(*)
+		FROM r FULL JOIN (SELECT user_id, api_key_id, month, tokens, requests FROM usage_monthly) AS m
+			USING (user_id, api_key_id, month)`).Scan(&diff, &groups); err != nil {
+		t.Fatal(err)
+	}
+	if diff != 0 {
+		t.Errorf("usage_monthly differs from usage_records in %d of %d (user, key, month) sums", diff, groups)
 	}
 }

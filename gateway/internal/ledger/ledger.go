@@ -128,6 +128,10 @@ type Writer struct {
 	dropped, written, duplicates, staged, errors, deadLetters, lost, torn, spoolErrors prometheus.Counter
 	flushes                                                                            prometheus.Histogram
 
+	// Scratch of the batch writer for the usage_monthly sums, reused across batches.
+	sums    map[monthKey][2]int64
+	sumKeys []monthKey
+	sumCols monthlySums
 	// Scratch of the batch writer for the last_used_at update, reused across batches.
 	lastUsed map[int64]time.Time
 	keyIDs   []int64

@@ -265,6 +265,7 @@ func TestWrittenOnceAcrossMonthsAndReplays(t *testing.T) {
 	if n, distinct := rows(t, pool); n != 5 || distinct != 5 {
 		t.Errorf("%d rows (%d distinct), want 5", n, distinct)
 	}
+	checkMonthly(t, pool)
 	for id, part := range map[string]string{"r1": "usage_records_y2030m01", "r2": "usage_records_y2030m02",
 		"r3": "usage_records_default", "r4": "usage_records_y2030m02"} {
 		var got string

@@ -105,16 +105,8 @@ func (tx *fakeTx) Exec(ctx context.Context, sql string, args ...any) (pgconn.Com
 	switch sql {
 	case createStage:
 		return pgconn.NewCommandTag("CREATE TABLE"), nil
-	case insertStaged:
-		tx.db.mu.Lock()
-		defer tx.db.mu.Unlock()
-		n := 0
-		for _, id := range tx.staged {
-			if tx.db.ids[id] == 0 && !slices.Contains(tx.staged[:n], id) {
-				n++
-			}
-		}
-		return pgconn.NewCommandTag(fmt.Sprintf("INSERT 0 %d", n)), nil
+	case addMonthly:
+		return pgconn.NewCommandTag(fmt.Sprintf("INSERT 0 %d", len(args[0].([]int64)))), nil
 	case touchKeys:
 		// The Writer reuses its slices: copy.
 		tx.touches = append(tx.touches, touch{IDs: slices.Clone(args[0].([]int64)), Ats: slices.Clone(args[1].([]time.Time))})
@@ -122,6 +114,30 @@ func (tx *fakeTx) Exec(ctx context.Context, sql string, args ...any) (pgconn.Com
 	}
 	return pgconn.CommandTag{}, fmt.Errorf("unexpected statement %q", sql)
 }
+
+// QueryRow answers insertStaged: the count of staged records not yet committed.
+func (tx *fakeTx) QueryRow(ctx context.Context, sql string, args ...any) pgx.Row {
+	if sql != insertStaged {
+		return errRow{fmt.Errorf("unexpected statement %q", sql)}
+	}
+	tx.db.mu.Lock()
+	defer tx.db.mu.Unlock()
+	n := 0
+	for _, id := range tx.staged {
+		if tx.db.ids[id] == 0 && !slices.Contains(tx.staged[:n], id) {
+			n++
+		}
+	}
+	return countRow(n)
+}
+
+type countRow int64
+
+func (c countRow) Scan(dest ...any) error { *dest[0].(*int64) = int64(c); return nil }
+
+type errRow struct{ err error }
+
+func (e errRow) Scan(...any) error { return e.err }
 
 func (tx *fakeTx) Commit(ctx context.Context) error {
 	f := tx.db

@@ -35,9 +35,10 @@ func (q quota) Admit(ctx context.Context, k *snapshot.Key, tokens int64) (proxy.
 	return t, nil
 }
 
-// budgetUsed sums the ledger for a subject's month, to seed its budget counter. Both sums
-// use usage_records' (user_id, api_key_id) index within the month's partition (migration
-// 00010): a key's rows all carry the key's user, so a key is found under its user.
+// budgetUsed sums a subject's usage since monthStart (the first instant of a UTC month),
+// to seed its budget counter, from usage_monthly (migration 00010), which the ledger's
+// writer keeps in step with usage_records: one row per user, key and month. A key's rows
+// all carry the key's user, so a key is found under its user.
 func budgetUsed(pool *pgxpool.Pool) func(ctx context.Context, scope string, id int64, monthStart time.Time) (int64, error) {
 	return func(ctx context.Context, scope string, id int64, monthStart time.Time) (int64, error) {
 		where := `user_id = $1`
@@ -45,8 +46,8 @@ func budgetUsed(pool *pgxpool.Pool) func(ctx context.Context, scope string, id i
 			where = `user_id = (SELECT user_id FROM api_keys WHERE id = $1) AND api_key_id = $1`
 		}
 		var n int64
-		err := pool.QueryRow(ctx, `SELECT COALESCE(SUM(prompt_tokens + completion_tokens), 0)::bigint
-			FROM usage_records WHERE `+where+` AND created_at >= $2`, id, monthStart).Scan(&n)
+		err := pool.QueryRow(ctx, `SELECT COALESCE(SUM(tokens), 0)::bigint FROM usage_monthly
+			WHERE `+where+` AND month >= ($2::timestamptz AT TIME ZONE 'UTC')::date`, id, monthStart).Scan(&n)
 		if err != nil {
 			return 0, fmt.Errorf("sum usage of %s %d: %w", scope, id, err)
 		}

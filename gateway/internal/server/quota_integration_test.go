@@ -7,13 +7,14 @@ import (
 	"time"
 
 	"github.com/maas-platform/maas/gateway/internal/admit"
+	"github.com/maas-platform/maas/gateway/internal/ledger"
 	"github.com/maas-platform/maas/pkg/pgdb/pgtest"
 )
 
-// TestBudgetUsedSumsTheMonth checks the ledger sums that seed monthly budgets, by user and
-// by key, on usage_records as migrated (partitioned by month): a record a microsecond
-// before the month is not counted, one at its first instant is, other users' and keys'
-// are not, and a month whose rows sit in the default partition sums the same.
+// TestBudgetUsedSumsTheMonth checks the sums that seed monthly budgets, by user and by key,
+// of records written by the ledger (usage_monthly, kept with usage_records): a record a
+// microsecond before the month is not counted, one at its first instant is, other users'
+// and keys' are not, and a month whose records sit in the default partition sums the same.
 func TestBudgetUsedSumsTheMonth(t *testing.T) {
 	pool, _ := pgtest.NewPool(t)
 	ctx := context.Background()
@@ -34,13 +35,6 @@ func TestBudgetUsedSumsTheMonth(t *testing.T) {
 	}
 	k1, k2, k3 := key(u1, 1), key(u1, 2), key(u2, 3)
 	seq := 0
-	add := func(user, key int64, at time.Time, tokens int) {
-		seq++
-		if _, err := pool.Exec(ctx, `INSERT INTO usage_records (request_id, created_at, user_id, api_key_id, model, status,
-			prompt_tokens, completion_tokens) VALUES ($1, $2, $3, $4, 'm', 200, $5, 1)`, fmt.Sprint("r", seq), at, user, key, tokens-1); err != nil {
-			t.Fatal(err)
-		}
-	}
 	for _, month := range []time.Time{
 		time.Date(2030, 3, 1, 0, 0, 0, 0, time.UTC), // with its partitions
 		time.Date(2042, 3, 1, 0, 0, 0, 0, time.UTC), // without: the default partition
@@ -51,10 +45,28 @@ func TestBudgetUsedSumsTheMonth(t *testing.T) {
 					t.Fatal(err)
 				}
 			}
+			// Written by the ledger, as the gateway writes them (the sums are kept with
+			// the records).
+			w, err := ledger.New(ledger.Options{DB: pool, DataDir: t.TempDir(), Batch: 100, FlushInterval: time.Millisecond, Buffer: 1000})
+			if err != nil {
+				t.Fatal(err)
+			}
+			add := func(user, key int64, at time.Time, tokens int64) {
+				seq++
+				w.Add(ledger.Record{RequestID: fmt.Sprint("r", seq), CreatedAt: at, UserID: user, KeyID: key, Model: "m", Status: 200,
+					PromptTokens: tokens - 1, CompletionTokens: 1, TTFT: -1})
+			}
 			add(u1, k1, month.Add(-time.Microsecond), 100)
 			add(u1, k1, month, 10)
 			add(u1, k2, month.AddDate(0, 1, 0).Add(-time.Microsecond), 20)
 			add(u2, k3, month.Add(time.Hour), 40)
+			if err := w.Stop(ctx); err != nil {
+				t.Fatal(err)
+			}
+			var n int
+			if err := pool.QueryRow(ctx, `SELECT count(*) FROM usage_records WHERE created_at >= $1::timestamptz - interval '1 month'`, month).Scan(&n); err != nil || n != 4 {
+				t.Fatalf("%d records written (%v), want 4", n, err)
+			}
 			sum := budgetUsed(pool)
 			for _, tc := range []struct {
 				scope string
