@@ -43,6 +43,8 @@ type Options struct {
 	FineTune FineTuneOptions
 	// Knowledge configures vector stores and their ingestion (MAAS_KNOWLEDGE_*, MAAS_GATEWAY_URL).
 	Knowledge KnowledgeOptions
+	// Milvus selects Milvus as the vector index when its address is set (MAAS_MILVUS_*).
+	Milvus MilvusOptions
 	// Usage configures the usage ledger's monthly partitions (MAAS_USAGE_*).
 	Usage usage.Options
 
@@ -90,6 +92,7 @@ func Load(args []string) (Options, []string, error) {
 	bindFiles(l, &o.Files)
 	bindFineTune(l, &o.FineTune)
 	bindKnowledge(l, &o.Knowledge)
+	bindMilvus(l, &o.Milvus)
 	usage.Bind(l, &o.Usage)
 	var proxies string
 	l.String(&proxies, "MAAS_TRUSTED_PROXIES", "trusted-proxies", "127.0.0.0/8,::1/128", "comma-separated CIDRs of proxies (gateways) whose X-Forwarded-For is trusted for the login limit, or none")
@@ -131,6 +134,9 @@ func Load(args []string) (Options, []string, error) {
 		return o, nil, err
 	}
 	if err := o.Knowledge.validate(); err != nil {
+		return o, nil, err
+	}
+	if err := o.Milvus.validate(); err != nil {
 		return o, nil, err
 	}
 	if err := o.Usage.Validate(); err != nil {

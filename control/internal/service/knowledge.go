@@ -11,6 +11,7 @@ import (
 	"github.com/maas-platform/maas/control/internal/file"
 	"github.com/maas-platform/maas/control/internal/jobs"
 	"github.com/maas-platform/maas/control/internal/knowledge"
+	"github.com/maas-platform/maas/control/internal/vectorindex"
 	"github.com/maas-platform/maas/control/internal/vectorindex/embedded"
 	"github.com/maas-platform/maas/pkg/config"
 )
@@ -33,6 +34,9 @@ type KnowledgeOptions struct {
 	// (MAAS_KNOWLEDGE_MAX_FILE_BYTES).
 	MaxFileBytes int
 
+	// Index is the vector index: Run sets it from MAAS_MILVUS_* (newVectorIndex) unless a
+	// test did; nil means the embedded index.
+	Index vectorindex.Index
 	// Embedder replaces the gateway (tests only).
 	Embedder knowledge.Embedder
 }
@@ -69,7 +73,10 @@ func newKnowledge(pool *pgxpool.Pool, o Options, log *slog.Logger, files *file.S
 	if emb == nil {
 		emb = &knowledge.GatewayEmbedder{URL: ko.GatewayURL, Token: o.InternalToken}
 	}
-	idx := embedded.New(pool, embedded.Options{Logger: log, CacheBytes: int64(ko.IndexCacheBytes)})
+	idx := ko.Index
+	if idx == nil {
+		idx = embedded.New(pool, embedded.Options{Logger: log, CacheBytes: int64(ko.IndexCacheBytes)})
+	}
 	k, err := knowledge.New(pool, knowledgeFiles{files}, emb, idx, q, knowledge.Options{
 		Logger: log, EmbeddingModel: ko.EmbeddingModel, EmbedBatch: ko.EmbedBatch, MaxFileBytes: int64(ko.MaxFileBytes),
 	})

@@ -235,6 +235,20 @@ func Run(ctx context.Context, o Options, out io.Writer, ready func(addr string))
 
 	reg := obs.NewRegistry("control")
 	queue := newQueue(pool, o, log)
+	if o.Knowledge.Index == nil { // tests may bring their own
+		idx, stopIndex, err := newVectorIndex(pool, o, log)
+		if err != nil {
+			return err
+		}
+		defer func() {
+			sctx, cancel := context.WithTimeout(context.Background(), o.ShutdownGrace)
+			defer cancel()
+			if err := stopIndex(sctx); err != nil {
+				log.Warn("vector index did not stop cleanly", "err", err)
+			}
+		}()
+		o.Knowledge.Index = idx
+	}
 	srv, backends, err := newServer(pool, o, log, reg, queue)
 	if err != nil {
 		return err
