@@ -79,6 +79,7 @@ func TestOptionsValidate(t *testing.T) {
 		{"negative n limit", map[string]string{"MAAS_MAX_N": "-1"}, "MAAS_MAX_N"},
 		{"messages limit not a number", map[string]string{"MAAS_MAX_MESSAGES": "many"}, "MAAS_MAX_MESSAGES"},
 		{"negative inputs limit", map[string]string{"MAAS_MAX_INPUTS": "-5"}, "MAAS_MAX_INPUTS"},
+		{"no file size", map[string]string{"MAAS_FILES_MAX_BYTES": "0"}, "MAAS_FILES_MAX_BYTES"},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
