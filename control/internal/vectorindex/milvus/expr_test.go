@@ -214,6 +214,11 @@ func TestFakeRefusesOtherExpressions(t *testing.T) {
 		`attrs["s_6c"] == "a" && true`,         // operators this package does not write
 		`(attrs["s_6c"] == "a"`,                // unbalanced
 		`not attrs["s_6c"] == "a"`,
+		`attrs ["s_6c"] == "a"`,                         // a path is one token
+		`attrs[ "s_6c"] == "a"`,                         //
+		`exists attrs["s_6c"] and attrs["s_6c"] != "a"`, // Milvus: exists (… and …)
+		`attrs["s_6c"]["x"] == "a"`,                     // nested paths
+		`attrs[0] == "a"`,                               // index paths
 	} {
 		if _, err := milvustest.Eval(e, "s", "f", []byte(`{}`)); err == nil {
 			t.Errorf("fake accepted %s", e)

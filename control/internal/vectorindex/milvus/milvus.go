@@ -17,6 +17,7 @@ import (
 	"github.com/milvus-io/milvus/client/v2/entity"
 	"github.com/milvus-io/milvus/client/v2/index"
 	"github.com/milvus-io/milvus/client/v2/milvusclient"
+	"github.com/milvus-io/milvus/pkg/v2/util/merr"
 	"google.golang.org/grpc"
 
 	"github.com/maas-platform/maas/control/internal/vectorindex"
@@ -235,8 +236,9 @@ func (x *Index) schema(dims int) *entity.Schema {
 		WithField(entity.NewField().WithName(fieldVector).WithDataType(entity.FieldTypeFloatVector).WithDim(int64(dims)))
 }
 
-// ensure makes the collection of dims exist (when create is set), indexed (COSINE) and
-// loaded. Each step is idempotent on Milvus, so replicas racing here all succeed. It
+// ensure makes the collection of dims exist (when create is set), indexed (AUTOINDEX,
+// COSINE) and loaded. Replicas racing here all succeed: a collection created meanwhile is
+// used, an index is created only where none is listed, and loading is idempotent. It
 // reports false when the collection does not exist and create is not set.
 func (x *Index) ensure(ctx context.Context, c *milvusclient.Client, dims int, create bool) (bool, error) {
 	x.mu.Lock()
@@ -265,12 +267,20 @@ func (x *Index) ensure(ctx context.Context, c *milvusclient.Client, dims int, cr
 			x.log.Info("milvus collection created", "collection", name, "dims", dims)
 		}
 	}
-	task, err := c.CreateIndex(ctx, milvusclient.NewCreateIndexOption(name, fieldVector, index.NewAutoIndex(entity.COSINE)))
-	if err != nil {
-		return false, fmt.Errorf("milvus: index %s: %w", name, err)
+	// An existing index is kept as it is (an operator may have chosen another type); only a
+	// missing one is created.
+	indexes, err := c.ListIndexes(ctx, milvusclient.NewListIndexOption(name).WithFieldName(fieldVector))
+	if err != nil && !errors.Is(err, merr.ErrIndexNotFound) {
+		return false, fmt.Errorf("milvus: list indexes of %s: %w", name, err)
 	}
-	if err := task.Await(ctx); err != nil {
-		return false, fmt.Errorf("milvus: index %s: %w", name, err)
+	if len(indexes) == 0 {
+		task, err := c.CreateIndex(ctx, milvusclient.NewCreateIndexOption(name, fieldVector, index.NewAutoIndex(entity.COSINE)))
+		if err != nil {
+			return false, fmt.Errorf("milvus: index %s: %w", name, err)
+		}
+		if err := task.Await(ctx); err != nil {
+			return false, fmt.Errorf("milvus: index %s: %w", name, err)
+		}
 	}
 	load, err := c.LoadCollection(ctx, milvusclient.NewLoadCollectionOption(name))
 	if err != nil {

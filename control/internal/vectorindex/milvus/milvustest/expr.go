@@ -17,13 +17,16 @@ import (
 //	unary   = "(" expr ")" | "exists" path | operand op literal
 //	        | operand [ "not" ] "in" "[" literal { "," literal } "]"
 //	operand = "pk" | "store_id" | "file_id" | "chunk_id" | path
-//	path    = "attrs" "[" string "]"      the key must be [snb]_ and hexadecimal
+//	path    = "attrs[" string "]"         one token (no blanks); the key is [snb]_ and hexadecimal
 //	op      = "==" | "!=" | ">" | ">=" | "<" | "<="
 //	literal = string | number | "true" | "false"
 //
 // Strings are lexed as Milvus's grammar does (double quotes; escapes \' \" \? \\ \a \b \f
 // \n \r \t \v, octal, \x, \u, \U; no raw line breaks) and then decoded with strconv.Unquote
-// as Milvus's parser does, so a literal Milvus would reject is rejected here. Scalar fields
+// as Milvus's parser does, so a literal Milvus would reject is rejected here; a JSON path is
+// one token, as in Milvus's lexer. "exists" takes the rest of the expression in Milvus's
+// grammar (it has the lowest precedence), so it is accepted here only before a path, which
+// the generator makes sure of by parenthesizing it. Scalar fields
 // compare only with == and a string; a list must hold one type; booleans only with == and
 // !=. Evaluation follows Milvus's JSON rules where they are safe to rely on (a value of
 // another type compares false) and the least favourable reading where they are not: a
@@ -102,8 +105,34 @@ func lex(s string) ([]token, error) {
 			i += len(m)
 		case c >= 'a' && c <= 'z':
 			m := identRe.FindString(s[i:])
+			j := i + len(m)
+			if j < len(s) && s[j] == '[' {
+				// A JSON path is one token in Milvus's lexer: no blanks inside.
+				var keys []string
+				for j < len(s) && s[j] == '[' {
+					if j+1 >= len(s) || s[j+1] != '"' {
+						return nil, fmt.Errorf("json path %s: the fake wants a double-quoted key", m)
+					}
+					end, err := scanString(s, j+1)
+					if err != nil {
+						return nil, err
+					}
+					k, err := strconv.Unquote(s[j+1 : end])
+					if err != nil {
+						return nil, fmt.Errorf("json key %s: %v", s[j+1:end], err)
+					}
+					if end >= len(s) || s[end] != ']' {
+						return nil, fmt.Errorf("json path %s: no closing bracket", m)
+					}
+					keys = append(keys, k)
+					j = end + 1
+				}
+				out = append(out, token{kind: "json", text: m, val: keys})
+				i = j
+				break
+			}
 			out = append(out, token{kind: "ident", text: m})
-			i += len(m)
+			i = j
 		default:
 			return nil, fmt.Errorf("unexpected character %q at %d", c, i)
 		}
@@ -257,42 +286,43 @@ func (p *parser) unary(depth int) (pred, error) {
 		if err != nil {
 			return nil, err
 		}
+		if n := p.peek(); n.kind != "eof" && n.text != ")" {
+			return nil, fmt.Errorf("exists followed by %q: Milvus would read the rest as its operand", n.text)
+		}
 		return func(r *row) bool { _, ok := r.attrs[key]; return ok }, nil
 	}
-	t := p.next()
-	if t.kind != "ident" {
-		return nil, fmt.Errorf("expected a field, found %q", t.text)
-	}
-	switch t.text {
-	case "pk", "store_id", "file_id", "chunk_id":
-		return p.scalar(t.text)
-	case "attrs":
-		p.pos--
+	t := p.peek()
+	if t.kind == "json" {
 		key, err := p.path()
 		if err != nil {
 			return nil, err
 		}
 		return p.jsonCompare(key)
 	}
+	p.pos++
+	if t.kind != "ident" {
+		return nil, fmt.Errorf("expected a field, found %q", t.text)
+	}
+	switch t.text {
+	case "pk", "store_id", "file_id", "chunk_id":
+		return p.scalar(t.text)
+	}
 	return nil, fmt.Errorf("unknown field %q", t.text)
 }
 
 func (p *parser) path() (string, error) {
-	if err := p.expect("ident", "attrs"); err != nil {
-		return "", err
-	}
-	if err := p.expect("punct", "["); err != nil {
-		return "", err
-	}
 	t := p.next()
-	if t.kind != "string" {
-		return "", fmt.Errorf("json key must be a string, found %q", t.text)
+	if t.kind != "json" || t.text != "attrs" {
+		return "", fmt.Errorf("expected a path in attrs, found %q", t.text)
 	}
-	key := t.val.(string)
-	if !keyRe.MatchString(key) {
-		return "", fmt.Errorf("json key %q is not an encoded attribute key", key)
+	keys := t.val.([]string)
+	if len(keys) != 1 {
+		return "", fmt.Errorf("json path of %d keys: attributes are flat", len(keys))
 	}
-	return key, p.expect("punct", "]")
+	if !keyRe.MatchString(keys[0]) {
+		return "", fmt.Errorf("json key %q is not an encoded attribute key", keys[0])
+	}
+	return keys[0], nil
 }
 
 func (p *parser) scalar(field string) (pred, error) {

@@ -289,7 +289,7 @@ func (s *Server) DescribeIndex(_ context.Context, req *milvuspb.DescribeIndexReq
 		return &milvuspb.DescribeIndexResponse{Status: merr.Status(merr.WrapErrIndexNotFound(req.GetIndexName()))}, nil
 	}
 	return &milvuspb.DescribeIndexResponse{Status: merr.Success(), IndexDescriptions: []*milvuspb.IndexDescription{{
-		IndexName: req.GetIndexName(), FieldName: req.GetFieldName(), State: commonpb.IndexState_Finished,
+		IndexName: "vector", FieldName: "vector", State: commonpb.IndexState_Finished, // Milvus names an unnamed index after its field
 		Params: []*commonpb.KeyValuePair{{Key: "metric_type", Value: c.metric}},
 	}}}, nil
 }
