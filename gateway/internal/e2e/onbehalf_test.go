@@ -46,7 +46,19 @@ func TestEmbeddingsOnBehalfOfUser(t *testing.T) {
 	now := time.Now()
 
 	// Valid: 200, and a ledger row for alice with no key, marked as the knowledge service's.
-	st, h, b := signed("/v1/embeddings", tok, alice.ID, 0, now, tok)
+	// (A user reaches the gateway's snapshot with its next reload, by NOTIFY: up to a moment
+	// after control created it; a key is looked up on its first use, its user with it.)
+	var (
+		st int
+		h  http.Header
+		b  []byte
+	)
+	for wait := time.Now().Add(5 * time.Second); ; time.Sleep(20 * time.Millisecond) {
+		st, h, b = signed("/v1/embeddings", tok, alice.ID, 0, time.Now(), tok)
+		if st != 401 || time.Now().After(wait) {
+			break
+		}
+	}
 	if st != 200 || !strings.Contains(string(b), `"embedding"`) {
 		t.Fatalf("signed embeddings request: %d %s", st, b)
 	}

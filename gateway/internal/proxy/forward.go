@@ -40,7 +40,12 @@ func newControlClient(raw string, timeout time.Duration) (*controlClient, error)
 			NoDefaultUserAgentHeader: true, MaxIdleConnDuration: 60 * time.Second,
 			DisableHeaderNamesNormalizing: true,
 			// Answers (a file's content) are relayed as they arrive, never held whole.
-			StreamResponseBody: true},
+			StreamResponseBody: true,
+			// A request is sent again on a new connection (the pooled one found closed) only
+			// when it is idempotent and its body is bytes, not a stream half read.
+			RetryIf: func(r *fasthttp.Request) bool {
+				return !r.IsBodyStream() && (r.Header.IsGet() || r.Header.IsHead() || r.Header.IsPut())
+			}},
 		scheme: u.Scheme, host: u.Host, timeout: timeout,
 	}, nil
 }
@@ -60,6 +65,10 @@ func forwardRoute(path []byte) string {
 	}
 	return "other"
 }
+
+// bufferBelow is the largest forwarded body with a Content-Length that is read whole
+// before it is sent, so that it can be sent again; larger ones, and chunked ones, stream.
+const bufferBelow = 64 << 10
 
 // multipartSlack is what multipart framing and the purpose field may add to a file of
 // FilesMaxBytes in an upload's body (control allows the same).
@@ -150,7 +159,14 @@ func (f *forwarded) send(ctx *fasthttp.RequestCtx) error {
 		return &apierr.Error{Kind: apierr.TooLarge, Message: tooLarge}
 	}
 	var body *limitedBody
-	if s := ctx.RequestBodyStream(); s != nil {
+	switch s := ctx.RequestBodyStream(); {
+	case s == nil:
+	case cl >= 0 && cl <= bufferBelow:
+		// A small body with a length (JSON) is read here, as before the server streamed
+		// bodies: the client may then send the request again on a new connection when the
+		// pooled one to control turns out closed; a stream, half read, could not be.
+		f.in.Add(int64(len(ctx.PostBody())))
+	default:
 		// The server streams request bodies; the upload may take longer than the read
 		// timeout meant for a chat request, so the whole request's bound applies.
 		if cl > h.o.MaxBodyBytes || cl < 0 {
