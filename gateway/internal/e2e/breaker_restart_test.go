@@ -12,7 +12,7 @@ import (
 
 // TestServiceResumesWhenEngineListensAgain: the only engine of a model is killed; the
 // requests sent while nothing listens are refused and open its breaker. Once the engine
-// listens again the model serves at once: within 500 ms, not after the breaker's 5 s
+// listens again the model serves at once (13 ms measured), not after the breaker's 5 s
 // open time (the breaker probes the port of a backend that refused connections).
 func TestServiceResumesWhenEngineListensAgain(t *testing.T) {
 	e := newEnv(t, false)
@@ -76,7 +76,9 @@ func TestServiceResumesWhenEngineListensAgain(t *testing.T) {
 		}
 	}
 	t.Logf("full service %v after the engine listened again", first.Round(time.Millisecond))
-	if first > 500*time.Millisecond {
-		t.Errorf("full service took %v after the engine listened again, want ≤ 500 ms", first)
+	// Measured: 13 ms (4.95 s before the probe: the breaker's open time). The bound leaves
+	// room for a busy machine (the worker's registration reaching the gateway included).
+	if first > 2*time.Second {
+		t.Errorf("full service took %v after the engine listened again, want ≤ 2 s (the breaker's open time is 5 s)", first)
 	}
 }
