@@ -23,8 +23,10 @@
 //
 // Reads and writes. Upsert replaces by primary key (a retried ingestion does not
 // duplicate). DeleteFile and DeleteStore delete by expression. SetAttributes reads the
-// file's rows (at most 16,383 chunks per file, Milvus's query window) and upserts them with
-// the new attributes, since Milvus cannot update a field by expression. Searches ask for k
+// file's rows and upserts them with the new attributes (Milvus cannot update a field by
+// expression), 4,096 at a time: the new attributes carry a random generation mark and each
+// page asks for rows without it, so a file of any size is covered without relying on a
+// result order, and a row read twice stops it with an error. Searches ask for k
 // plus 16 results and order ties by chunk id, which Milvus does not do. Every read is
 // Strong, so a search sees the writes that preceded it.
 //

@@ -46,15 +46,22 @@ func attrKey(key string, v any) (string, bool) {
 	return tag + hex.EncodeToString([]byte(key)), true
 }
 
-// encodeAttrs is the attrs JSON of a chunk.
-func encodeAttrs(attrs map[string]any) ([]byte, error) {
-	out := make(map[string]any, len(attrs))
+// genKey holds SetAttributes's generation mark in the attrs field (no user key has this
+// form: theirs are typed and hexadecimal).
+const genKey = "gen"
+
+// encodeAttrs is the attrs JSON of a chunk, with a generation mark unless gen is empty.
+func encodeAttrs(attrs map[string]any, gen string) ([]byte, error) {
+	out := make(map[string]any, len(attrs)+1)
 	for k, v := range attrs {
 		name, ok := attrKey(k, v)
 		if !ok {
 			return nil, vectorindex.ErrInvalid
 		}
 		out[name] = v
+	}
+	if gen != "" {
+		out[genKey] = gen
 	}
 	b, err := json.Marshal(out)
 	if err != nil {
@@ -110,6 +117,13 @@ func storeExpr(store string) string { return fieldStore + " == " + quote(store) 
 
 func fileExpr(store, file string) string {
 	return storeExpr(store) + " and " + fieldFile + " == " + quote(file)
+}
+
+// notGenExpr selects the rows not marked with generation gen (a missing mark included;
+// "not exists" rather than != on a missing key, whose reading Milvus does not promise).
+func notGenExpr(gen string) string {
+	p := jsonPath(genKey)
+	return "((not (exists " + p + ")) or (" + p + " != " + quote(gen) + "))"
 }
 
 // searchExpr is the boolean expression of a search: the store, and the filter if any.
@@ -196,7 +210,8 @@ func filterExpr(f *vectorindex.Filter) (string, error) {
 	return "", fmt.Errorf("filter: type %q: %w", f.Type, vectorindex.ErrInvalid)
 }
 
-// jsonPath names a key of the attrs field; name comes from attrKey ([snb]_ and hexadecimal).
+// jsonPath names a key of the attrs field; name comes from attrKey ([snb]_ and hexadecimal)
+// or is genKey.
 func jsonPath(name string) string { return fieldAttrs + `["` + name + `"]` }
 
 // pk is a chunk's primary key: unique per (store, chunk id) whatever characters the ids hold

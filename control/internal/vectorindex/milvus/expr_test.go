@@ -89,7 +89,7 @@ func TestFilterExprInjection(t *testing.T) {
 		if back, err := strconv.Unquote(lit); err != nil || back != v {
 			t.Errorf("%q: literal %s reads back as %q (%v)", v, lit, back, err)
 		}
-		attrs, _ := encodeAttrs(map[string]any{v: v})
+		attrs, _ := encodeAttrs(map[string]any{v: v}, "")
 		for _, doc := range []struct {
 			attrs []byte
 			want  bool
@@ -109,7 +109,7 @@ func TestFilterExprInjection(t *testing.T) {
 func TestFilterExprInvalidUTF8(t *testing.T) {
 	v := "a\xffb"
 	e, _ := filterExpr(&vectorindex.Filter{Type: "eq", Key: "k", Value: v})
-	attrs, _ := encodeAttrs(map[string]any{"k": v})
+	attrs, _ := encodeAttrs(map[string]any{"k": v}, "")
 	if ok, err := milvustest.Eval(e, "s", "f", attrs); err != nil || !ok {
 		t.Fatalf("%s on %s: %v %v", e, attrs, ok, err)
 	}
@@ -175,7 +175,7 @@ func TestFilterExprAgreesWithMatch(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		js, _ := encodeAttrs(attrs)
+		js, _ := encodeAttrs(attrs, "")
 		got, err := milvustest.Eval(e, "vs", "f", js)
 		if err != nil {
 			t.Fatalf("case %d: %s: %v", i, e, err)

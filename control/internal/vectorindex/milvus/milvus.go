@@ -3,6 +3,8 @@ package milvus
 import (
 	"cmp"
 	"context"
+	"crypto/rand"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -27,10 +29,11 @@ import (
 // call made before the first connection to Milvus succeeded.
 var ErrNotConnected = errors.New("milvus: not connected")
 
-// Milvus's own bounds (its defaults for topk and for offset+limit of a query).
 const (
-	maxTopK      = 16384
-	maxQueryRows = 16384
+	// maxTopK is Milvus's default bound on topk.
+	maxTopK = 16384
+	// attrsPage is how many rows SetAttributes reads at once (384 dims: 6 MiB of vectors).
+	attrsPage = 4096
 	// tieMargin is how many results beyond k a search asks for, so that chunks tied at the
 	// k-th score can be ordered by chunk id as the contract says (Milvus orders ties
 	// arbitrarily).
@@ -359,7 +362,7 @@ func (x *Index) Upsert(ctx context.Context, chunks []vectorindex.Chunk) error {
 		if err := checkIDs(ch.StoreID, ch.FileID, ch.ChunkID); err != nil {
 			return err
 		}
-		b, err := encodeAttrs(ch.Attributes)
+		b, err := encodeAttrs(ch.Attributes, "")
 		if err != nil {
 			return err
 		}
@@ -418,9 +421,10 @@ func (x *Index) upsertRows(ctx context.Context, c *milvusclient.Client, dims int
 	return nil
 }
 
-// SetAttributes implements vectorindex.Index: Milvus cannot update a field by expression,
-// so the file's rows are read (at most 16,384 per file, Milvus's query window) and written
-// again with the new attributes.
+// SetAttributes implements vectorindex.Index. Milvus cannot update a field by expression,
+// so the file's rows are read and upserted again with the new attributes, a page at a time.
+// The new attributes carry a random generation mark, and each page asks only for rows
+// without it, so pages need no order and a file of any size is covered.
 func (x *Index) SetAttributes(ctx context.Context, storeID, fileID string, attrs map[string]any) error {
 	if storeID == "" || fileID == "" {
 		return vectorindex.ErrInvalid
@@ -428,7 +432,10 @@ func (x *Index) SetAttributes(ctx context.Context, storeID, fileID string, attrs
 	if err := vectorindex.ValidateAttributes(attrs); err != nil {
 		return err
 	}
-	js, err := encodeAttrs(attrs)
+	var b [8]byte
+	_, _ = rand.Read(b[:])
+	gen := hex.EncodeToString(b[:])
+	js, err := encodeAttrs(attrs, gen)
 	if err != nil {
 		return err
 	}
@@ -440,6 +447,7 @@ func (x *Index) SetAttributes(ctx context.Context, storeID, fileID string, attrs
 	if err != nil {
 		return err
 	}
+	expr := fileExpr(storeID, fileID) + " and " + notGenExpr(gen)
 	for _, d := range all {
 		if ok, err := x.ensure(ctx, c, d, false); err != nil || !ok {
 			if err != nil {
@@ -447,46 +455,68 @@ func (x *Index) SetAttributes(ctx context.Context, storeID, fileID string, attrs
 			}
 			continue
 		}
-		name := x.collection(d)
-		rs, err := c.Query(ctx, milvusclient.NewQueryOption(name).
-			WithFilter(fileExpr(storeID, fileID)).
-			WithOutputFields(fieldPK, fieldChunk, fieldVector).
-			WithLimit(maxQueryRows).WithConsistencyLevel(entity.ClStrong))
-		if err != nil {
-			x.forget(d)
-			return fmt.Errorf("milvus: query %s: %w", name, err)
-		}
-		if rs.ResultCount == 0 {
-			continue
-		}
-		if rs.ResultCount >= maxQueryRows {
-			return fmt.Errorf("milvus: set attributes of file %s: more than %d chunks", fileID, maxQueryRows-1)
-		}
-		pks, err := varchars(rs, fieldPK)
-		if err != nil {
-			return err
-		}
-		ids, err := varchars(rs, fieldChunk)
-		if err != nil {
-			return err
-		}
-		vc, ok := rs.GetColumn(fieldVector).(*column.ColumnFloatVector)
-		if !ok {
-			return fmt.Errorf("milvus: query %s: no %s column", name, fieldVector)
-		}
-		n := len(pks)
-		stores, files, jss, vecs := make([]string, n), make([]string, n), make([][]byte, n), make([][]float32, n)
-		for i, v := range vc.Data() {
-			stores[i], files[i], jss[i], vecs[i] = storeID, fileID, js, v
-		}
-		for start := 0; start < n; start += upsertBatch {
-			end := min(start+upsertBatch, n)
-			if err := x.upsertRows(ctx, c, d, pks[start:end], stores[start:end], files[start:end], ids[start:end], jss[start:end], vecs[start:end]); err != nil {
+		done := map[string]bool{} // rewritten rows: one seen again means the mark is not read
+		for {
+			n, err := x.rewritePage(ctx, c, d, expr, storeID, fileID, js, done)
+			if err != nil {
 				return err
+			}
+			if n < attrsPage {
+				break
 			}
 		}
 	}
 	return nil
+}
+
+// rewritePage upserts with attrs up to attrsPage rows of the file matching expr and
+// returns how many it found. done holds the primary keys rewritten so far: finding one of
+// them again is an error rather than an endless loop.
+func (x *Index) rewritePage(ctx context.Context, c *milvusclient.Client, dims int, expr, storeID, fileID string, attrs []byte, done map[string]bool) (int, error) {
+	name := x.collection(dims)
+	rs, err := c.Query(ctx, milvusclient.NewQueryOption(name).
+		WithFilter(expr).
+		WithOutputFields(fieldPK, fieldChunk, fieldVector).
+		WithLimit(attrsPage).WithConsistencyLevel(entity.ClStrong))
+	if err != nil {
+		x.forget(dims)
+		return 0, fmt.Errorf("milvus: query %s: %w", name, err)
+	}
+	if rs.ResultCount == 0 {
+		return 0, nil
+	}
+	pks, err := varchars(rs, fieldPK)
+	if err != nil {
+		return 0, err
+	}
+	ids, err := varchars(rs, fieldChunk)
+	if err != nil {
+		return 0, err
+	}
+	vc, ok := rs.GetColumn(fieldVector).(*column.ColumnFloatVector)
+	if !ok || vc.Len() != len(pks) {
+		return 0, fmt.Errorf("milvus: query %s: no %s column of %d rows", name, fieldVector, len(pks))
+	}
+	n := len(pks)
+	for _, k := range pks {
+		if done[k] {
+			return 0, fmt.Errorf("milvus: set attributes of file %s in %s: a rewritten row is read again as unmarked", fileID, name)
+		}
+	}
+	stores, files, jss, vecs := make([]string, n), make([]string, n), make([][]byte, n), make([][]float32, n)
+	for i, v := range vc.Data() {
+		stores[i], files[i], jss[i], vecs[i] = storeID, fileID, attrs, v
+	}
+	for start := 0; start < n; start += upsertBatch {
+		end := min(start+upsertBatch, n)
+		if err := x.upsertRows(ctx, c, dims, pks[start:end], stores[start:end], files[start:end], ids[start:end], jss[start:end], vecs[start:end]); err != nil {
+			return 0, err
+		}
+	}
+	for _, k := range pks {
+		done[k] = true
+	}
+	return n, nil
 }
 
 func varchars(rs milvusclient.ResultSet, field string) ([]string, error) {

@@ -239,3 +239,46 @@ func TestLongIDs(t *testing.T) {
 		t.Fatal("a long id reached Milvus")
 	}
 }
+
+// SetAttributes covers a file of more rows than one page, although the fake (like Milvus)
+// returns query rows in no particular order.
+func TestSetAttributesPages(t *testing.T) {
+	srv := milvustest.Start(t)
+	x := newIndex(t, Options{Addr: srv.Addr()})
+	ready(t, x)
+	ctx := context.Background()
+	n := 2*attrsPage + 5
+	chunks := make([]vectorindex.Chunk, n)
+	for i := range chunks {
+		chunks[i] = vectorindex.Chunk{StoreID: "vs_p", FileID: "big", ChunkID: fmt.Sprintf("c%05d", i),
+			Vector: []float32{1, float32(i)}, Attributes: map[string]any{"v": 1.0}}
+	}
+	chunks = append(chunks, vectorindex.Chunk{StoreID: "vs_p", FileID: "other", ChunkID: "o", Vector: []float32{1, 0},
+		Attributes: map[string]any{"v": 1.0}})
+	if err := x.Upsert(ctx, chunks); err != nil {
+		t.Fatal(err)
+	}
+	queries := srv.Calls("Query")
+	if err := x.SetAttributes(ctx, "vs_p", "big", map[string]any{"v": 2.0}); err != nil {
+		t.Fatal(err)
+	}
+	if q := srv.Calls("Query") - queries; q != 3 {
+		t.Errorf("%d queries for %d rows in pages of %d, want 3", q, n, attrsPage)
+	}
+	old, _ := vectorindex.ParseFilter([]byte(`{"type":"eq","key":"v","value":1}`))
+	hits, err := x.Search(ctx, vectorindex.Query{StoreID: "vs_p", Vector: []float32{1, 0}, K: vectorindex.MaxK, Filter: old})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(hits) != 1 || hits[0].ChunkID != "o" {
+		t.Fatalf("chunks still with the old attributes: %d (want only the other file's)", len(hits))
+	}
+	// A second update finds every row again (the previous generation mark is not this one).
+	if err := x.SetAttributes(ctx, "vs_p", "big", map[string]any{"v": 3.0}); err != nil {
+		t.Fatal(err)
+	}
+	two, _ := vectorindex.ParseFilter([]byte(`{"type":"eq","key":"v","value":2}`))
+	if hits, err := x.Search(ctx, vectorindex.Query{StoreID: "vs_p", Vector: []float32{1, 0}, K: 5, Filter: two}); err != nil || len(hits) != 0 {
+		t.Fatalf("after the second update, %d chunks still have v=2 (%v)", len(hits), err)
+	}
+}

@@ -14,10 +14,10 @@ import (
 //
 //	expr    = and { "or" and }
 //	and     = unary { "and" unary }
-//	unary   = "(" expr ")" | "exists" path | operand op literal
+//	unary   = "(" expr ")" | "not" "(" expr ")" | "exists" path | operand op literal
 //	        | operand [ "not" ] "in" "[" literal { "," literal } "]"
 //	operand = "pk" | "store_id" | "file_id" | "chunk_id" | path
-//	path    = "attrs[" string "]"         one token (no blanks); the key is [snb]_ and hexadecimal
+//	path    = "attrs[" string "]"         one token (no blanks); the key is [snb]_ and hexadecimal, or gen
 //	op      = "==" | "!=" | ">" | ">=" | "<" | "<="
 //	literal = string | number | "true" | "false"
 //
@@ -42,7 +42,7 @@ type row struct {
 type pred func(r *row) bool
 
 var (
-	keyRe    = regexp.MustCompile(`^[snb]_([0-9a-f]{2})+$`)
+	keyRe    = regexp.MustCompile(`^([snb]_([0-9a-f]{2})+|gen)$`)
 	numberRe = regexp.MustCompile(`^-?[0-9]+(\.[0-9]+)?([eE][+-]?[0-9]+)?`)
 	identRe  = regexp.MustCompile(`^[a-z_]+`)
 )
@@ -280,6 +280,17 @@ func (p *parser) unary(depth int) (pred, error) {
 			return nil, err
 		}
 		return e, p.expect("punct", ")")
+	}
+	if p.accept("ident", "not") {
+		// Only "not (…)": a bare not binds tighter than a comparison in Milvus.
+		if p.peek().text != "(" {
+			return nil, fmt.Errorf("not must be followed by a parenthesis")
+		}
+		e, err := p.unary(depth + 1)
+		if err != nil {
+			return nil, err
+		}
+		return func(r *row) bool { return !e(r) }, nil
 	}
 	if p.accept("ident", "exists") {
 		key, err := p.path()
