@@ -4,7 +4,6 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"fmt"
-	"math"
 	"strconv"
 	"strings"
 	"unicode/utf8"
@@ -78,13 +77,15 @@ func encodeAttrs(attrs map[string]any, gen string) ([]byte, error) {
 // accepts (\" \\ \n \t \a \b \f \r \v \xHH \uHHHH \UHHHHHHHH) and never a raw newline.
 func quote(s string) string { return strconv.Quote(s) }
 
-// number renders f as a Milvus numeric literal: an integer when it is one (and small enough
-// for Milvus's int64 parser), otherwise a decimal or exponent form its float rule accepts.
+// number renders f as a Milvus floating literal ("2019.0", "0.5", "1e+20"), never an
+// integer one: Milvus then compares the attribute as a double, which reads a JSON integer
+// and a JSON fraction alike, and no literal can overflow its int64 parser.
 func number(f float64) string {
-	if f == math.Trunc(f) && math.Abs(f) < 1e15 {
-		return strconv.FormatFloat(f, 'f', -1, 64)
+	s := strconv.FormatFloat(f, 'g', -1, 64)
+	if !strings.ContainsAny(s, ".eE") {
+		s += ".0"
 	}
-	return strconv.FormatFloat(f, 'g', -1, 64)
+	return s
 }
 
 // jsonText is s as it reads back from a JSON document: encoding/json writes each invalid

@@ -29,18 +29,18 @@ func TestFilterExpr(t *testing.T) {
 	cases := []struct{ filter, want string }{
 		{`{"type":"eq","key":"lang","value":"en"}`, lang + ` == "en"`},
 		{`{"type":"ne","key":"lang","value":"en"}`, `(exists ` + lang + `) and (` + lang + ` != "en")`},
-		{`{"type":"gt","key":"year","value":2019}`, year + ` > 2019`},
+		{`{"type":"gt","key":"year","value":2019}`, year + ` > 2019.0`},
 		{`{"type":"gte","key":"year","value":2019.5}`, year + ` >= 2019.5`},
-		{`{"type":"lt","key":"year","value":-3}`, year + ` < -3`},
+		{`{"type":"lt","key":"year","value":-3}`, year + ` < -3.0`},
 		{`{"type":"lte","key":"year","value":1e20}`, year + ` <= 1e+20`},
 		{`{"type":"eq","key":"public","value":true}`, pub + ` == true`},
 		{`{"type":"ne","key":"public","value":false}`, `(exists ` + pub + `) and (` + pub + ` != false)`},
 		{`{"type":"in","key":"lang","value":["fr","de"]}`, lang + ` in ["fr", "de"]`},
 		{`{"type":"nin","key":"lang","value":["fr"]}`, `(exists ` + lang + `) and (` + lang + ` not in ["fr"])`},
 		{`{"type":"in","key":"lang","value":["fr",1,true,"de"]}`,
-			`(` + lang + ` in ["fr", "de"]) or (` + key("n", "lang") + ` in [1]) or (` + key("b", "lang") + ` in [true])`},
+			`(` + lang + ` in ["fr", "de"]) or (` + key("n", "lang") + ` in [1.0]) or (` + key("b", "lang") + ` in [true])`},
 		{`{"type":"and","filters":[{"type":"eq","key":"lang","value":"en"},{"type":"or","filters":[{"type":"lt","key":"year","value":1},{"type":"eq","key":"public","value":true}]}]}`,
-			`(` + lang + ` == "en") and ((` + year + ` < 1) or (` + pub + ` == true))`},
+			`(` + lang + ` == "en") and ((` + year + ` < 1.0) or (` + pub + ` == true))`},
 	}
 	for _, c := range cases {
 		got, err := filterExpr(mustParse(t, c.filter))
@@ -123,9 +123,7 @@ func TestNumberLiterals(t *testing.T) {
 			t.Errorf("%v: %s reads back as %v (%v)", f, s, back, err)
 		}
 		if !strings.ContainsAny(s, ".eE") {
-			if _, err := strconv.ParseInt(s, 10, 64); err != nil {
-				t.Errorf("%v: integer literal %s overflows int64", f, s)
-			}
+			t.Errorf("%v: %s is an integer literal", f, s)
 		}
 	}
 }
