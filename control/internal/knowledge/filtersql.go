@@ -64,5 +64,6 @@ func filterSQL(f *vectorindex.Filter, attrs string, args *[]any) string {
 	if f.Type == "in" {
 		return anyEq
 	}
-	return "((" + strings.Join(types, " OR ") + ") AND NOT " + anyEq + ")"
+	// jsonb_typeof of a missing key is NULL: coalesce keeps the condition a boolean.
+	return "coalesce((" + strings.Join(types, " OR ") + ") AND NOT " + anyEq + ", FALSE)"
 }
