@@ -158,7 +158,9 @@ func (s *Service) Search(ctx context.Context, c Caller, storeID string, r *searc
 	if err != nil {
 		return nil, err
 	}
-	if _, err := s.db.Exec(ctx, `UPDATE vector_stores SET last_active_at = now() WHERE id = $1`, storeID); err != nil {
+	// Activity moves the expiry; recorded at most once a minute, so searches do not all
+	// write the store's row.
+	if _, err := s.db.Exec(ctx, `UPDATE vector_stores SET last_active_at = now() WHERE id = $1 AND last_active_at < now() - interval '1 minute'`, storeID); err != nil {
 		s.log.Warn("vector store activity not recorded", "vector_store", storeID, "err", err)
 	}
 	return &SearchPage{Object: "vector_store.search_results.page", SearchQuery: p.queries, Data: results}, nil
