@@ -75,7 +75,7 @@ func TestFineTuningWithOpenAIGo(t *testing.T) {
 		return apiStatus(err) != http.StatusUnauthorized
 	})
 	valid := upload(example, "valid.jsonl")
-	long := upload(strings.Repeat(example, 40), "long.jsonl") // 40 examples × 50 epochs: 2,000 steps of 10 ms
+	long := upload(strings.Repeat(example, 100), "long.jsonl") // 100 examples × 50 epochs: 5,000 steps of 10 ms
 
 	params := openai.FineTuningJobNewParams{
 		Model: ftBase, TrainingFile: train.ID, ValidationFile: openai.String(valid.ID), Suffix: openai.String("gosdk"), Seed: openai.Int(42),
