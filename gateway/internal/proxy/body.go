@@ -40,9 +40,9 @@ func (h *Handler) requestBody(ctx *fasthttp.RequestCtx) ([]byte, error) {
 	return ctx.PostBody(), nil
 }
 
-// bodyTooLarge is the 413 of a body past MaxBodyBytes (see refuseUnread).
+// bodyTooLarge is the 413 of a body past MaxBodyBytes (see RefuseUnread).
 func (h *Handler) bodyTooLarge(ctx *fasthttp.RequestCtx) error {
-	refuseUnread(ctx)
+	RefuseUnread(ctx)
 	return apierr.New(apierr.TooLarge, "request body is larger than %d bytes", h.o.MaxBodyBytes)
 }
 
@@ -50,12 +50,12 @@ func (h *Handler) bodyTooLarge(ctx *fasthttp.RequestCtx) error {
 // connection instead (fasthttp's maxUnreadStreamBodySize).
 const maxDrain = 256 << 10
 
-// refuseUnread prepares the answer to a request refused before its body was read (whole):
+// RefuseUnread prepares the answer to a request refused before its body was read (whole):
 // the connection lingers on close, so that the client, still sending, reads the answer
 // instead of a reset; and when the server will not drain what is left of the body (chunked,
 // or longer than maxDrain), the answer says Connection: close, so that the client does not
 // send its next request on a connection about to close.
-func refuseUnread(ctx *fasthttp.RequestCtx) {
+func RefuseUnread(ctx *fasthttp.RequestCtx) {
 	cl := ctx.Request.Header.ContentLength()
 	if cl == 0 {
 		return

@@ -121,7 +121,7 @@ func (h *Handler) serve(ctx *fasthttp.RequestCtx, ep endpoint) {
 	}
 	if err != nil {
 		if body == nil {
-			refuseUnread(ctx)
+			RefuseUnread(ctx)
 		}
 		e := h.writeError(ctx, err)
 		c.status, c.errType = e.Kind.Status(), e.Kind.Type()

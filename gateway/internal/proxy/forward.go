@@ -102,7 +102,7 @@ func (h *Handler) Forward(ctx *fasthttp.RequestCtx) {
 	f.clientReqID = ClientRequestID(ctx)
 	f.endpoint = truncate(string(ctx.Path()), 200)
 	if err := f.send(ctx); err != nil {
-		refuseUnread(ctx) // the body may be unread
+		RefuseUnread(ctx) // the body may be unread
 		e := h.writeError(ctx, err)
 		f.status = e.Kind.Status()
 		f.done()

@@ -14,6 +14,7 @@ import (
 	"github.com/maas-platform/maas/gateway/internal/snapshot"
 	"github.com/maas-platform/maas/gateway/internal/upstream"
 	"github.com/maas-platform/maas/pkg/apikey"
+	"github.com/maas-platform/maas/pkg/linger"
 )
 
 const benchKey = "sk-benchbenchbenchbenchbenchbenchbenchbench00"
@@ -24,7 +25,14 @@ func (f fixedSnapshots) Current() *snapshot.Snapshot { return f.s }
 
 // benchGateway serves the gateway's real fasthttp.Server (New: its routes and settings) on
 // an in-memory listener, in front of an in-memory engine, and returns a client for it.
-func benchGateway(b *testing.B) *fasthttp.HostClient {
+func benchGateway(b testing.TB) *fasthttp.HostClient {
+	c, _ := serveGateway(b)
+	return c
+}
+
+// serveGateway is benchGateway, also returning the address of a real TCP listener
+// (wrapped by linger.Listen, as Run does) serving the same server.
+func serveGateway(b testing.TB) (*fasthttp.HostClient, string) {
 	engineLn := fasthttputil.NewInmemoryListener()
 	engine := &fasthttp.Server{Handler: func(ctx *fasthttp.RequestCtx) {
 		ctx.SetContentType("application/json")
@@ -57,7 +65,13 @@ func benchGateway(b *testing.B) *fasthttp.HostClient {
 	ln := fasthttputil.NewInmemoryListener()
 	go srv.Serve(ln)
 	b.Cleanup(func() { ln.Close() })
-	return &fasthttp.HostClient{Addr: "gateway", Dial: func(string) (net.Conn, error) { return ln.Dial() }}
+	tcp, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		b.Fatal(err)
+	}
+	go srv.Serve(linger.Listen(tcp))
+	b.Cleanup(func() { tcp.Close() })
+	return &fasthttp.HostClient{Addr: "gateway", Dial: func(string) (net.Conn, error) { return ln.Dial() }}, tcp.Addr().String()
 }
 
 // BenchmarkServeChatUnary is a non-streamed chat completion through the whole server

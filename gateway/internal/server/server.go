@@ -250,10 +250,12 @@ func routes(d Deps) *router.Router {
 	apidocs.Register(r)
 	r.NotFound = func(ctx *fasthttp.RequestCtx) {
 		ph.RequestID(ctx)
+		proxy.RefuseUnread(ctx) // the body is not read (the server streams bodies)
 		apierr.WriteFast(ctx, apierr.New(apierr.NotFound, "unknown path %s %s", ctx.Method(), truncate(ctx.Path())))
 	}
 	r.MethodNotAllowed = func(ctx *fasthttp.RequestCtx) {
 		ph.RequestID(ctx)
+		proxy.RefuseUnread(ctx)
 		apierr.WriteFast(ctx, apierr.New(apierr.MethodNotAllowed, "method %s is not allowed on %s", ctx.Method(), truncate(ctx.Path())))
 	}
 	return r

@@ -1,7 +1,10 @@
 package server
 
 import (
+	"bytes"
 	"errors"
+	"io"
+	"net/http"
 	"strings"
 	"testing"
 
@@ -121,5 +124,42 @@ func TestRoutesMatchAPIDocument(t *testing.T) {
 	}
 	if len(undocumented) > 0 || len(missing) > 0 {
 		t.Errorf("routes not in the OpenAPI document: %v; documented but not served: %v", undocumented, missing)
+	}
+}
+
+// The server streams request bodies: a request refused before its body is read (no such
+// route, no key, a body past the limit) still gets its answer to a client that is sending
+// megabytes, not a reset.
+func TestRefusedBeforeBodyIsReadAnswers(t *testing.T) {
+	_, addr := serveGateway(t)
+	big := bytes.Repeat([]byte("x"), 24<<20)
+	for _, tc := range []struct {
+		path, key string
+		want      int
+	}{
+		{"/v1/no-such-route", "", 404},
+		{"/v1/chat/completions", "", 401},
+		{"/v1/chat/completions", benchKey, 413},
+	} {
+		for _, chunked := range []bool{false, true} {
+			var body io.Reader = bytes.NewReader(big)
+			if chunked {
+				body = io.MultiReader(body)
+			}
+			req, _ := http.NewRequest("POST", "http://"+addr+tc.path, body)
+			if tc.key != "" {
+				req.Header.Set("Authorization", "Bearer "+tc.key)
+			}
+			resp, err := http.DefaultClient.Do(req)
+			if err != nil {
+				t.Errorf("%s chunked=%v: %v, want %d", tc.path, chunked, err, tc.want)
+				continue
+			}
+			b, _ := io.ReadAll(resp.Body)
+			resp.Body.Close()
+			if resp.StatusCode != tc.want || !strings.Contains(string(b), `"error"`) {
+				t.Errorf("%s chunked=%v: %d %s, want %d", tc.path, chunked, resp.StatusCode, b, tc.want)
+			}
+		}
 	}
 }
