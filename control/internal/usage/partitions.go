@@ -15,6 +15,10 @@
 //     N = 0 keeps everything.
 //   - Several control replicas may run passes at the same time: each pass holds the
 //     advisory lock usage_records_add_month takes, so they serialise.
+//   - Never a stall of the ledger: attaching or dropping a partition takes locks that
+//     would make the gateways' writes queue behind a long reader of usage_records (a
+//     report); a pass waits at most LockTimeout for each lock, then gives up until the
+//     next interval (the gateways' writes went on meanwhile).
 //
 // Costs: a pass is a few catalog statements, once per Interval (an hour by default).
 // Creating a partition whose month already has rows in the default partition moves them
@@ -45,11 +49,18 @@ type Options struct {
 	// Interval is how often the partitions are checked (MAAS_USAGE_MAINTENANCE_INTERVAL); 0
 	// turns the maintenance off.
 	Interval time.Duration
-	Logger   *slog.Logger
+	// LockTimeout bounds each wait for a lock: attaching a partition and dropping one lock
+	// usage_records in ways that would queue the gateways' writes behind a long reader, so
+	// a pass that cannot have its locks soon gives up and is tried again at the next
+	// interval (5s when zero).
+	LockTimeout time.Duration
+	Logger      *slog.Logger
 }
 
 // DefaultOptions returns the defaults: everything kept, two months ahead, hourly.
-func DefaultOptions() Options { return Options{Ahead: 2, Interval: time.Hour} }
+func DefaultOptions() Options {
+	return Options{Ahead: 2, Interval: time.Hour, LockTimeout: 5 * time.Second}
+}
 
 // Bind declares the settings on l.
 func Bind(l *config.Loader, o *Options) {
@@ -94,6 +105,9 @@ func New(db DB, o Options) (*Maintainer, error) {
 	if o.Ahead == 0 {
 		o.Ahead = DefaultOptions().Ahead
 	}
+	if o.LockTimeout <= 0 {
+		o.LockTimeout = DefaultOptions().LockTimeout
+	}
 	if o.Logger == nil {
 		o.Logger = slog.New(slog.DiscardHandler)
 	}
@@ -115,6 +129,9 @@ func (m *Maintainer) Maintain(ctx context.Context, now time.Time) (Pass, error) 
 	for i := range m.o.Ahead + 1 {
 		var name string
 		if err := pgx.BeginFunc(ctx, m.db, func(tx pgx.Tx) error {
+			if err := m.lockTimeout(ctx, tx); err != nil {
+				return err
+			}
 			return tx.QueryRow(ctx, `SELECT usage_records_add_month($1)`, month.AddDate(0, i, 0)).Scan(&name)
 		}); err != nil {
 			return p, fmt.Errorf("create the usage partition of %s: %w", month.AddDate(0, i, 0).Format("2006-01"), err)
@@ -126,6 +143,9 @@ func (m *Maintainer) Maintain(ctx context.Context, now time.Time) (Pass, error) 
 	}
 	cutoff := month.AddDate(0, -m.o.RetentionMonths, 0)
 	err := pgx.BeginFunc(ctx, m.db, func(tx pgx.Tx) error {
+		if err := m.lockTimeout(ctx, tx); err != nil {
+			return err
+		}
 		if _, err := tx.Exec(ctx, `SELECT pg_advisory_xact_lock(hashtext('usage_records partitions'))`); err != nil {
 			return err
 		}
@@ -161,6 +181,12 @@ func (m *Maintainer) Maintain(ctx context.Context, now time.Time) (Pass, error) 
 		return p, fmt.Errorf("apply the usage retention of %d months: %w", m.o.RetentionMonths, err)
 	}
 	return p, nil
+}
+
+// lockTimeout sets the transaction's lock_timeout to LockTimeout.
+func (m *Maintainer) lockTimeout(ctx context.Context, tx pgx.Tx) error {
+	_, err := tx.Exec(ctx, `SELECT set_config('lock_timeout', $1, true)`, strconv.FormatInt(m.o.LockTimeout.Milliseconds(), 10))
+	return err
 }
 
 // Run maintains the partitions at once and then every Interval until ctx ends. A failed

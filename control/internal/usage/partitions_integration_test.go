@@ -239,3 +239,45 @@ func TestRunMaintainsAtOnceAndStops(t *testing.T) {
 		t.Error("Start accepted a negative retention")
 	}
 }
+
+// TestRetentionGivesUpBehindALongReader holds a reader's lock on usage_records (a report
+// running): the pass that would drop a partition gives up after LockTimeout instead of
+// queueing the ledger's writes behind it, and succeeds once the reader is done.
+func TestRetentionGivesUpBehindALongReader(t *testing.T) {
+	pool, _ := pgtest.NewPool(t)
+	ctx := context.Background()
+	old := time.Date(2020, 3, 1, 0, 0, 0, 0, time.UTC)
+	if _, err := pool.Exec(ctx, `SELECT usage_records_add_month($1)`, old); err != nil {
+		t.Fatal(err)
+	}
+	reader, err := pool.Begin(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer reader.Rollback(ctx)
+	if _, err := reader.Exec(ctx, `SELECT count(*) FROM usage_records`); err != nil {
+		t.Fatal(err)
+	}
+	m, err := New(pool, Options{RetentionMonths: 12, LockTimeout: 200 * time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	start := time.Now()
+	wctx, cancel := context.WithTimeout(ctx, 10*time.Second) // without the lock timeout, the pass would wait for ever
+	defer cancel()
+	if _, err := m.Maintain(wctx, time.Now()); err == nil || !strings.Contains(err.Error(), "55P03") {
+		t.Fatalf("pass behind a reader: %v, want a lock timeout (55P03)", err)
+	}
+	if waited := time.Since(start); waited > 5*time.Second {
+		t.Errorf("the pass waited %v behind the reader", waited)
+	}
+	// Writes go on meanwhile (nothing is left queued behind the pass).
+	insertAt(t, pool, "during", time.Now())
+	if err := reader.Rollback(ctx); err != nil {
+		t.Fatal(err)
+	}
+	p, err := m.Maintain(ctx, time.Now())
+	if err != nil || !slices.Contains(p.Dropped, "usage_records_y2020m03") {
+		t.Errorf("pass after the reader: dropped %v (%v), want usage_records_y2020m03", p.Dropped, err)
+	}
+}
