@@ -598,3 +598,32 @@ func TestVectorStoreFileBatches(t *testing.T) {
 }
 
 var _ = math.Abs
+
+// A store past its expires_after is reported expired and refuses searches; a modify that
+// sets a new policy restarts the clock.
+func TestVectorStoreExpiry(t *testing.T) {
+	tc := startKnowledge(t, &fakeEmbedder{})
+	alice := tc.createUser(tc.adminToken(), "user")
+	var vs storeObj
+	tc.call("POST", "/v1/vector_stores", alice.Token, map[string]any{"expires_after": map[string]any{"anchor": "last_active_at", "days": 2}}, 200).decode(t, &vs)
+	if vs.Status != "completed" || vs.ExpiresAt == nil {
+		t.Fatalf("new store: %+v", vs)
+	}
+	tc.search(alice.Token, vs.ID, map[string]any{"query": "anything"})
+	if _, err := tc.Pool.Exec(context.Background(), `UPDATE vector_stores SET last_active_at = now() - interval '3 days' WHERE id = $1`, vs.ID); err != nil {
+		t.Fatal(err)
+	}
+	tc.call("GET", "/v1/vector_stores/"+vs.ID, alice.Token, nil, 200).decode(t, &vs)
+	if vs.Status != "expired" {
+		t.Fatalf("store 3 days idle with a 2-day policy: %+v", vs)
+	}
+	r := tc.do("POST", "/v1/vector_stores/"+vs.ID+"/search", map[string]any{"query": "anything"}, bearer(alice.Token))
+	if e := r.apiErr(t); r.Status != 400 || e.Error.Code == nil || *e.Error.Code != "vector_store_expired" {
+		t.Fatalf("search of an expired store: %d %s", r.Status, r.Body)
+	}
+	tc.call("POST", "/v1/vector_stores/"+vs.ID, alice.Token, map[string]any{"expires_after": map[string]any{"anchor": "last_active_at", "days": 2}}, 200).decode(t, &vs)
+	if vs.Status != "completed" {
+		t.Fatalf("after a new policy: %+v", vs)
+	}
+	tc.search(alice.Token, vs.ID, map[string]any{"query": "anything"})
+}
