@@ -11,6 +11,9 @@ var (
 	ErrDimensions = errors.New("vectorindex: vector length differs from the store's")
 	// ErrInvalid reports a malformed chunk or query (empty id, empty vector, k < 1).
 	ErrInvalid = errors.New("vectorindex: invalid argument")
+	// ErrUnavailable reports an index that cannot answer now but may later (a remote index
+	// not connected yet): a 503 for a search, a retry for an ingestion.
+	ErrUnavailable = errors.New("vectorindex: index unavailable")
 )
 
 // MaxK bounds Query.K.

@@ -26,8 +26,9 @@ import (
 )
 
 // ErrNotConnected is returned (wrapped, with the address and the last dial error) by every
-// call made before the first connection to Milvus succeeded.
-var ErrNotConnected = errors.New("milvus: not connected")
+// call made before the first connection to Milvus succeeded. It wraps
+// vectorindex.ErrUnavailable.
+var ErrNotConnected = fmt.Errorf("milvus: not connected: %w", vectorindex.ErrUnavailable)
 
 const (
 	// maxTopK is Milvus's default bound on topk.
@@ -192,7 +193,7 @@ func (x *Index) conn() (*milvusclient.Client, error) {
 	if p := x.lastErr.Load(); p != nil {
 		last = *p
 	}
-	return nil, fmt.Errorf("%w to %s (last attempt: %s)", ErrNotConnected, x.opts.Addr, last)
+	return nil, fmt.Errorf("%w (address %s, last attempt: %s)", ErrNotConnected, x.opts.Addr, last)
 }
 
 func (x *Index) collection(dims int) string {

@@ -100,7 +100,7 @@ func TestConnectsInBackground(t *testing.T) {
 		t.Fatalf("New blocked for %v", d)
 	}
 	ch := []vectorindex.Chunk{{StoreID: "vs_a", FileID: "f", ChunkID: "c", Vector: []float32{1, 0}}}
-	if err := x.Upsert(context.Background(), ch); !errors.Is(err, ErrNotConnected) {
+	if err := x.Upsert(context.Background(), ch); !errors.Is(err, ErrNotConnected) || !errors.Is(err, vectorindex.ErrUnavailable) {
 		t.Fatalf("upsert before connecting: %v, want ErrNotConnected", err)
 	}
 	_, err := x.Search(context.Background(), vectorindex.Query{StoreID: "vs_a", Vector: []float32{1, 0}, K: 1})
