@@ -58,6 +58,10 @@ func startPlatform(t *testing.T) *platform {
 
 	proc, url := p.StartGateway("MAAS_ACCESS_LOG=false")
 	testenv.WaitHTTP(t, proc, url+"/ready", 30*time.Second)
+	// Vector stores embed through the gateway, whose address is known only now: control
+	// starts again on the same address with MAAS_GATEWAY_URL (and files in a temporary folder).
+	p.Control.Stop(10 * time.Second)
+	p.StartControl("MAAS_GATEWAY_URL="+url, "MAAS_FILES_DIR="+t.TempDir())
 	pl.gateway, pl.gwAddr = url, strings.TrimPrefix(url, "http://")
 	pl.targets["maas-gateway"] = []string{pl.gwAddr}
 	pl.key = p.CreateKey(pl.admin, map[string]any{"name": "deploytest"})
