@@ -2,6 +2,7 @@ package proxy
 
 import (
 	"context"
+	"errors"
 	"time"
 
 	"github.com/valyala/fasthttp"
@@ -24,7 +25,7 @@ func (c *call) dispatch(ctx *fasthttp.RequestCtx) (streaming bool, err error) {
 	var tried []*upstream.Upstream
 	var lastErr error
 	for {
-		l, err := c.acquire(acq, tried)
+		l, err := c.acquire(ctx, acq, tried)
 		if err != nil {
 			if lastErr != nil {
 				return false, lastErr
@@ -70,14 +71,18 @@ const (
 	committed                // a stream was committed: its writer owns the call
 )
 
-// acquire takes a slot on a backend serving the model, other than those tried.
-//
-// Seam: adapter-aware dispatch (fine-tuning) belongs here — a request for a LoRA adapter
-// must go to a backend that has it loaded (or can load it): pass the adapter in
-// upstream.Request and let the pool narrow its candidates.
-func (c *call) acquire(ctx context.Context, tried []*upstream.Upstream) (*upstream.Lease, error) {
+// acquire takes a slot on a backend serving the model, other than those tried. A LoRA
+// adapter is served by the backends that loaded it (they list it among their models); one
+// that no backend serves is loaded on demand first (ondemand.go).
+func (c *call) acquire(rc *fasthttp.RequestCtx, ctx context.Context, tried []*upstream.Upstream) (*upstream.Lease, error) {
 	c.attempts++
-	l, err := c.h.o.Pool.Acquire(ctx, upstream.Request{Model: c.model, User: c.key.UserID, Affinity: c.fields.affinity, Exclude: tried})
+	r := upstream.Request{Model: c.model, User: c.key.UserID, Affinity: c.fields.affinity, Exclude: tried}
+	l, err := c.h.o.Pool.Acquire(ctx, r)
+	if err != nil && c.model.BaseModel != "" && len(tried) == 0 && errors.Is(err, upstream.ErrNoBackend) {
+		if err = c.awaitAdapter(rc, ctx, err); err == nil {
+			l, err = c.h.o.Pool.Acquire(ctx, r)
+		}
+	}
 	if err != nil {
 		return nil, err
 	}

@@ -24,6 +24,9 @@ type metrics struct {
 	rejections  *prometheus.CounterVec
 	retries     *prometheus.CounterVec
 	upstreamErr *prometheus.CounterVec
+	// LoRA adapters loaded on demand (ondemand.go)
+	adapterLoads *prometheus.CounterVec
+	adapterWait  prometheus.Histogram
 	// forwarded requests (forward.go)
 	fwdRequests *prometheus.CounterVec
 	fwdDuration *prometheus.HistogramVec
@@ -78,10 +81,17 @@ func newMetrics(r prometheus.Registerer) (*metrics, error) {
 		fwdBytes: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "maas_gateway_forwarded_bytes_total",
 			Help: "Body bytes of forwarded requests, by direction (in: from clients to control, out: from control to clients)."},
 			[]string{"direction"}),
+		adapterLoads: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "maas_gateway_adapter_waits_total",
+			Help: "Requests for a LoRA adapter that no backend served, by how their wait for an on-demand load ended (loaded, timeout, client_gone, not_placeable, not_adapter, error, queue_full, shutdown)."},
+			[]string{"result"}),
+		adapterWait: prometheus.NewHistogram(prometheus.HistogramOpts{Name: "maas_gateway_adapter_wait_seconds",
+			Help:    "Time requests for a LoRA adapter that no backend served waited for it to be loaded on demand.",
+			Buckets: []float64{.05, .1, .25, .5, 1, 2, 3, 5, 10, 20, 30, 60}}),
 	}
 	if r != nil {
 		for _, c := range []prometheus.Collector{m.requests, m.duration, m.ttft, m.itl, m.prompt, m.completion,
-			m.inFlight, m.streams, m.rejections, m.retries, m.upstreamErr, m.fwdRequests, m.fwdDuration, m.fwdBytes} {
+			m.inFlight, m.streams, m.rejections, m.retries, m.upstreamErr, m.fwdRequests, m.fwdDuration, m.fwdBytes,
+			m.adapterLoads, m.adapterWait} {
 			if err := r.Register(c); err != nil {
 				return nil, err
 			}

@@ -60,6 +60,13 @@ type Options struct {
 	// ControlURL and InternalToken: where and how control-plane paths are forwarded.
 	ControlURL    string
 	InternalToken string
+	// AdapterLoadTimeout bounds how long a request for a LoRA adapter that no backend
+	// serves waits for one to load it (control's demand hook, then a snapshot showing it);
+	// never beyond the request's own deadline. 503 with Retry-After past it.
+	AdapterLoadTimeout time.Duration
+	// Adapters is the demand hook (nil: control's, at ControlURL, with InternalToken; none
+	// without ControlURL, and a request for an adapter loaded nowhere fails at once).
+	Adapters AdapterHook
 
 	// ForwardHeaders are client headers passed to backends besides X-Request-Id (ours),
 	// traceparent and tracestate; every other client header is dropped.
@@ -106,16 +113,17 @@ type Options struct {
 // DefaultOptions returns the defaults.
 func DefaultOptions() Options {
 	return Options{
-		MaxBodyBytes:      10 << 20,
-		FilesMaxBytes:     512 << 20,
-		MaxAttempts:       3,
-		FirstByteTimeout:  60 * time.Second,
-		StreamIdleTimeout: 60 * time.Second,
-		RequestTimeout:    10 * time.Minute,
-		MaxEventBytes:     4 << 20,
-		Limits:            reqbody.DefaultLimits(),
-		AccessLog:         true,
-		Now:               time.Now,
+		MaxBodyBytes:       10 << 20,
+		FilesMaxBytes:      512 << 20,
+		MaxAttempts:        3,
+		FirstByteTimeout:   60 * time.Second,
+		StreamIdleTimeout:  60 * time.Second,
+		RequestTimeout:     10 * time.Minute,
+		AdapterLoadTimeout: 30 * time.Second,
+		MaxEventBytes:      4 << 20,
+		Limits:             reqbody.DefaultLimits(),
+		AccessLog:          true,
+		Now:                time.Now,
 	}
 }
 
@@ -124,6 +132,7 @@ type Handler struct {
 	o       Options
 	m       *metrics
 	control *controlClient
+	demands demands // LoRA adapters loaded on demand (ondemand.go)
 	idBase  string
 	idSeq   atomic.Uint64
 	forward []string // client headers passed to backends
@@ -185,6 +194,13 @@ func New(o Options) (*Handler, error) {
 		if h.control, err = newControlClient(o.ControlURL, o.RequestTimeout); err != nil {
 			return nil, err
 		}
+	}
+	h.demands = demands{hook: o.Adapters, now: o.Now}
+	if o.Adapters == nil && h.control != nil {
+		h.demands.hook = controlHook{c: h.control, token: o.InternalToken}
+	}
+	if h.o.AdapterLoadTimeout <= 0 {
+		h.o.AdapterLoadTimeout = 30 * time.Second
 	}
 	return h, nil
 }

@@ -2,6 +2,7 @@ package proxy
 
 import (
 	"bytes"
+	"context"
 	"net"
 	"sync"
 	"time"
@@ -34,6 +35,7 @@ type backendGuard struct {
 	mu     sync.Mutex
 	conn   net.Conn // the backend connection while the request is on it
 	reason abortReason
+	cancel context.CancelFunc // ends a wait for a LoRA adapter (ondemand.go)
 }
 
 type abortReason uint8
@@ -75,6 +77,24 @@ func (g *backendGuard) abort(r abortReason) {
 	if g.conn != nil {
 		_ = g.conn.Close()
 	}
+	if g.cancel != nil {
+		g.cancel()
+	}
+}
+
+// onAbort makes abort call cancel (nil: no longer); false: aborted already.
+func (g *backendGuard) onAbort(cancel context.CancelFunc) bool {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	g.cancel = cancel
+	return g.reason == notAborted
+}
+
+// aborted reports why the exchange was aborted, if it was.
+func (g *backendGuard) aborted() abortReason {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	return g.reason
 }
 
 var continue100 = []byte("HTTP/1.1 100")

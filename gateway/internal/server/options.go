@@ -62,6 +62,10 @@ type Options struct {
 	StreamIdleTimeout time.Duration
 	// RequestTimeout bounds a whole request, streamed or not (MAAS_REQUEST_TIMEOUT).
 	RequestTimeout time.Duration
+	// AdapterLoadTimeout bounds how long a request for a LoRA adapter loaded on no backend
+	// waits for one to load it on demand, never past RequestTimeout; 503 with Retry-After
+	// past it (MAAS_ADAPTER_LOAD_TIMEOUT).
+	AdapterLoadTimeout time.Duration
 	// ForwardHeaders lists client headers passed to engines, comma-separated, besides
 	// X-Request-Id (the gateway's id), traceparent and tracestate; every other client header
 	// is dropped (MAAS_FORWARD_HEADERS).
@@ -148,6 +152,7 @@ func DefaultOptions() Options {
 		FirstByteTimeout:    60 * time.Second,
 		StreamIdleTimeout:   60 * time.Second,
 		RequestTimeout:      10 * time.Minute,
+		AdapterLoadTimeout:  30 * time.Second,
 		MaxAttempts:         3,
 		QueueTimeout:        10 * time.Second,
 		QueueSize:           4096,
@@ -187,6 +192,7 @@ func (o *Options) Bind(l *config.Loader) {
 	l.Duration(&o.ResponseHeaderTimeout, "MAAS_RESPONSE_HEADER_TIMEOUT", "response-header-timeout", o.ResponseHeaderTimeout, "wait for a non-streamed answer (0: the request timeout)")
 	l.Duration(&o.StreamIdleTimeout, "MAAS_STREAM_IDLE_TIMEOUT", "stream-idle-timeout", o.StreamIdleTimeout, "largest gap between stream events")
 	l.Duration(&o.RequestTimeout, "MAAS_REQUEST_TIMEOUT", "request-timeout", o.RequestTimeout, "total time of one request")
+	l.Duration(&o.AdapterLoadTimeout, "MAAS_ADAPTER_LOAD_TIMEOUT", "adapter-load-timeout", o.AdapterLoadTimeout, "wait for a LoRA adapter loaded nowhere to be loaded on demand")
 	l.String(&o.ForwardHeaders, "MAAS_FORWARD_HEADERS", "forward-headers", o.ForwardHeaders, "extra client headers passed to engines (comma-separated)")
 	l.Int(&o.MaxAttempts, "MAAS_MAX_ATTEMPTS", "max-attempts", o.MaxAttempts, "backends tried per request before the first byte")
 	l.Duration(&o.QueueTimeout, "MAAS_QUEUE_TIMEOUT", "queue-timeout", o.QueueTimeout, "wait for a backend slot when all are full")
@@ -234,6 +240,7 @@ func (o *Options) Validate() error {
 		{"MAAS_FIRST_BYTE_TIMEOUT", int64(o.FirstByteTimeout)},
 		{"MAAS_STREAM_IDLE_TIMEOUT", int64(o.StreamIdleTimeout)},
 		{"MAAS_REQUEST_TIMEOUT", int64(o.RequestTimeout)},
+		{"MAAS_ADAPTER_LOAD_TIMEOUT", int64(o.AdapterLoadTimeout)},
 		{"MAAS_MAX_ATTEMPTS", int64(o.MaxAttempts)},
 		{"MAAS_QUEUE_TIMEOUT", int64(o.QueueTimeout)},
 		{"MAAS_SNAPSHOT_RELOAD_INTERVAL", int64(o.ReloadInterval)},

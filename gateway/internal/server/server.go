@@ -119,6 +119,7 @@ func Run(ctx context.Context, o Options) error {
 	po.ResponseHeaderTimeout = o.ResponseHeaderTimeout
 	po.Quota, po.Ledger = quota{limiter}, lw
 	po.ControlURL, po.InternalToken = o.Common.ControlURL, o.Common.InternalToken
+	po.AdapterLoadTimeout = o.AdapterLoadTimeout
 	po.MaxAttempts, po.FirstByteTimeout, po.StreamIdleTimeout, po.RequestTimeout = o.MaxAttempts, o.FirstByteTimeout, o.StreamIdleTimeout, o.RequestTimeout
 	po.BaseContext, po.AccessLog, po.Logger, po.Registerer = streamCtx, o.AccessLog, log, reg
 	po.MaxBodyBytes, po.FilesMaxBytes = o.MaxBodyBytes, int64(o.FilesMaxBytes)

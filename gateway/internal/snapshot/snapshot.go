@@ -94,6 +94,9 @@ type Model struct {
 	Implicit bool
 	Created  int64    // unix seconds
 	Aliases  []string // other names of the model; backends may advertise any of them
+	// BaseModel names the base of a LoRA adapter (models.base_model); "" for any other
+	// model. An adapter loaded on no backend is loaded on demand (proxy).
+	BaseModel string
 }
 
 // ServedBy reports whether a backend advertising names serves m.

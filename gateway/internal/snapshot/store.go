@@ -383,7 +383,8 @@ func Read(ctx context.Context, q Querier, now time.Time) (*Snapshot, error) {
 	}
 
 	rows, err := tx.Query(ctx, `SELECT id, name, type, context_window, max_output_tokens, visibility,
-		allowed_roles, allowed_users, routing_policy, enabled, EXTRACT(EPOCH FROM created_at)::bigint
+		allowed_roles, allowed_users, routing_policy, enabled, EXTRACT(EPOCH FROM created_at)::bigint,
+		COALESCE(base_model, '')
 		FROM models`)
 	if err != nil {
 		return nil, fmt.Errorf("load models: %w", err)
@@ -392,7 +393,7 @@ func Read(ctx context.Context, q Querier, now time.Time) (*Snapshot, error) {
 		m := &Model{}
 		var vis string
 		if err := rows.Scan(&m.ID, &m.Name, &m.Type, &m.ContextWindow, &m.MaxOutputTokens, &vis,
-			&m.AllowedRoles, &m.AllowedUsers, &m.Policy, &m.Enabled, &m.Created); err != nil {
+			&m.AllowedRoles, &m.AllowedUsers, &m.Policy, &m.Enabled, &m.Created, &m.BaseModel); err != nil {
 			rows.Close()
 			return nil, fmt.Errorf("load models: %w", err)
 		}

@@ -103,6 +103,13 @@ type Pool struct {
 	cursor  int
 	metrics poolMetrics
 	health  healthGauge
+
+	// awaiting counts requests waiting for a model to get a backend at all (an adapter
+	// being loaded on demand, await.go); they count as queued. changed is closed and
+	// replaced at each Sync and UpdateLoad, waking them.
+	awaiting atomic.Int64
+	changeMu sync.Mutex
+	changed  chan struct{}
 }
 
 type userQueue struct {
@@ -127,7 +134,7 @@ func New(o Options) (*Pool, error) {
 	if o.AffinityLoadFactor < 1 {
 		o.AffinityLoadFactor = 1.25
 	}
-	p := &Pool{o: o, users: map[int64]*userQueue{}}
+	p := &Pool{o: o, users: map[int64]*userQueue{}, changed: make(chan struct{})}
 	p.m.Store(&members{byID: map[string]*Upstream{}, byName: map[string]*group{}})
 	if err := p.metrics.register(p, o.Registerer); err != nil {
 		return nil, err
@@ -189,6 +196,7 @@ func (p *Pool) Sync(s *snapshot.Snapshot) {
 	p.m.Store(next)
 	p.refreshHealth()
 	p.dispatch() // new capacity may serve waiters
+	p.notifyChanged()
 }
 
 func trimBase(u string) string {
@@ -208,6 +216,7 @@ func (p *Pool) UpdateLoad(loads []snapshot.Load) {
 	}
 	p.refreshHealth()
 	p.dispatch()
+	p.notifyChanged()
 }
 
 // Upstreams returns the current backends (for metrics and tests).
@@ -458,7 +467,7 @@ func AffinityKey(prefix []byte) uint64 {
 func (p *Pool) wait(ctx context.Context, r Request) (*Lease, error) {
 	w := &waiter{model: r.Model, exclude: r.Exclude, ch: make(chan *Lease, 1), start: p.o.Now()}
 	p.qmu.Lock()
-	if p.o.QueueSize <= 0 || p.queued.Load() >= int64(p.o.QueueSize) {
+	if p.o.QueueSize <= 0 || p.queued.Load()+p.awaiting.Load() >= int64(p.o.QueueSize) {
 		p.qmu.Unlock()
 		p.metrics.queueRejected.WithLabelValues("full").Inc()
 		return nil, &apierr.Error{Kind: apierr.Unavailable, Message: "every backend serving " + r.Model.Name + " is at capacity; try again later",
@@ -581,8 +590,9 @@ func (p *Pool) dispatch() {
 	}
 }
 
-// QueueDepth is the number of waiting requests.
-func (p *Pool) QueueDepth() int64 { return p.queued.Load() }
+// QueueDepth is the number of waiting requests: for a slot, or for a backend to serve
+// their model (await.go).
+func (p *Pool) QueueDepth() int64 { return p.queued.Load() + p.awaiting.Load() }
 
 // --- metrics ---
 
@@ -605,8 +615,8 @@ func (pm *poolMetrics) register(p *Pool, r prometheus.Registerer) error {
 		return nil
 	}
 	for _, c := range []prometheus.Collector{pm.queueWait, pm.queueRejected, &backendCollector{p: p},
-		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "maas_gateway_queue_depth", Help: "Requests waiting for a backend slot."},
-			func() float64 { return float64(p.queued.Load()) })} {
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "maas_gateway_queue_depth", Help: "Requests waiting for a backend slot, or for a LoRA adapter loaded on demand."},
+			func() float64 { return float64(p.QueueDepth()) })} {
 		if err := r.Register(c); err != nil {
 			return err
 		}
