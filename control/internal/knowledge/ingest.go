@@ -23,8 +23,9 @@ type IngestArgs struct {
 // Kind is River's name for the job.
 func (IngestArgs) Kind() string { return "knowledge.ingest" }
 
-// InsertOpts: transient failures (the gateway, the index) are retried with River's
-// backoff; the last attempt fails the file.
+// InsertOpts: transient failures (the gateway, an index that is unavailable:
+// vectorindex.ErrUnavailable) are retried with River's backoff; the last attempt fails the
+// file, saying why.
 func (IngestArgs) InsertOpts() river.InsertOpts { return river.InsertOpts{MaxAttempts: 6} }
 
 // PurgeArgs is the River job that removes a detached file's or a deleted store's vectors
@@ -94,8 +95,11 @@ func (w *ingestWorker) Work(ctx context.Context, job *river.Job[IngestArgs]) err
 	if err != nil && job.Attempt >= job.MaxAttempts {
 		w.s.log.Error("ingestion failed for good", "vector_store", a.StoreID, "file", a.FileID, "err", err)
 		msg := "the file could not be processed: internal error"
-		if ee != nil {
+		switch {
+		case ee != nil:
 			msg = "embedding failed: " + ee.Message
+		case errors.Is(err, vectorindex.ErrUnavailable):
+			msg = "the vector index was unavailable; attach the file again later"
 		}
 		return w.s.failFile(ctx, a, CodeServerError, msg)
 	}

@@ -183,7 +183,7 @@ func (s *Service) search(ctx context.Context, as Identity, v *VectorStore, p *se
 				"the embedding model %s now returns vectors of another length than the store's", v.EmbeddingModel), Err: err}
 		}
 		if err != nil {
-			return nil, apierr.Wrap(err, "search vector store %s", v.ID)
+			return nil, asAPI(err, "search vector store %s", v.ID)
 		}
 	}
 	var textHits []string

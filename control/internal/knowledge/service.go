@@ -484,8 +484,16 @@ func asAPI(err error, format string, args ...any) error {
 	if errors.As(err, &ae) {
 		return ae
 	}
+	if errors.Is(err, vectorindex.ErrUnavailable) {
+		return &apierr.Error{Kind: apierr.Unavailable, Message: "the vector index is unavailable; try again later",
+			RetryAfter: indexRetryAfter, Err: fmt.Errorf(format+": %w", append(args, err)...)}
+	}
 	return apierr.Wrap(err, format, args...)
 }
+
+// indexRetryAfter is the Retry-After of an answer refused because the vector index is
+// unavailable (a remote index not connected yet).
+const indexRetryAfter = 5 * time.Second
 
 // Deleted is OpenAI's deletion answer.
 type Deleted struct {
