@@ -133,7 +133,9 @@ func TestRelevance(t *testing.T) {
 		wEmb, wTxt float64
 		floorR     float64 // recall@5 floor
 	}
-	modes := []mode{{"vector only", 1, 0, 0.55}, {"text only", 0, 1, 0.75}, {"hybrid (1:1)", 1, 1, 0.75}}
+	// Floors just below the figures measured with the simulator's embedder of 6ff958b
+	// (vector 0.757, text 0.800, hybrid 0.800 over 70 queries: a query lost fails the vector side).
+	modes := []mode{{"vector only", 1, 0, 0.75}, {"text only", 0, 1, 0.75}, {"hybrid (1:1)", 1, 1, 0.75}}
 	var rows []string
 	for _, m := range modes {
 		var recall, mrr float64
