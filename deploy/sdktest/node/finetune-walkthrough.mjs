@@ -3,7 +3,7 @@ import OpenAI from 'openai';
 
 // OPENAI_BASE_URL and OPENAI_API_KEY from the environment; the retries cover the new
 // model's first seconds, before the worker has loaded it (503 with Retry-After).
-const client = new OpenAI({ maxRetries: 5 });
+const client = new OpenAI({ maxRetries: 8 });
 const file = await client.files.create({ file: fs.createReadStream('train.jsonl'), purpose: 'fine-tune' });
 let job = await client.fineTuning.jobs.create({ model: 'sim-chat', training_file: file.id, suffix: 'demo' });
 while (!['succeeded', 'failed', 'cancelled'].includes(job.status)) {

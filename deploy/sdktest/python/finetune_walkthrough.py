@@ -4,7 +4,7 @@ from openai import OpenAI
 
 # OPENAI_BASE_URL and OPENAI_API_KEY from the environment; the retries cover the new
 # model's first seconds, before the worker has loaded it (503 with Retry-After).
-client = OpenAI(max_retries=5)
+client = OpenAI(max_retries=8)
 file = client.files.create(file=open("train.jsonl", "rb"), purpose="fine-tune")
 job = client.fine_tuning.jobs.create(model="sim-chat", training_file=file.id, suffix="demo")
 while job.status not in ("succeeded", "failed", "cancelled"):

@@ -15,9 +15,9 @@ while :; do   # the job's status and newest event, every second, until it ends
   sleep 1
 done
 MODEL=$(curl -s $OPENAI_BASE_URL/fine_tuning/jobs/$JOB -H "$AUTH" | jq -r .fine_tuned_model)
-# The worker loads the new model within a heartbeat (2 s); until then the gateway answers
-# 503 with Retry-After, which --retry follows (-f: only the final answer is printed).
-curl -sf --retry 5 $OPENAI_BASE_URL/chat/completions -H "$AUTH" -H 'Content-Type: application/json' \
+# The worker loads the new model within a heartbeat or two (2 s each); until then the
+# gateway answers 503 with Retry-After, which --retry follows (-f: prints the answer only).
+curl -sf --retry 8 $OPENAI_BASE_URL/chat/completions -H "$AUTH" -H 'Content-Type: application/json' \
   -d '{"model":"'$MODEL'","messages":[{"role":"user","content":"What is MaaS?"}]}' | jq -r '.model + ": " + .choices[0].message.content'
-curl -sfN --retry 5 $OPENAI_BASE_URL/chat/completions -H "$AUTH" -H 'Content-Type: application/json' \
+curl -sfN --retry 8 $OPENAI_BASE_URL/chat/completions -H "$AUTH" -H 'Content-Type: application/json' \
   -d '{"model":"'$MODEL'","messages":[{"role":"user","content":"What is MaaS?"}],"stream":true}'
