@@ -35,6 +35,7 @@ func seed(t *testing.T, pool *pgxpool.Pool, key string) int64 {
 	}
 	_, err := pool.Exec(ctx, `
 		INSERT INTO models (name, type, max_output_tokens, routing_policy) VALUES ('chat', 'chat', 256, 'prefix_affinity');
+		INSERT INTO models (name, type, base_model) VALUES ('ft:chat:x:ftjob-1', 'chat', 'chat');
 		INSERT INTO model_aliases (alias, model_id) SELECT 'chat-latest', id FROM models WHERE name = 'chat';
 		INSERT INTO backends (id, url, engine_kind, models, capacity, weight) VALUES ('b1', 'http://127.0.0.1:9', 'sim', '{chat}', 8, 50);`)
 	if err != nil {
@@ -62,6 +63,12 @@ func TestReadTranslatesTables(t *testing.T) {
 	m := s.Model("chat-latest")
 	if m == nil || m.Name != "chat" || m.MaxOutputTokens != 256 || m.Policy != PolicyPrefixAffinity || m.Type != "chat" {
 		t.Errorf("model %+v", m)
+	}
+	if m.BaseModel != "" {
+		t.Errorf("model %s has base model %q", m.Name, m.BaseModel)
+	}
+	if a := s.Model("ft:chat:x:ftjob-1"); a == nil || a.BaseModel != "chat" {
+		t.Errorf("adapter %+v, want base model chat", a)
 	}
 	if len(s.Backends) != 1 || s.Backends[0].Capacity != 8 || s.Backends[0].Weight != 50 || s.Backends[0].HeartbeatInterval != 2*time.Second {
 		t.Errorf("backends %+v", s.Backends)
