@@ -42,6 +42,10 @@ var errNotAdapter = errors.New("proxy: not a placeable adapter")
 // demandEvery is the least time between two demands of one model by one gateway.
 const demandEvery = time.Second
 
+// maxDemands is the number of models whose last demand is kept before old ones are
+// forgotten.
+const maxDemands = 1024
+
 // demandTimeout bounds one call of the hook.
 const demandTimeout = 5 * time.Second
 
@@ -80,6 +84,17 @@ func (d *demands) get(model string) *demand {
 	}
 	if d.last == nil {
 		d.last = map[string]*demand{}
+	}
+	if len(d.last) >= maxDemands { // forget answered demands past their reuse (deleted adapters)
+		for name, x := range d.last {
+			select {
+			case <-x.done:
+				if now.Sub(x.at) >= demandEvery {
+					delete(d.last, name)
+				}
+			default:
+			}
+		}
 	}
 	x := &demand{done: make(chan struct{})}
 	d.last[model] = x
@@ -136,7 +151,7 @@ func (c *call) awaitAdapter(rc *fasthttp.RequestCtx, acq context.Context, noBack
 		h.m.adapterLoads.WithLabelValues("error").Inc()
 		return &apierr.Error{Kind: apierr.Unavailable, Code: "adapter_not_loaded", RetryAfter: time.Second,
 			Message: "the LoRA adapter `" + c.model.Name + "` is loaded on no backend and could not be loaded now; try again later", Err: d.err}
-	case len(d.p.PlaceableOn) == 0 && len(d.p.LoadedOn) == 0:
+	case len(d.p.PlaceableOn) == 0:
 		h.m.adapterLoads.WithLabelValues("not_placeable").Inc()
 		return &apierr.Error{Kind: apierr.Unavailable, Code: "adapter_not_placeable",
 			Message: "the LoRA adapter `" + c.model.Name + "` is loaded on no backend and none can load it: no healthy backend of its base model `" +
@@ -165,6 +180,10 @@ func (c *call) waitEnded(err error, start time.Time) error {
 		h.m.adapterLoads.WithLabelValues("client_gone").Inc()
 		return &apierr.Error{Kind: apierr.ClientClosed, Message: "request cancelled while its LoRA adapter was being loaded", Err: err}
 	case abortShutdown:
+		h.m.adapterLoads.WithLabelValues("shutdown").Inc()
+		return &apierr.Error{Kind: apierr.Unavailable, Message: "the gateway is shutting down", RetryAfter: time.Second, Err: err}
+	}
+	if h.o.BaseContext.Err() != nil { // a stream's base context ends with the shutdown grace
 		h.m.adapterLoads.WithLabelValues("shutdown").Inc()
 		return &apierr.Error{Kind: apierr.Unavailable, Message: "the gateway is shutting down", RetryAfter: time.Second, Err: err}
 	}

@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"context"
 	"encoding/json"
+	"errors"
 	"net"
 	"net/http"
 	"strings"
@@ -313,6 +314,7 @@ func TestAdapterRefusedAtOnce(t *testing.T) {
 		hookCall int32
 	}{
 		{"not placeable", &fakeHook{p: Placement{BaseModel: "m", LoadedOn: []string{}, PlaceableOn: []string{}}}, adapterName, 503, "adapter_not_placeable", 1},
+		{"loaded only where unhealthy", &fakeHook{p: Placement{BaseModel: "m", LoadedOn: []string{"b9"}, PlaceableOn: []string{}}}, adapterName, 503, "adapter_not_placeable", 1},
 		{"not an adapter for control", &fakeHook{err: errNotAdapter}, adapterName, 404, "model_not_found", 1},
 		{"control fails", &fakeHook{err: context.DeadlineExceeded}, adapterName, 503, "adapter_not_loaded", 1},
 		{"ordinary model: no hook", &fakeHook{p: placeable()}, "lonely", 503, "no_backend", 0},
@@ -333,5 +335,49 @@ func TestAdapterRefusedAtOnce(t *testing.T) {
 				t.Errorf("%d hook calls, want %d", c, tc.hookCall)
 			}
 		})
+	}
+}
+
+// TestControlHook checks the demand hook's request (internal token, body) and how it
+// reads control's answers.
+func TestControlHook(t *testing.T) {
+	var status atomic.Int32
+	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		var body struct{ Model string }
+		_ = json.NewDecoder(r.Body).Decode(&body)
+		if r.Method != "POST" || r.URL.Path != "/internal/v1/adapters/demand" || r.Header.Get("Authorization") != "Bearer tok" || body.Model != adapterName {
+			w.WriteHeader(400)
+			return
+		}
+		w.WriteHeader(int(status.Load()))
+		w.Write([]byte(`{"model":"` + adapterName + `","base_model":"m","loaded_on":[],"placeable_on":["b0","b1"]}`))
+	})}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	go srv.Serve(ln)
+	t.Cleanup(func() { srv.Close() })
+	cc, err := newControlClient("http://"+ln.Addr().String(), time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	hook := controlHook{c: cc, token: "tok"}
+	ctx := context.Background()
+	status.Store(200)
+	p, err := hook.Demand(ctx, adapterName)
+	if err != nil || p.BaseModel != "m" || len(p.PlaceableOn) != 2 {
+		t.Errorf("200: %+v %v", p, err)
+	}
+	status.Store(404)
+	if _, err := hook.Demand(ctx, adapterName); !errors.Is(err, errNotAdapter) {
+		t.Errorf("404: %v, want errNotAdapter", err)
+	}
+	status.Store(500)
+	if _, err := hook.Demand(ctx, adapterName); err == nil || errors.Is(err, errNotAdapter) {
+		t.Errorf("500: %v", err)
+	}
+	if _, err := (controlHook{c: cc, token: "wrong"}).Demand(ctx, adapterName); err == nil {
+		t.Error("a refused token gave no error")
 	}
 }
