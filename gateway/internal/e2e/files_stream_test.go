@@ -22,6 +22,9 @@ type pattern struct {
 	left int64
 	i    byte
 	sum  io.Writer
+	// mu guards sum: when the server answers before reading the whole body (a 413), the
+	// HTTP client returns while its writer may still be reading the body.
+	mu   *sync.Mutex
 	pace time.Duration
 	mib  int64
 }
@@ -43,7 +46,9 @@ func (p *pattern) Read(b []byte) (int, error) {
 		time.Sleep(p.pace)
 	}
 	if p.sum != nil {
+		p.mu.Lock()
 		p.sum.Write(b)
+		p.mu.Unlock()
 	}
 	return len(b), nil
 }
@@ -126,7 +131,8 @@ func uploadPaced(t *testing.T, gw, key string, n int64, chunked bool, pace time.
 	}
 	boundary := mw.Boundary()
 	fmt.Fprintf(&tail, "\r\n--%s--\r\n", boundary)
-	body := io.MultiReader(&head, &pattern{left: n, sum: h, pace: pace}, &tail)
+	var mu sync.Mutex
+	body := io.MultiReader(&head, &pattern{left: n, sum: h, mu: &mu, pace: pace}, &tail)
 	req, _ := http.NewRequest("POST", gw+"/v1/files", body)
 	req.Header.Set("Authorization", "Bearer "+key)
 	req.Header.Set("Content-Type", "multipart/form-data; boundary="+boundary)
@@ -140,7 +146,9 @@ func uploadPaced(t *testing.T, gw, key string, n int64, chunked bool, pace time.
 	defer resp.Body.Close()
 	b, _ := io.ReadAll(resp.Body)
 	var sum [32]byte
+	mu.Lock()
 	copy(sum[:], h.Sum(nil))
+	mu.Unlock()
 	return resp.StatusCode, b, sum
 }
 
