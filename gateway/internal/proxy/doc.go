@@ -13,8 +13,8 @@
 //	admit         admit.go      the quota reservation
 //	rewrite       rewrite.go    the body and headers a backend receives
 //	dispatch      dispatch.go   one retry/failover loop; an attempt per backend
-	              ondemand.go   a LoRA adapter that no backend serves: control's demand hook, then a
-	                            wait (queued, bounded) for a snapshot in which a backend serves it
+//	              ondemand.go   a LoRA adapter that no backend serves: control's demand hook, then a
+//	                            wait (queued, bounded) for a snapshot in which a backend serves it
 //	relay         relay.go      the answer to the client; the stream state machine
 //	account       account.go    quota settlement, usage record, metrics, access log
 //
