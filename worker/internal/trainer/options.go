@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
+	"path/filepath"
 	"strings"
 	"time"
 
@@ -144,6 +145,15 @@ func (f *Flags) Options(controlURL, internalToken string, log *slog.Logger) (Opt
 			return o, &config.Error{Name: "MAAS_TRAINER_COMMAND", Msg: err.Error()}
 		}
 		o.Command = t
+	}
+	if o.WorkDir != "" {
+		// The trainer runs in its job's directory: a relative work directory would make
+		// the dataset paths it is given relative to the wrong place.
+		abs, err := filepath.Abs(o.WorkDir)
+		if err != nil {
+			return o, &config.Error{Name: "MAAS_TRAINER_WORK_DIR", Msg: err.Error()}
+		}
+		o.WorkDir = abs
 	}
 	if err := o.validate(); err != nil {
 		return o, err

@@ -1,6 +1,7 @@
 package trainer
 
 import (
+	"path/filepath"
 	"strings"
 	"testing"
 
@@ -54,5 +55,29 @@ func TestFlagsOptions(t *testing.T) {
 				t.Errorf("command %q", o.Command.Words())
 			}
 		})
+	}
+}
+
+// A relative MAAS_TRAINER_WORK_DIR is made absolute: the trainer runs in its job's
+// directory, where a relative dataset path would not resolve (make run passed one).
+func TestFlagsOptionsWorkDirAbsolute(t *testing.T) {
+	t.Setenv("CUDA_VISIBLE_DEVICES", "")
+	t.Setenv("MAAS_TRAINER_COMMAND", "sim")
+	t.Setenv("MAAS_TRAINER_WORK_DIR", "rel/trainer")
+	l, err := config.NewLoader("test", t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	var f Flags
+	f.Bind(l)
+	if err := l.Parse(nil); err != nil {
+		t.Fatal(err)
+	}
+	o, err := f.Options("http://127.0.0.1:1", testToken, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !filepath.IsAbs(o.WorkDir) || !strings.HasSuffix(o.WorkDir, filepath.Join("rel", "trainer")) {
+		t.Errorf("work dir %q, want an absolute path ending in rel/trainer", o.WorkDir)
 	}
 }
