@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"io"
 	"net"
 	"net/http"
 	"strings"
@@ -66,7 +67,13 @@ type adapterRig struct {
 
 func newAdapterRig(t *testing.T, hook AdapterHook, tweak func(*upstream.Options, *Options)) *adapterRig {
 	t.Helper()
-	be := &fakeBackend{handle: unary}
+	be := &fakeBackend{handle: func(w http.ResponseWriter, body []byte) {
+		if string(member(body, "stream")) == "true" {
+			streamer(2)(w, body)
+			return
+		}
+		unary(w, body)
+	}}
 	srv := &http.Server{Handler: be}
 	bl, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -126,8 +133,11 @@ type swapSnapshots struct {
 func (s *swapSnapshots) Current() *snapshot.Snapshot { return s.p.Load() }
 
 func (r *adapterRig) post(t *testing.T, model string) (*http.Response, map[string]any) {
+	return r.postBody(t, `{"model":"`+model+`","messages":[{"role":"user","content":"hello"}]}`)
+}
+
+func (r *adapterRig) postBody(t *testing.T, body string) (*http.Response, map[string]any) {
 	t.Helper()
-	body := `{"model":"` + model + `","messages":[{"role":"user","content":"hello"}]}`
 	req, _ := http.NewRequest("POST", r.url+"/v1/chat/completions", strings.NewReader(body))
 	req.Header.Set("Authorization", "Bearer "+testKey)
 	resp, err := http.DefaultClient.Do(req)
@@ -137,6 +147,10 @@ func (r *adapterRig) post(t *testing.T, model string) (*http.Response, map[strin
 	}
 	defer resp.Body.Close()
 	var out map[string]any
+	if resp.Header.Get("Content-Type") == "text/event-stream" {
+		b, _ := io.ReadAll(resp.Body)
+		return resp, map[string]any{"stream": string(b)}
+	}
 	_ = json.NewDecoder(resp.Body).Decode(&out)
 	return resp, out
 }
@@ -211,6 +225,29 @@ func TestAdapterLoadedOnDemandWakesOnSwap(t *testing.T) {
 	}
 	if r.pool.QueueDepth() != 0 {
 		t.Errorf("queue depth %d after", r.pool.QueueDepth())
+	}
+}
+
+func TestAdapterLoadedOnDemandStreamed(t *testing.T) {
+	hook := &fakeHook{p: placeable()}
+	r := newAdapterRig(t, hook, nil)
+	type answer struct {
+		resp *http.Response
+		out  map[string]any
+	}
+	done := make(chan answer, 1)
+	go func() {
+		resp, out := r.postBody(t, `{"model":"`+adapterName+`","stream":true,"messages":[{"role":"user","content":"hello"}]}`)
+		done <- answer{resp, out}
+	}()
+	waitQueued(t, r.pool, 1)
+	r.load()
+	a := <-done
+	if a.resp == nil || a.resp.StatusCode != 200 {
+		t.Fatalf("answer %v, want 200", a.resp)
+	}
+	if s, _ := a.out["stream"].(string); !strings.Contains(s, "data: [DONE]") {
+		t.Errorf("stream %q", s)
 	}
 }
 
