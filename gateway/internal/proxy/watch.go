@@ -6,6 +6,8 @@ import (
 	"time"
 
 	"github.com/valyala/fasthttp"
+
+	"github.com/maas-platform/maas/pkg/peerclose"
 )
 
 // watchAfter is how long a non-streamed request waits for its backend before the gateway
@@ -57,7 +59,7 @@ func newClientWatch(g *backendGuard, base context.Context) *clientWatch {
 // arm starts watching ctx's connection after watchAfter; it does nothing for a
 // connection the watch cannot peek at (TLS, in-memory).
 func (w *clientWatch) arm(ctx *fasthttp.RequestCtx) {
-	if !watchable(ctx.Conn()) {
+	if !peerclose.Watchable(ctx.Conn()) {
 		return
 	}
 	w.mu.Lock()
@@ -107,7 +109,7 @@ func (w *clientWatch) fire() {
 	w.mu.Unlock()
 	aborted := make(chan struct{})
 	stopBase := context.AfterFunc(w.base, func() { w.g.abort(abortShutdown); close(aborted) })
-	gone := cleared && waitClosed(ctx.Conn())
+	gone := cleared && peerclose.WaitClosed(ctx.Conn())
 	if !stopBase() {
 		<-aborted // the shutdown's abort has started: it must end before the call is reused
 	}

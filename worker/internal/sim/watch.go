@@ -4,6 +4,8 @@ import (
 	"time"
 
 	"github.com/valyala/fasthttp"
+
+	"github.com/maas-platform/maas/pkg/peerclose"
 )
 
 // watchClient notices a client that closes its connection while its non-streamed request
@@ -15,14 +17,14 @@ import (
 // before it reads the next request. On connections it cannot peek at, gone is nil.
 func watchClient(ctx *fasthttp.RequestCtx) (gone <-chan struct{}, stop func()) {
 	conn := ctx.Conn()
-	if !watchable(conn) || ctx.SetReadDeadline(time.Time{}) != nil {
+	if !peerclose.Watchable(conn) || ctx.SetReadDeadline(time.Time{}) != nil {
 		return nil, func() {}
 	}
 	g := make(chan struct{})
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
-		if waitClosed(conn) {
+		if peerclose.WaitClosed(conn) {
 			close(g)
 		}
 	}()

@@ -1,20 +1,21 @@
-package proxy
+package peerclose
 
 import (
 	"net"
 	"syscall"
 )
 
-// watchable reports whether waitClosed can watch conn.
-func watchable(conn net.Conn) bool {
+// Watchable reports whether WaitClosed can watch conn (a connection with a file
+// descriptor, such as a *net.TCPConn or a wrapper that keeps syscall.Conn).
+func Watchable(conn net.Conn) bool {
 	_, ok := conn.(syscall.Conn)
 	return ok
 }
 
-// waitClosed blocks until conn is readable, then peeks at it without consuming: true when
-// the peer closed or reset the connection, false for pending bytes or when the wait was
-// interrupted (read deadline).
-func waitClosed(conn net.Conn) bool {
+// WaitClosed blocks until conn is readable, then peeks at it without consuming (Linux
+// MSG_PEEK): true when the peer closed or reset the connection, false for pending bytes
+// (left for the connection's reader) or when the wait was interrupted by a read deadline.
+func WaitClosed(conn net.Conn) bool {
 	sc, ok := conn.(syscall.Conn)
 	if !ok {
 		return false
