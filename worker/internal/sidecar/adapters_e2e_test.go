@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"io"
 	"mime/multipart"
 	"net/http"
 	"slices"
@@ -36,7 +37,9 @@ func TestE2EFineTunedAdapterServed(t *testing.T) {
 	testenv.Start(t, "worker-train", p.Bin.Worker, []string{"train"}, p.Env("MAAS_TRAINER_COMMAND=sim",
 		"MAAS_TRAIN_SIM_STEP_INTERVAL=10ms", "MAAS_TRAINER_POLL_INTERVAL=100ms", "MAAS_TRAINER_ID=e2e-trainer")...)
 	gwProc, gw := p.StartGateway("MAAS_ACCESS_LOG=false")
+	gw2Proc, gw2 := p.StartGateway("MAAS_ACCESS_LOG=false")
 	testenv.WaitHTTP(t, gwProc, gw+"/ready", 30*time.Second)
+	testenv.WaitHTTP(t, gw2Proc, gw2+"/ready", 30*time.Second)
 
 	// Upload a dataset and fine-tune base-chat.
 	var body bytes.Buffer
@@ -102,7 +105,17 @@ func TestE2EFineTunedAdapterServed(t *testing.T) {
 		t.Errorf("the simulator does not list %s", model)
 	}
 
-	// Metered under the adapter's name.
+	// Both gateways answer it, streamed and not: four more requests.
+	gateways := []string{gw, gw2}
+	for _, g := range gateways {
+		for _, stream := range []bool{false, true} {
+			chatOnce(t, g, key, model, stream, serving)
+		}
+	}
+	requests := 1 + 2*len(gateways)
+
+	// Metered under the adapter's name: a row per request answered, whichever gateway
+	// answered it.
 	ctx := context.Background()
 	conn, err := pgx.Connect(ctx, p.DBURL)
 	if err != nil {
@@ -115,11 +128,11 @@ func TestE2EFineTunedAdapterServed(t *testing.T) {
 		if err := conn.QueryRow(ctx, `SELECT count(*) FROM usage_records WHERE model = $1 AND status = 200`, model).Scan(&n); err != nil {
 			t.Fatal(err)
 		}
-		if n > 0 {
+		if n == requests {
 			break
 		}
-		if time.Now().After(deadline) {
-			t.Fatal("no ledger record under the adapter's name")
+		if n > requests || time.Now().After(deadline) {
+			t.Fatalf("%d ledger records under the adapter's name, want %d (one per request)", n, requests)
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
@@ -132,6 +145,57 @@ func TestE2EFineTunedAdapterServed(t *testing.T) {
 			t.Fatalf("%s still loaded after its deletion\nworker:\n%s", model, serving.Output())
 		}
 		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// chatOnce asks gateway gw for a chat completion of model, streamed or not, and checks
+// the answer is the model's: the JSON's model, or every stream chunk's and a [DONE].
+func chatOnce(t *testing.T, gw, key, model string, stream bool, serving *testenv.Proc) {
+	t.Helper()
+	b, _ := json.Marshal(map[string]any{"model": model, "messages": []map[string]string{{"role": "user", "content": "Hi"}},
+		"max_tokens": 3, "stream": stream})
+	req, _ := http.NewRequest("POST", gw+"/v1/chat/completions", bytes.NewReader(b))
+	req.Header.Set("Authorization", "Bearer "+key)
+	req.Header.Set("Content-Type", "application/json")
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	raw, err := io.ReadAll(resp.Body)
+	if err != nil || resp.StatusCode != 200 {
+		t.Fatalf("%s stream=%v: %d %s (%v)\nworker:\n%s", gw, stream, resp.StatusCode, raw, err, serving.Output())
+	}
+	if !stream {
+		var a struct {
+			Model   string `json:"model"`
+			Choices []any  `json:"choices"`
+		}
+		if err := json.Unmarshal(raw, &a); err != nil || a.Model != model || len(a.Choices) == 0 {
+			t.Errorf("%s: answer %s, want one from %s", gw, raw, model)
+		}
+		return
+	}
+	chunks, done := 0, false
+	for _, line := range strings.Split(string(raw), "\n") {
+		data, ok := strings.CutPrefix(strings.TrimSpace(line), "data: ")
+		if !ok {
+			continue
+		}
+		if data == "[DONE]" {
+			done = true
+			continue
+		}
+		var c struct {
+			Model string `json:"model"`
+		}
+		if err := json.Unmarshal([]byte(data), &c); err != nil || c.Model != model {
+			t.Errorf("%s: stream chunk %s, want one from %s", gw, data, model)
+		}
+		chunks++
+	}
+	if chunks == 0 || !done {
+		t.Errorf("%s: stream of %d chunks, [DONE] %v:\n%s", gw, chunks, done, raw)
 	}
 }
 
