@@ -256,35 +256,19 @@ func (s *Service) handleDelete(c *server.Call) error {
 	return c.JSON(200, map[string]any{"id": id, "object": "file", "deleted": true})
 }
 
-// handleContent streams the file's bytes. The read outlives the handler (fasthttp writes
-// the body after it returns), so it has its own context, ended when the body is closed.
+// handleContent streams the file's bytes (server.Call.StreamBody: the read outlives the
+// handler).
 func (s *Service) handleContent(c *server.Call) error {
 	f, err := s.lookup(c)
 	if err != nil {
 		return err
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), s.o.Timeout)
-	rc, n, err := s.Open(ctx, f)
-	if err != nil {
-		cancel()
-		return apierr.Wrap(err, "open file")
-	}
-	h := &c.RC.Response.Header
-	h.SetContentType("application/octet-stream")
-	h.Set("Content-Disposition", mime.FormatMediaType("attachment", map[string]string{"filename": f.Filename}))
-	c.RC.SetStatusCode(200)
-	c.RC.SetBodyStream(&cancelOnClose{ReadCloser: rc, cancel: cancel}, int(n))
-	return nil
-}
-
-// cancelOnClose ends a context when its reader is closed.
-type cancelOnClose struct {
-	io.ReadCloser
-	cancel context.CancelFunc
-}
-
-func (c *cancelOnClose) Close() error {
-	err := c.ReadCloser.Close()
-	c.cancel()
-	return err
+	return c.StreamBody("application/octet-stream", func(ctx context.Context) (io.ReadCloser, int64, error) {
+		rc, n, err := s.Open(ctx, f)
+		if err != nil {
+			return nil, 0, apierr.Wrap(err, "open file")
+		}
+		c.RC.Response.Header.Set("Content-Disposition", mime.FormatMediaType("attachment", map[string]string{"filename": f.Filename}))
+		return rc, n, nil
+	})
 }

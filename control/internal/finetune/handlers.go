@@ -1,6 +1,8 @@
 package finetune
 
 import (
+	"context"
+	"io"
 	"time"
 
 	"github.com/maas-platform/maas/control/internal/server"
@@ -171,13 +173,9 @@ func (s *Service) handlePostCheckpoint(c *server.Call) error {
 }
 
 func (s *Service) handleFile(c *server.Call) error {
-	rc, n, err := s.OpenFile(c.Ctx, c.Param("id"), lease(c), c.Param("file_id"))
-	if err != nil {
-		return err
-	}
-	c.RC.Response.Header.SetContentType("application/jsonl")
-	c.RC.SetBodyStream(rc, int(n)) // fasthttp closes rc
-	return nil
+	return c.StreamBody("application/jsonl", func(ctx context.Context) (io.ReadCloser, int64, error) {
+		return s.OpenFile(ctx, c.Param("id"), lease(c), c.Param("file_id"))
+	})
 }
 
 func (s *Service) handlePutAdapter(c *server.Call) error {
@@ -189,13 +187,9 @@ func (s *Service) handlePutAdapter(c *server.Call) error {
 }
 
 func (s *Service) handleGetAdapter(c *server.Call) error {
-	rc, n, err := s.OpenAdapter(c.Ctx, c.Param("id"))
-	if err != nil {
-		return err
-	}
-	c.RC.Response.Header.SetContentType("application/x-tar")
-	c.RC.SetBodyStream(rc, int(n))
-	return nil
+	return c.StreamBody("application/x-tar", func(ctx context.Context) (io.ReadCloser, int64, error) {
+		return s.OpenAdapter(ctx, c.Param("id"))
+	})
 }
 
 func (s *Service) handleComplete(c *server.Call) error {

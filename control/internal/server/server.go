@@ -100,6 +100,7 @@ type Call struct {
 	maxBody  int64
 	tooLarge string
 	stream   *limitedBody
+	timeout  time.Duration // the route's, which bounds Ctx
 }
 
 // HandlerFunc handles a call; a returned error is written in the OpenAI error shape.
@@ -229,7 +230,7 @@ func (s *Server) HandleWith(method, path string, access Access, ro RouteOptions,
 		start := time.Now()
 		ctx, cancel := context.WithTimeout(context.Background(), timeout)
 		defer cancel()
-		c := &Call{Ctx: ctx, RC: rc, maxBody: ro.MaxBody, tooLarge: ro.TooLarge}
+		c := &Call{Ctx: ctx, RC: rc, maxBody: ro.MaxBody, tooLarge: ro.TooLarge, timeout: timeout}
 		err := c.readBody(ro.Stream)
 		if err == nil {
 			err = s.admit(c, path, access)
