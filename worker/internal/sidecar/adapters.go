@@ -201,7 +201,7 @@ func (a *adapterSync) apply(ctx context.Context, desired []registry.DesiredAdapt
 		want[d.Name] = d
 	}
 	a.mu.Lock()
-	var unload []string
+	unload := map[string]*heldAdapter{}
 	for name, h := range a.held {
 		d, ok := want[name]
 		switch {
@@ -212,20 +212,23 @@ func (a *adapterSync) apply(ctx context.Context, desired []registry.DesiredAdapt
 			h.retiring, changed = time.Time{}, true
 		}
 		if !h.retiring.IsZero() && now.Sub(h.retiring) >= a.grace {
-			unload = append(unload, name)
+			unload[name] = h
 		}
 	}
 	a.mu.Unlock()
 
-	for _, name := range unload {
+	for name, h := range unload {
 		err := a.eng.UnloadLoRA(ctx, name)
 		if err != nil && !errors.Is(err, engine.ErrLoRANotLoaded) {
 			a.log.Warn("adapter unload failed; retrying at the next heartbeat", "model", name, "err", err)
 			continue
 		}
+		// Forget (the engine restarted) may have dropped the entry meanwhile: only the
+		// entry listed above is deleted. Its files go either way: the adapter is unwanted.
 		a.mu.Lock()
-		h := a.held[name]
-		delete(a.held, name)
+		if a.held[name] == h {
+			delete(a.held, name)
+		}
 		a.mu.Unlock()
 		if err := os.RemoveAll(h.dir); err != nil {
 			a.log.Warn("adapter cache not removed", "dir", h.dir, "err", err)

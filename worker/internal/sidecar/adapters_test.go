@@ -5,6 +5,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"fmt"
 	"io"
 	"log/slog"
 	"net/http"
@@ -18,6 +19,7 @@ import (
 	"time"
 
 	"github.com/maas-platform/maas/pkg/registry"
+	"github.com/maas-platform/maas/worker/internal/engine"
 )
 
 type tarEntry struct {
@@ -335,6 +337,8 @@ type fakeLoRA struct {
 	loaded map[string]string
 	loads  int
 	fail   error
+	// onUnload, when set, runs inside UnloadLoRA (the engine lock not held) and gives its error.
+	onUnload func() error
 }
 
 func (e *fakeLoRA) LoadLoRA(_ context.Context, name, path string) error {
@@ -362,10 +366,44 @@ func (e *fakeLoRA) LoRAs(context.Context) (map[string]string, error) {
 }
 
 func (e *fakeLoRA) UnloadLoRA(_ context.Context, name string) error {
+	if e.onUnload != nil {
+		if err := e.onUnload(); err != nil {
+			return err
+		}
+	}
 	e.mu.Lock()
 	defer e.mu.Unlock()
 	delete(e.loaded, name)
 	return nil
+}
+
+// TestAdapterSyncUnloadRacesForget: the heartbeat forgets every adapter (the engine
+// restarted) while an unload is under way, and the new engine answers that it does not
+// hold the adapter. The syncer must neither crash on the forgotten entry nor lose track.
+func TestAdapterSyncUnloadRacesForget(t *testing.T) {
+	eng := &fakeLoRA{loaded: map[string]string{}}
+	archive := peftTar(t)
+	fetch := func(context.Context, string) (io.ReadCloser, error) {
+		return io.NopCloser(bytes.NewReader(archive)), nil
+	}
+	a := newAdapterSync(eng, fetch, t.TempDir(), 1<<20, 2, 0, slog.New(slog.DiscardHandler))
+	ctx := context.Background()
+	d := desired("ft:x", "ftjob-xxxxxxxx")
+	if !a.apply(ctx, []registry.DesiredAdapter{d}) {
+		t.Fatal("not loaded")
+	}
+	dir := a.cacheDir(d)
+	eng.onUnload = func() error {
+		a.Forget()
+		return fmt.Errorf("unload LoRA adapter ft:x: %w", engine.ErrLoRANotLoaded)
+	}
+	a.apply(ctx, nil) // panicked on the nil entry
+	if got := a.Held(); len(got) != 0 {
+		t.Errorf("held %v", got)
+	}
+	if _, err := os.Stat(dir); err == nil {
+		t.Error("the unloaded adapter's cache is kept")
+	}
 }
 
 func TestAdapterSyncRestartAndBackoff(t *testing.T) {
