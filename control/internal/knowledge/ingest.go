@@ -206,8 +206,13 @@ func chunkID(fileID string, n int) string { return fmt.Sprintf("%s-%d", fileID, 
 // lock so that a detach, a cancel or a newer attachment cannot interleave. The index writes
 // carry the transaction (vectorindex.WithTx): the embedded index commits them with the
 // chunks, and none takes a second connection while this one is held.
+//
+// The store's last_active_at is touched after the commit, best effort (as by a search):
+// the store's row is not locked while the file's is, the order DeleteStore, AttachFile and
+// CreateBatch take them in reverse (store, then file), which deadlocked.
 func (s *Service) finish(ctx context.Context, a IngestArgs, chunks []string, vecs [][]float32) error {
-	return s.inTx(ctx, func(tx pgx.Tx) error {
+	done := false
+	err := s.inTx(ctx, func(tx pgx.Tx) error {
 		ictx := vectorindex.WithTx(ctx, tx)
 		f, ok, err := s.current(ctx, tx, a, true)
 		if err != nil {
@@ -245,10 +250,17 @@ func (s *Service) finish(ctx context.Context, a IngestArgs, chunks []string, vec
 			a.StoreID, a.FileID, usage); err != nil {
 			return err
 		}
-		_, err = tx.Exec(ctx, `UPDATE vector_stores SET last_active_at = now() WHERE id = $1`, a.StoreID)
+		done = true
 		s.log.Info("file ingested", "vector_store", a.StoreID, "file", a.FileID, "chunks", len(chunks), "bytes", usage)
-		return err
+		return nil
 	})
+	if err != nil || !done {
+		return err
+	}
+	if _, err := s.db.Exec(ctx, `UPDATE vector_stores SET last_active_at = now() WHERE id = $1`, a.StoreID); err != nil {
+		s.log.Warn("vector store's last_active_at not updated", "vector_store", a.StoreID, "err", err)
+	}
+	return nil
 }
 
 // abandon stops an ingestion whose attachment is gone, cancelled or newer.

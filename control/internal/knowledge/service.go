@@ -488,7 +488,29 @@ func asAPI(err error, format string, args ...any) error {
 		return &apierr.Error{Kind: apierr.Unavailable, Message: "the vector index is unavailable; try again later",
 			RetryAfter: indexRetryAfter, Err: fmt.Errorf(format+": %w", append(args, err)...)}
 	}
+	if code := pgCode(err); code == pgDeadlock || code == pgSerialization {
+		// Lost to a concurrent change of the same store: the request may simply be sent again.
+		return &apierr.Error{Kind: apierr.Unavailable, Message: "the vector store is being changed concurrently; try again",
+			RetryAfter: time.Second, Err: fmt.Errorf(format+": %w", append(args, err)...)}
+	}
 	return apierr.Wrap(err, format, args...)
+}
+
+// PostgreSQL error codes the service tells apart.
+const (
+	pgSerialization  = "40001"
+	pgDeadlock       = "40P01"
+	pgUntranslatable = "22P05" // a character with no equivalent in the server's encoding
+	pgInvalidByteSeq = "22021" // NUL or invalid UTF-8 in text
+)
+
+// pgCode is err's PostgreSQL error code ("" when it has none).
+func pgCode(err error) string {
+	var pg *pgconn.PgError
+	if errors.As(err, &pg) {
+		return pg.Code
+	}
+	return ""
 }
 
 // indexRetryAfter is the Retry-After of an answer refused because the vector index is
