@@ -138,3 +138,47 @@ func TestConcurrencyFailureIsRetryable(t *testing.T) {
 		t.Errorf("23505: %v, want a 500", err)
 	}
 }
+
+// badTextIndex refuses every chunk as PostgreSQL refuses text with NUL.
+type badTextIndex struct{ nopIndex }
+
+func (badTextIndex) Upsert(context.Context, []vectorindex.Chunk) error {
+	return fmt.Errorf("upsert: %w", &pgconn.PgError{Code: "22021", Message: "invalid byte sequence for encoding \"UTF8\": 0x00"})
+}
+
+// TestUnstorableTextFailsFile: text the database refuses (22021, 22P05) fails the file at
+// the first attempt, instead of re-embedding it on every retry.
+func TestUnstorableTextFailsFile(t *testing.T) {
+	pool, _ := pgtest.NewPool(t)
+	ctx := context.Background()
+	s, err := New(pool, oneFile{}, constEmbedder{}, badTextIndex{}, okQueue{}, Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var uid int64
+	if err := pool.QueryRow(ctx, `INSERT INTO users (username, password_hash) VALUES ('badtext', 'x') RETURNING id`).Scan(&uid); err != nil {
+		t.Fatal(err)
+	}
+	const store, file = "vs_badtext000000", "file-badtext"
+	if _, err := pool.Exec(ctx, `INSERT INTO vector_stores (id, user_id, embedding_model) VALUES ($1, $2, 'sim-embedding')`, store, uid); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := pool.Exec(ctx, `INSERT INTO vector_store_files (store_id, file_id, filename, max_chunk_tokens, overlap_tokens)
+		VALUES ($1, $2, 'notes.txt', 800, 400)`, store, file); err != nil {
+		t.Fatal(err)
+	}
+	w := &ingestWorker{s: s}
+	job := &river.Job[IngestArgs]{JobRow: &rivertype.JobRow{Attempt: 1, MaxAttempts: IngestArgs{}.InsertOpts().MaxAttempts},
+		Args: IngestArgs{StoreID: store, FileID: file, Generation: 1}}
+	if err := w.Work(ctx, job); err != nil {
+		t.Fatalf("first attempt: %v, want the file failed for good", err)
+	}
+	var st, code string
+	if err := pool.QueryRow(ctx, `SELECT status, coalesce(last_error_code, '') FROM vector_store_files WHERE store_id = $1 AND file_id = $2`,
+		store, file).Scan(&st, &code); err != nil {
+		t.Fatal(err)
+	}
+	if st != StatusFailed || code != CodeInvalidFile {
+		t.Errorf("status %s, code %s; want failed, %s", st, code, CodeInvalidFile)
+	}
+}

@@ -10,6 +10,8 @@ import (
 	"github.com/ledongthuc/pdf"
 	"golang.org/x/net/html"
 	"golang.org/x/net/html/atom"
+
+	"github.com/maas-platform/maas/pkg/textcheck"
 )
 
 // extractError is a file that cannot be ingested, with OpenAI's last_error code.
@@ -32,7 +34,8 @@ var textExtensions = map[string]bool{
 // extract returns the text of a file named name: plain text and markdown as they are,
 // html without markup (script and style dropped, blocks on their own lines), pdf through
 // its text operators (github.com/ledongthuc/pdf). Anything else that is valid UTF-8
-// without NUL bytes is read as text.
+// without NUL bytes is read as text. Control characters but tab and newlines are dropped
+// from the result.
 func extract(name string, data []byte) (string, error) {
 	ext := strings.ToLower(path.Ext(name))
 	var text string
@@ -59,6 +62,9 @@ func extract(name string, data []byte) (string, error) {
 	default:
 		return "", &extractError{CodeUnsupportedFile, fmt.Sprintf("files of type %s are not supported (text, markdown, html and pdf are)", ext)}
 	}
+	// Whatever the branch, the text is stored: PostgreSQL refuses NUL and invalid UTF-8,
+	// which html (raw NUL) and pdf (a \000 under WinAnsiEncoding) can yield.
+	text = textcheck.Clean(text)
 	if strings.TrimSpace(text) == "" {
 		return "", &extractError{CodeInvalidFile, "no text could be extracted from the file"}
 	}

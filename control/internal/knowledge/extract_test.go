@@ -8,6 +8,8 @@ import (
 	"os"
 	"strings"
 	"testing"
+
+	"github.com/maas-platform/maas/pkg/textcheck"
 )
 
 var update = flag.Bool("update", false, "rewrite testdata/sample.pdf")
@@ -77,6 +79,10 @@ func TestExtract(t *testing.T) {
 		{name: "noext", data: []byte("<!DOCTYPE html><p>sniffed</p>"), contains: []string{"sniffed"}, absent: []string{"<p>"}},
 		{name: "doc.pdf", data: pdf, contains: []string{"Volcanic soil in the Azores grows pineapples under glass.", "geothermal steam"}, absent: []string{"glass.The"}},
 		{name: "renamed.bin", data: pdf, contains: []string{"pineapples"}},
+		// NUL (raw, or \000 in a pdf string) would fail every chunk insert (22021).
+		{name: "nul.html", data: []byte("<p>before\x00after\x01</p>"), contains: []string{"beforeafter"}},
+		{name: "nul.pdf", data: makePDF([]string{"Hello\x00World"}), contains: []string{"HelloWorld"}},
+		{name: "nul.md", data: []byte("text\x00"), code: CodeInvalidFile},
 		{name: "broken.pdf", data: append([]byte("%PDF-1.4\n"), bytes.Repeat([]byte{0xff, 0x00, 0x13}, 100)...), code: CodeInvalidFile},
 		{name: "cut.pdf", data: pdf[:len(pdf)/2], code: CodeInvalidFile},
 		{name: "latin1.txt", data: []byte("caf\xe9"), code: CodeInvalidFile},
@@ -96,6 +102,9 @@ func TestExtract(t *testing.T) {
 			}
 			if err != nil {
 				t.Fatal(err)
+			}
+			if !textcheck.Valid(text) || textcheck.Clean(text) != text {
+				t.Errorf("text %q has NUL, control characters or invalid UTF-8", text)
 			}
 			for _, s := range c.contains {
 				if !strings.Contains(text, s) {

@@ -88,6 +88,11 @@ func (w *ingestWorker) Work(ctx context.Context, job *river.Job[IngestArgs]) err
 	if errors.As(err, &xe) {
 		return w.s.failFile(ctx, a, xe.Code, xe.Message)
 	}
+	if c := pgCode(err); c == pgInvalidByteSeq || c == pgUntranslatable {
+		// The same text would be refused on every attempt, each embedding it again.
+		w.s.log.Warn("file text refused by the database", "vector_store", a.StoreID, "file", a.FileID, "err", err)
+		return w.s.failFile(ctx, a, CodeInvalidFile, "the file's text could not be stored")
+	}
 	var ee *EmbedError
 	if errors.As(err, &ee) && ee.Permanent() {
 		return w.s.failFile(ctx, a, CodeServerError, "embedding failed: "+ee.Message)
