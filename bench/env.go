@@ -55,6 +55,11 @@ type env struct {
 	startGateway func(ctx context.Context, name string, extra ...string) (*stack.Proc, error)
 	self         string // this executable, for pass-through processes
 
+	logDir        string // the run's process logs (and the bench's scratch files)
+	controlURL    string
+	adminPassword string
+	tune          *tuneShared // the fine-tuning scenarios' processes, started by the first of them
+
 	directCapacity float64
 	chunkNote      string // how a zero-latency stream arrives, for the stream scenarios
 
@@ -99,13 +104,17 @@ func setup(ctx context.Context, o options, logger *slog.Logger) (*env, error) {
 
 	// Control first: it applies the migrations.
 	caddr, _ := stack.FreeAddr()
+	e.logDir, e.adminPassword = logDir, randomHex(12)
+	// Uploaded files (the 500 MiB scenario's) go to the run's scratch directory.
 	e.control, err = e.stack.Start(ctx, "control", caddr, bin("control"), []string{"serve"},
-		[]string{"MAAS_DATABASE_URL=" + e.dbURL, "MAAS_CONTROL_ADDR=" + caddr, "MAAS_BOOTSTRAP_ADMIN_PASSWORD=" + randomHex(12)},
+		[]string{"MAAS_DATABASE_URL=" + e.dbURL, "MAAS_CONTROL_ADDR=" + caddr, "MAAS_BOOTSTRAP_ADMIN_PASSWORD=" + e.adminPassword,
+			"MAAS_FILES_DIR=" + filepath.Join(logDir, "files")},
 		"http://"+caddr+"/ready")
 	if err != nil {
 		return e, err
 	}
 	controlURL := "http://" + caddr
+	e.controlURL = controlURL
 
 	// Simulators, each with a pass-through in front and a worker registering it.
 	startSim := func(model string, itl time.Duration) (*sim, error) {

@@ -111,7 +111,7 @@ func scenarios() []scenario {
 			},
 		},
 	)
-	return list
+	return append(list, lifecycleScenarios()...)
 }
 
 func run(ctx context.Context, o options, logger *slog.Logger) error {
