@@ -553,8 +553,12 @@ func (e *env) tuneToFirstToken(ctx context.Context, sc *report.Scenario) error {
 			parts = append(parts, fmt.Sprintf("backend %d %.2f s", i+1, d.Seconds()))
 		}
 		worst = max(worst, every)
-		sc.Notes = append(sc.Notes, fmt.Sprintf("%s: succeeded → first token on every backend %.2f s (%s); through the gateway %.2f s",
-			model, every.Seconds(), strings.Join(parts, ", "), at[len(at)-1].Sub(succeeded).Seconds()))
+		slot := "a free LoRA slot"
+		if len(s.adapters) > 1 {
+			slot = "its slot taken from the previous adapter"
+		}
+		sc.Notes = append(sc.Notes, fmt.Sprintf("%s (%s): succeeded → first token on every backend %.2f s (%s); through the gateway %.2f s",
+			model, slot, every.Seconds(), strings.Join(parts, ", "), at[len(at)-1].Sub(succeeded).Seconds()))
 	}
 	sc.Targets = append(sc.Targets, report.Target{Name: "job succeeded → first token on every backend of its base (worst of two jobs)",
 		Value: worst.Seconds(), Limit: 5, Unit: "s", Max: true})
