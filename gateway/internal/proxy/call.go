@@ -77,6 +77,20 @@ func (c *call) reset() {
 
 func (c *call) path() string { return endpointPaths[c.ep] }
 
+// upstreamURI is the backend's URL for the call (base, then the endpoint's path), written
+// in the spare room after the body (fasthttp copies it). The room is grown when short and
+// stays with the pooled buffer, so a steady flow of requests allocates nothing here.
+func (c *call) upstreamURI(base string) []byte {
+	p := c.path()
+	if n := len(base) + len(p); cap(c.body.B)-len(c.body.B) < n {
+		b := make([]byte, len(c.body.B), len(c.body.B)+n+128)
+		copy(b, c.body.B)
+		c.body.B = b
+	}
+	uri := append(c.body.B[len(c.body.B):], base...)
+	return append(uri, p...)
+}
+
 // serve runs a request's stages in order. A streamed call leaves serve once the stream is
 // committed; its writer (relay.go) finishes it.
 func (h *Handler) serve(ctx *fasthttp.RequestCtx, ep endpoint) {

@@ -110,9 +110,7 @@ func (c *call) exchange(ctx *fasthttp.RequestCtx, l *upstream.Lease, deadline ti
 	defer fasthttp.ReleaseRequest(req)
 	defer fasthttp.ReleaseResponse(resp)
 	req.Header.SetMethod(fasthttp.MethodPost)
-	uri := append(c.body.B[len(c.body.B):], l.U.Base...) // scratch space after the body
-	uri = append(uri, c.path()...)
-	req.SetRequestURIBytes(uri)
+	req.SetRequestURIBytes(c.upstreamURI(l.U.Base))
 	c.setHeaders(&req.Header, &ctx.Request.Header)
 	req.SetBodyRaw(c.body.B)
 	c.hook("exchange")

@@ -191,9 +191,7 @@ func (st *streamState) open(in *fasthttp.RequestHeader) (failure, bool) {
 	c, l := st.c, st.l
 	req := fasthttp.AcquireRequest()
 	req.Header.SetMethod(fasthttp.MethodPost)
-	uri := append(c.body.B[len(c.body.B):], l.U.Base...) // scratch space after the body
-	uri = append(uri, c.path()...)
-	req.SetRequestURIBytes(uri)
+	req.SetRequestURIBytes(c.upstreamURI(l.U.Base))
 	c.setHeaders(&req.Header, in)
 	req.Header.Set("Accept", "text/event-stream")
 	req.SetBodyRaw(c.body.B)

@@ -130,7 +130,7 @@ func (r *benchRecorder) Add(rec ledger.Record) {
 // tier with RPM and TPM limits on the key and the user, usage records, metrics
 // registered, the access log (logfmt, buffered as Run does, into io.Discard). Its only
 // backend is an in-memory engine answering unaryAnswer, or 64 chunks to a stream.
-func fullHandler(b *testing.B) fasthttp.RequestHandler {
+func fullHandler(b testing.TB) fasthttp.RequestHandler {
 	engineLn := fasthttputil.NewInmemoryListener()
 	var chunks []byte
 	for i := range 64 {
@@ -207,23 +207,29 @@ func BenchmarkHandlerChat(b *testing.B) {
 			var ctx fasthttp.RequestCtx
 			b.ReportAllocs()
 			for b.Loop() {
-				ctx.Request.Reset()
-				ctx.Response.Reset()
-				ctx.Request.Header.SetMethod("POST")
-				ctx.Request.SetRequestURI("/v1/chat/completions")
-				ctx.Request.Header.Set("Authorization", "Bearer "+benchKey)
-				ctx.Request.Header.SetContentType("application/json")
-				ctx.Request.Header.Set("User-Agent", "OpenAI/Python 1.54.0")
-				ctx.Request.SetBodyString(bc.body)
-				ctx.ResetUserValues()
-				h(&ctx)
-				if ctx.Response.StatusCode() != 200 {
-					b.Fatalf("status %d: %s", ctx.Response.StatusCode(), ctx.Response.Body())
-				}
-				if err := ctx.Response.BodyWriteTo(io.Discard); err != nil {
-					b.Fatal(err)
-				}
+				handleChat(b, h, &ctx, bc.body)
 			}
 		})
+	}
+}
+
+// handleChat hands one chat request with body to h, as fasthttp's server would, and
+// reads the whole answer.
+func handleChat(tb testing.TB, h fasthttp.RequestHandler, ctx *fasthttp.RequestCtx, body string) {
+	ctx.Request.Reset()
+	ctx.Response.Reset()
+	ctx.Request.Header.SetMethod("POST")
+	ctx.Request.SetRequestURI("/v1/chat/completions")
+	ctx.Request.Header.Set("Authorization", "Bearer "+benchKey)
+	ctx.Request.Header.SetContentType("application/json")
+	ctx.Request.Header.Set("User-Agent", "OpenAI/Python 1.54.0")
+	ctx.Request.SetBodyString(body)
+	ctx.ResetUserValues()
+	h(ctx)
+	if ctx.Response.StatusCode() != 200 {
+		tb.Fatalf("status %d: %s", ctx.Response.StatusCode(), ctx.Response.Body())
+	}
+	if err := ctx.Response.BodyWriteTo(io.Discard); err != nil {
+		tb.Fatal(err)
 	}
 }
