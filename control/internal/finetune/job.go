@@ -10,6 +10,7 @@ import (
 	"regexp"
 
 	"github.com/maas-platform/maas/pkg/apierr"
+	"github.com/maas-platform/maas/pkg/textcheck"
 	"github.com/maas-platform/maas/pkg/training"
 )
 
@@ -241,6 +242,9 @@ func (r *createRequest) resolve() (Method, error) {
 	if r.Model == "" {
 		return Method{}, apierr.Param("model", "model is required")
 	}
+	if len(r.Model) > 256 || !textcheck.Valid(r.Model) {
+		return Method{}, apierr.Param("model", "model must be a model name")
+	}
 	if r.TrainingFile == "" {
 		return Method{}, apierr.Param("training_file", "training_file is required")
 	}
@@ -268,6 +272,9 @@ func (r *createRequest) resolve() (Method, error) {
 	for k, v := range r.Metadata {
 		if len(k) > 64 || len(v) > 512 {
 			return Method{}, apierr.Param("metadata", "metadata keys have at most 64 characters and values at most 512")
+		}
+		if !textcheck.Valid(k) || !textcheck.Valid(v) {
+			return Method{}, apierr.Param("metadata", "metadata keys and values must be valid UTF-8 without NUL characters")
 		}
 	}
 	if raw := bytes.TrimSpace(r.Integrations); len(raw) > 0 && string(raw) != "null" && string(raw) != "[]" {

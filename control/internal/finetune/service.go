@@ -16,6 +16,7 @@ import (
 
 	"github.com/maas-platform/maas/control/internal/model"
 	"github.com/maas-platform/maas/pkg/apierr"
+	"github.com/maas-platform/maas/pkg/textcheck"
 )
 
 // File is what this package needs to know of an uploaded file.
@@ -264,6 +265,9 @@ func (s *Service) Create(ctx context.Context, c Caller, r *createRequest) (*Job,
 
 // List returns up to limit+1 of the caller's jobs (every job for an admin), newest first.
 func (s *Service) List(ctx context.Context, c Caller, after string, limit int) ([]*Job, error) {
+	if err := checkCursor(after, "fine-tuning job"); err != nil {
+		return nil, err
+	}
 	uid := c.UserID
 	if c.Admin {
 		uid = 0
@@ -320,6 +324,9 @@ func (s *Service) Events(ctx context.Context, c Caller, id, after string, limit 
 	if _, err := s.Get(ctx, c, id); err != nil {
 		return nil, err
 	}
+	if err := checkCursor(after, "event"); err != nil {
+		return nil, err
+	}
 	ev, err := listEvents(ctx, s.db, id, after, limit)
 	if err != nil {
 		return nil, apierr.Wrap(err, "list events of %s", id)
@@ -332,9 +339,21 @@ func (s *Service) Checkpoints(ctx context.Context, c Caller, id, after string, l
 	if _, err := s.Get(ctx, c, id); err != nil {
 		return nil, err
 	}
+	if err := checkCursor(after, "checkpoint"); err != nil {
+		return nil, err
+	}
 	cp, err := listCheckpoints(ctx, s.db, id, after, limit)
 	if err != nil {
 		return nil, apierr.Wrap(err, "list checkpoints of %s", id)
 	}
 	return cp, nil
+}
+
+// checkCursor refuses a pagination cursor that names nothing: text PostgreSQL would refuse
+// (NUL, invalid UTF-8) fails the list otherwise.
+func checkCursor(after, what string) error {
+	if len(after) > 256 || !textcheck.Valid(after) {
+		return apierr.Param("after", "after must be the id of a listed %s", what)
+	}
+	return nil
 }

@@ -9,6 +9,8 @@ import (
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
+
+	"github.com/maas-platform/maas/pkg/textcheck"
 )
 
 // DB is what this package needs of PostgreSQL; *pgxpool.Pool satisfies it.
@@ -82,6 +84,9 @@ func scanJob(row pgx.Row) (*Job, error) {
 }
 
 func getJob(ctx context.Context, q querier, id string, forUpdate bool) (*Job, error) {
+	if !textcheck.Valid(id) {
+		return nil, ErrNotFound // names no job, and PostgreSQL would refuse it
+	}
 	sql := `SELECT ` + jobColumns + ` FROM fine_tuning_jobs WHERE id = $1`
 	if forUpdate {
 		sql += ` FOR UPDATE`

@@ -11,6 +11,7 @@ import (
 
 	"github.com/maas-platform/maas/control/internal/vectorindex"
 	"github.com/maas-platform/maas/pkg/apierr"
+	"github.com/maas-platform/maas/pkg/textcheck"
 )
 
 const fileColumns = `f.seq, f.store_id, f.file_id, f.filename, f.status, f.last_error_code, f.last_error_message, f.attributes,
@@ -130,6 +131,9 @@ func (s *Service) listFiles(ctx context.Context, storeID string, ff fileFilter, 
 	}
 	cursor := int64(0)
 	if after != "" {
+		if !validCursor(after) {
+			return nil, apierr.Param("after", "after must be the id of a listed file")
+		}
 		err := s.db.QueryRow(ctx, `SELECT seq FROM vector_store_files WHERE store_id = $1 AND file_id = $2`, storeID, after).Scan(&cursor)
 		if errors.Is(err, pgx.ErrNoRows) {
 			return nil, apierr.Param("after", "after must be the id of a listed file")
@@ -167,6 +171,9 @@ func (s *Service) listFiles(ctx context.Context, storeID string, ff fileFilter, 
 }
 
 func (s *Service) loadFile(ctx context.Context, q querier, storeID, fileID string, lock bool) (*StoreFile, error) {
+	if !textcheck.Valid(fileID) {
+		return nil, notFound("file", fileID+" in vector store "+storeID, "file_id")
+	}
 	sql := `SELECT ` + fileColumns + ` FROM vector_store_files f WHERE f.store_id = $1 AND f.file_id = $2`
 	if lock {
 		sql += ` FOR UPDATE`
@@ -382,6 +389,9 @@ func (s *Service) batch(ctx context.Context, storeID, id string) (*Batch, error)
 	b := &Batch{ID: id, Object: "vector_store.files_batch", VectorStoreID: storeID}
 	var created time.Time
 	var cancelled bool
+	if !textcheck.Valid(id) {
+		return nil, notFound("file batch", id, "batch_id")
+	}
 	err := s.db.QueryRow(ctx, `SELECT created_at, cancelled FROM vector_store_file_batches WHERE id = $1 AND store_id = $2`, id, storeID).Scan(&created, &cancelled)
 	if errors.Is(err, pgx.ErrNoRows) {
 		return nil, notFound("file batch", id, "batch_id")
@@ -436,6 +446,9 @@ func (s *Service) CancelBatch(ctx context.Context, c Caller, storeID, id string)
 	err := s.inTx(ctx, func(tx pgx.Tx) error {
 		if _, err := s.loadStore(ctx, tx, c, storeID, false); err != nil {
 			return err
+		}
+		if !textcheck.Valid(id) {
+			return notFound("file batch", id, "batch_id")
 		}
 		tag, err := tx.Exec(ctx, `UPDATE vector_store_file_batches SET cancelled = TRUE WHERE id = $1 AND store_id = $2`, id, storeID)
 		if err != nil {

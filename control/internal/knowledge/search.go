@@ -12,6 +12,7 @@ import (
 
 	"github.com/maas-platform/maas/control/internal/vectorindex"
 	"github.com/maas-platform/maas/pkg/apierr"
+	"github.com/maas-platform/maas/pkg/textcheck"
 )
 
 // rrfK is reciprocal rank fusion's constant (the usual 60).
@@ -85,6 +86,9 @@ func (r *searchRequest) validate() (*searchParams, error) {
 		if strings.TrimSpace(q) == "" {
 			return nil, apierr.Param("query", "query must not be empty")
 		}
+		if !textcheck.Valid(q) {
+			return nil, apierr.Param("query", "query must be valid UTF-8 without NUL characters")
+		}
 		total += len(q)
 	}
 	if len(many) == 0 {
@@ -111,6 +115,9 @@ func (r *searchRequest) validate() (*searchParams, error) {
 			return nil, apierr.Param(param, "invalid filter: %s", fe.Message)
 		}
 		return nil, apierr.Param("filters", "invalid filter")
+	}
+	if err := checkFilterText(f, "filters"); err != nil {
+		return nil, err
 	}
 	p.filter = f
 	if ro := r.RankingOptions; ro != nil {
@@ -317,4 +324,30 @@ func embedAPIError(err error) error {
 		return &apierr.Error{Kind: apierr.UpstreamTimeout, Message: "embedding the query timed out", Err: err}
 	}
 	return &apierr.Error{Kind: apierr.BadGateway, Message: "embedding the query failed: " + ee.Message, Err: err}
+}
+
+// checkFilterText refuses a filter whose keys or string values PostgreSQL would refuse
+// (NUL, invalid UTF-8): they match no attribute, and would fail the query.
+func checkFilterText(f *vectorindex.Filter, path string) error {
+	if f == nil {
+		return nil
+	}
+	for i, sub := range f.Filters {
+		if err := checkFilterText(sub, fmt.Sprintf("%s.filters[%d]", path, i)); err != nil {
+			return err
+		}
+	}
+	if f.Filters == nil && !textcheck.Valid(f.Key) {
+		return apierr.Param(path+".key", "invalid filter: the key must be valid UTF-8 without NUL characters")
+	}
+	vals, ok := f.Value.([]any)
+	if !ok {
+		vals = []any{f.Value}
+	}
+	for _, v := range vals {
+		if s, ok := v.(string); ok && !textcheck.Valid(s) {
+			return apierr.Param(path+".value", "invalid filter: values must be valid UTF-8 without NUL characters")
+		}
+	}
+	return nil
 }

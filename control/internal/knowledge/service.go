@@ -17,6 +17,7 @@ import (
 	"github.com/maas-platform/maas/control/internal/vectorindex"
 	"github.com/maas-platform/maas/pkg/apierr"
 	"github.com/maas-platform/maas/pkg/internalauth"
+	"github.com/maas-platform/maas/pkg/textcheck"
 )
 
 // File is what this package needs to know of an uploaded file.
@@ -240,6 +241,9 @@ func (s *Service) fill(ctx context.Context, q querier, v *VectorStore) error {
 // loadStore returns store id if c may see it (404 otherwise), locking its row in a
 // transaction when lock is set.
 func (s *Service) loadStore(ctx context.Context, q querier, c Caller, id string, lock bool) (*VectorStore, error) {
+	if !textcheck.Valid(id) {
+		return nil, notFound("vector store", id, "vector_store_id")
+	}
 	sql := `SELECT ` + storeColumns + ` FROM vector_stores s WHERE s.id = $1`
 	if lock {
 		sql += ` FOR UPDATE`
@@ -262,7 +266,7 @@ func (s *Service) CreateStore(ctx context.Context, c Caller, r *createStoreReque
 		name = *r.Name
 	}
 	if !validName(name) {
-		return nil, apierr.Param("name", "name must be valid UTF-8 of at most %d bytes", maxNameLen)
+		return nil, apierr.Param("name", "name must be valid UTF-8 without NUL characters, of at most %d bytes", maxNameLen)
 	}
 	if err := validateMetadata(r.Metadata); err != nil {
 		return nil, err
@@ -287,7 +291,7 @@ func (s *Service) CreateStore(ctx context.Context, c Caller, r *createStoreReque
 	attrs := map[string]any{}
 	model := s.opts.EmbeddingModel
 	if r.EmbeddingModel != nil {
-		if *r.EmbeddingModel == "" || len(*r.EmbeddingModel) > 256 {
+		if *r.EmbeddingModel == "" || len(*r.EmbeddingModel) > 256 || !textcheck.Valid(*r.EmbeddingModel) {
 			return nil, apierr.Param("embedding_model", "embedding_model must be a model name")
 		}
 		model = *r.EmbeddingModel
@@ -356,6 +360,9 @@ func (s *Service) ownFiles(ctx context.Context, userID int64, ids []string, para
 func (s *Service) ListStores(ctx context.Context, c Caller, after string, limit int, desc bool) ([]*VectorStore, error) {
 	cursor := int64(0)
 	if after != "" {
+		if !validCursor(after) {
+			return nil, apierr.Param("after", "after must be the id of a listed vector store")
+		}
 		err := s.db.QueryRow(ctx, `SELECT seq FROM vector_stores WHERE id = $1 AND user_id = $2`, after, c.UserID).Scan(&cursor)
 		if errors.Is(err, pgx.ErrNoRows) {
 			return nil, apierr.Param("after", "after must be the id of a listed vector store")
@@ -418,7 +425,7 @@ type modifyStoreRequest struct {
 // ModifyStore changes a store's name, expiration policy and metadata.
 func (s *Service) ModifyStore(ctx context.Context, c Caller, id string, r *modifyStoreRequest) (*VectorStore, error) {
 	if r.Name != nil && !validName(*r.Name) {
-		return nil, apierr.Param("name", "name must be valid UTF-8 of at most %d bytes", maxNameLen)
+		return nil, apierr.Param("name", "name must be valid UTF-8 without NUL characters, of at most %d bytes", maxNameLen)
 	}
 	if r.Metadata != nil {
 		if err := validateMetadata(r.Metadata); err != nil {

@@ -7,9 +7,9 @@ import (
 	"fmt"
 	"math/big"
 	"time"
-	"unicode/utf8"
 
 	"github.com/maas-platform/maas/pkg/apierr"
+	"github.com/maas-platform/maas/pkg/textcheck"
 )
 
 // File statuses (OpenAI's).
@@ -198,6 +198,9 @@ func validateMetadata(m map[string]string) error {
 		if len(v) > maxValueLen {
 			return apierr.Param("metadata", "metadata values must be at most %d characters (key %q)", maxValueLen, k)
 		}
+		if !textcheck.Valid(k) || !textcheck.Valid(v) {
+			return apierr.Param("metadata", "metadata keys and values must be valid UTF-8 without NUL characters")
+		}
 	}
 	return nil
 }
@@ -221,10 +224,16 @@ func parseAttributes(raw json.RawMessage, param string) (map[string]any, error) 
 		if k == "" || len(k) > maxKeyLen {
 			return nil, apierr.Param(param, "attribute keys must be 1 to %d characters", maxKeyLen)
 		}
+		if !textcheck.Valid(k) {
+			return nil, apierr.Param(param, "attribute keys must be valid UTF-8 without NUL characters")
+		}
 		switch x := v.(type) {
 		case string:
 			if len(x) > maxValueLen {
 				return nil, apierr.Param(param, "attribute %q is longer than %d characters", k, maxValueLen)
+			}
+			if !textcheck.Valid(x) {
+				return nil, apierr.Param(param, "attribute %q must be valid UTF-8 without NUL characters", k)
 			}
 		case float64, bool:
 		default:
@@ -235,7 +244,11 @@ func parseAttributes(raw json.RawMessage, param string) (map[string]any, error) 
 	return out, nil
 }
 
-func validName(s string) bool { return len(s) <= maxNameLen && utf8.ValidString(s) }
+func validName(s string) bool { return len(s) <= maxNameLen && textcheck.Valid(s) }
+
+// validCursor reports whether after may name a listed object: text PostgreSQL accepts
+// (anything else names none, and would fail the lookup).
+func validCursor(after string) bool { return len(after) <= 256 && textcheck.Valid(after) }
 
 const idAlphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789"
 
