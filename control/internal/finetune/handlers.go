@@ -7,6 +7,7 @@ import (
 
 	"github.com/maas-platform/maas/control/internal/server"
 	"github.com/maas-platform/maas/pkg/apierr"
+	"github.com/maas-platform/maas/pkg/textcheck"
 	"github.com/maas-platform/maas/pkg/training"
 )
 
@@ -119,8 +120,8 @@ func (s *Service) handleClaim(c *server.Call) error {
 	if err := c.Decode(&r); err != nil {
 		return err
 	}
-	if r.WorkerID == "" || len(r.WorkerID) > 128 {
-		return apierr.Param("worker_id", "worker_id must be 1 to 128 characters")
+	if r.WorkerID == "" || len(r.WorkerID) > 128 || !textcheck.Valid(r.WorkerID) {
+		return apierr.Param("worker_id", "worker_id must be 1 to 128 characters of valid UTF-8 without NUL")
 	}
 	if r.GPUs < 0 || r.LeaseSeconds < 0 {
 		return apierr.Param("gpus", "gpus and lease_seconds must not be negative")

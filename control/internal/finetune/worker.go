@@ -11,6 +11,7 @@ import (
 	"github.com/jackc/pgx/v5"
 
 	"github.com/maas-platform/maas/pkg/apierr"
+	"github.com/maas-platform/maas/pkg/textcheck"
 	"github.com/maas-platform/maas/pkg/training"
 )
 
@@ -161,6 +162,11 @@ func (s *Service) Heartbeat(ctx context.Context, id, token string) (*training.He
 // maxMessage bounds an event's message.
 const maxMessage = 2000
 
+// cleanMessage makes a worker's message storable: without NUL, other control characters
+// or invalid UTF-8, and cut to maxMessage bytes on a character boundary (a cut inside one
+// was refused by PostgreSQL, failing the call on every resend).
+func cleanMessage(m string) string { return textcheck.Cut(textcheck.Clean(m), maxMessage) }
+
 // PostEvents stores a worker's progress lines and step metrics as job events.
 func (s *Service) PostEvents(ctx context.Context, id, token string, r training.EventsRequest) error {
 	if len(r.Events) > 1000 || len(r.Metrics) > 1000 {
@@ -174,7 +180,8 @@ func (s *Service) PostEvents(ctx context.Context, id, token string, r training.E
 		default:
 			return apierr.Param("events.level", "level must be info, warn or error")
 		}
-		if strings.TrimSpace(e.Message) == "" {
+		r.Events[i].Message = cleanMessage(e.Message)
+		if strings.TrimSpace(r.Events[i].Message) == "" {
 			return apierr.Param("events.message", "message must not be empty")
 		}
 	}
@@ -185,11 +192,7 @@ func (s *Service) PostEvents(ctx context.Context, id, token string, r training.E
 	}
 	return s.withLease(ctx, id, token, func(tx pgx.Tx, j *Job) error {
 		for _, e := range r.Events {
-			msg := e.Message
-			if len(msg) > maxMessage {
-				msg = msg[:maxMessage]
-			}
-			if err := addEvent(ctx, tx, id, e.Level, "message", msg, nil); err != nil {
+			if err := addEvent(ctx, tx, id, e.Level, "message", e.Message, nil); err != nil {
 				return err
 			}
 		}
@@ -379,14 +382,12 @@ func (s *Service) Fail(ctx context.Context, id, token string, r training.FailReq
 	if r.Code == "" {
 		r.Code = "training_failed"
 	}
-	if len(r.Code) > 64 {
-		return apierr.Param("code", "code must have at most 64 characters")
+	if len(r.Code) > 64 || !textcheck.Valid(r.Code) {
+		return apierr.Param("code", "code must have at most 64 characters, valid UTF-8 without NUL")
 	}
+	r.Message = cleanMessage(r.Message)
 	if strings.TrimSpace(r.Message) == "" {
 		return apierr.Param("message", "message is required")
-	}
-	if len(r.Message) > maxMessage {
-		r.Message = r.Message[:maxMessage]
 	}
 	return s.withLease(ctx, id, token, func(tx pgx.Tx, _ *Job) error {
 		jerr := &JobError{Code: r.Code, Message: r.Message}

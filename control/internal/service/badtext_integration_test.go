@@ -2,7 +2,11 @@ package service
 
 import (
 	"net/url"
+	"strings"
 	"testing"
+	"unicode/utf8"
+
+	"github.com/maas-platform/maas/pkg/training"
 )
 
 // TestBadTextRefused: text PostgreSQL refuses (NUL, invalid UTF-8) in a cursor, a name, a
@@ -79,5 +83,48 @@ func TestBadTextRefused(t *testing.T) {
 	tc.call("POST", store+"/files", tok, map[string]any{"file_id": html.ID}, 200)
 	if got := tc.waitFile(tok, vs.ID, html.ID); got.Status != "completed" {
 		t.Errorf("html with NUL: %+v", got)
+	}
+}
+
+// TestFineTuneWorkerText: a worker's messages are stored whatever their bytes (NUL dropped,
+// cut on a character boundary: a cut inside one failed the call on every resend), and a
+// worker_id or error code PostgreSQL would refuse answers 400.
+func TestFineTuneWorkerText(t *testing.T) {
+	tc := startControl(t, fineTuneOptions)
+	_, dev, trainID := fineTuneSetup(t, tc)
+	j := tc.createJob(dev.Token, map[string]any{"model": "base-chat", "training_file": trainID})
+	tc.waitStatus(dev.Token, j.ID, "queued")
+
+	r := tc.internal("POST", "/internal/v1/fine_tuning/claim", "", training.ClaimRequest{WorkerID: "gpu\x00worker", GPUs: 1}, 400)
+	if e := r.apiErr(t); e.Error.Param == nil || *e.Error.Param != "worker_id" {
+		t.Errorf("claim with NUL in worker_id: %s", r.Body)
+	}
+	task := tc.claim("gpu-worker-1", 30)
+	if task == nil {
+		t.Fatal("claim: no task although a job is queued")
+	}
+	long := "x" + strings.Repeat("é", 1500) // 3001 bytes: byte 2000 is inside an é
+	base := "/internal/v1/fine_tuning/jobs/" + j.ID
+	tc.internal("POST", base+"/events", task.LeaseToken, training.EventsRequest{Events: []training.Event{
+		{Message: long}, {Message: "nul\x00here"}}}, 204)
+	msgs := map[string]bool{}
+	for _, e := range tc.events(dev.Token, j.ID, "?limit=100").Data {
+		msgs[e.Message] = true
+	}
+	if want := "x" + strings.Repeat("é", 999); !msgs[want] {
+		t.Errorf("the long message is not stored cut to %d bytes: %v", len(want), msgs)
+	}
+	if !msgs["nulhere"] {
+		t.Errorf("the message with NUL is not stored cleaned: %v", msgs)
+	}
+
+	r = tc.internal("POST", base+"/fail", task.LeaseToken, training.FailRequest{Code: "oom\x00", Message: "out of memory"}, 400)
+	if e := r.apiErr(t); e.Error.Param == nil || *e.Error.Param != "code" {
+		t.Errorf("fail with NUL in code: %s", r.Body)
+	}
+	tc.internal("POST", base+"/fail", task.LeaseToken, training.FailRequest{Code: "oom", Message: long}, 204)
+	failed := tc.waitStatus(dev.Token, j.ID, "failed")
+	if failed.Error == nil || !utf8.ValidString(failed.Error.Message) || len(failed.Error.Message) > 2000 {
+		t.Errorf("failed job's error %+v", failed.Error)
 	}
 }
