@@ -32,8 +32,11 @@
 // adapter as a tar archive and complete — or fail with a code (training_failed,
 // training_timeout, adapter_missing, adapter_rejected, file_unavailable,
 // trainer_unavailable) and a message. The work directory is deleted after. A worker that
-// stops mid-job sends no verdict: the lease expires and control re-queues the job. The
-// worker holds no database credentials, only the internal token.
+// stops while its trainer runs stops the trainer and sends no verdict: the lease expires
+// and control re-queues the job. A worker that stops after its trainer exited 0 first
+// uploads the adapter and completes the job, heartbeats going on, within 2 minutes plus a
+// second per MiB of adapter (a slower upload is given up): finished work is not trained
+// again. The worker holds no database credentials, only the internal token.
 //
 // MAAS_TRAINER_GPUS_PER_JOB splits the worker's GPUs into slots that each run one job,
 // the trainer seeing only its slot's devices in CUDA_VISIBLE_DEVICES.

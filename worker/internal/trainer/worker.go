@@ -138,8 +138,16 @@ func (w *Worker) runTask(ctx context.Context, s slot, t *training.Task) (string,
 	log := s.log.With("job", t.JobID, "attempt", t.Attempt)
 	log.Info("fine-tuning job claimed", "base_model", t.BaseModel, "epochs", t.Hyperparameters.NEpochs)
 	began := time.Now()
-	jobCtx, cancel := context.WithCancelCause(ctx)
+	// jobCtx ends when control stops the job (a stopError); trainCtx also when the worker
+	// shuts down. Once the trainer has exited 0, the adapter is uploaded and the job
+	// completed (heartbeats going on) under jobCtx, bounded by uploadBound, even through a
+	// shutdown: otherwise the finished work is lost and trained again once the lease expires.
+	jobCtx, cancel := context.WithCancelCause(context.WithoutCancel(ctx))
 	defer cancel(nil)
+	trainCtx, cancelTrain := context.WithCancelCause(jobCtx)
+	defer cancelTrain(nil)
+	stopOnShutdown := context.AfterFunc(ctx, func() { cancelTrain(errShuttingDown) })
+	defer stopOnShutdown()
 
 	var wg sync.WaitGroup
 	defer wg.Wait()
@@ -177,10 +185,10 @@ func (w *Worker) runTask(ctx context.Context, s slot, t *training.Task) (string,
 		}{*t.ValidationFile, validPath})
 	}
 	for _, f := range files {
-		err := retry(jobCtx, 4, func() error { _, err := w.c.download(jobCtx, t, f.f, f.path); return err })
+		err := retry(trainCtx, 4, func() error { _, err := w.c.download(trainCtx, t, f.f, f.path); return err })
 		switch {
 		case err == nil:
-		case w.stopped(jobCtx, t, log):
+		case w.stopped(trainCtx, t, log):
 			return resultStopped, nil
 		case permanent(err):
 			return w.finish(ctx, t, log, stopHeartbeat, training.FailRequest{Code: "file_unavailable",
@@ -208,13 +216,20 @@ func (w *Worker) runTask(ctx context.Context, s slot, t *training.Task) (string,
 	if s.devices != nil {
 		env = []string{"CUDA_VISIBLE_DEVICES=" + strings.Join(s.devices, ",")}
 	}
-	runErr := Run(jobCtx, Spec{Args: w.o.Command.Args(values), Dir: dir, Env: env, Timeout: w.o.Timeout, StopGrace: w.o.StopGrace,
+	runErr := Run(trainCtx, Spec{Args: w.o.Command.Args(values), Dir: dir, Env: env, Timeout: w.o.Timeout, StopGrace: w.o.StopGrace,
 		OnProgress: rep.add, Logger: log})
-	if w.stopped(jobCtx, t, log) {
+	stopOnShutdown()
+	// A trainer that exited 0 has done its work, even when the worker began stopping meanwhile.
+	if (runErr != nil || jobCtx.Err() != nil) && w.stopped(trainCtx, t, log) {
 		return resultStopped, nil
 	}
+	if runErr == nil && ctx.Err() != nil {
+		log.Info("worker stopping: the trained adapter is uploaded and the job completed first")
+	}
+	fin, cancelFin := context.WithTimeout(jobCtx, uploadBound(0))
+	defer cancelFin()
 	reporterClosed = true
-	if err := rep.close(ctx); err != nil {
+	if err := rep.close(fin); err != nil {
 		if errors.Is(err, errLeaseLost) {
 			log.Info("fine-tuning job stopped: control gave its lease away")
 			return resultStopped, nil
@@ -243,7 +258,12 @@ func (w *Worker) runTask(ctx context.Context, s slot, t *training.Task) (string,
 	if err != nil {
 		return resultAbandoned, fmt.Errorf("archive the adapter: %w", err)
 	}
-	if err := retry(jobCtx, 4, func() error { return w.c.putAdapter(jobCtx, t, archive) }); err != nil {
+	if st, err := os.Stat(archive); err == nil {
+		cancelFin()
+		fin, cancelFin = context.WithTimeout(jobCtx, uploadBound(st.Size()))
+		defer cancelFin()
+	}
+	if err := retry(fin, 4, func() error { return w.c.putAdapter(fin, t, archive) }); err != nil {
 		if w.stopped(jobCtx, t, log) || errors.Is(err, errLeaseLost) {
 			return resultStopped, nil
 		}
@@ -260,6 +280,17 @@ func (w *Worker) runTask(ctx context.Context, s slot, t *training.Task) (string,
 	}
 	log.Info("fine-tuning job trained", "files", n, "trained_tokens", tokens, "took", time.Since(began).Round(time.Millisecond))
 	return w.finish(ctx, t, log, stopHeartbeat, training.CompleteRequest{TrainedTokens: tokens})
+}
+
+// errShuttingDown ends a job's trainer when the worker stops.
+var errShuttingDown = errors.New("worker shutting down")
+
+// uploadBound bounds the end of a job once its trainer exited 0 (progress flushed, adapter
+// of size bytes uploaded): 2 minutes plus a second per MiB, i.e. an upload slower than
+// 1 MiB/s is given up. It keeps a worker told to stop from waiting on a stalled control
+// for ever.
+func uploadBound(size int64) time.Duration {
+	return 2*time.Minute + time.Duration(size>>20)*time.Second
 }
 
 // controlMessage is control's own message in an error answer, else err's text.

@@ -55,8 +55,10 @@ type fakeControl struct {
 	lostEvents bool
 	// refuseAdapter answers the adapter upload with 413.
 	refuseAdapter bool
-	verdict       chan struct{} // closed on complete or fail
-	stopped       chan struct{} // closed when a heartbeat answered stop
+	// onPut, when set, runs (without the lock) when the adapter upload arrives.
+	onPut   func()
+	verdict chan struct{} // closed on complete or fail
+	stopped chan struct{} // closed when a heartbeat answered stop
 }
 
 func newFakeControl(t *testing.T, train string, valid string) *fakeControl {
@@ -84,6 +86,9 @@ func (f *fakeControl) leaseLost(w http.ResponseWriter) {
 }
 
 func (f *fakeControl) serve(w http.ResponseWriter, r *http.Request) {
+	if r.Method == http.MethodPut && f.onPut != nil {
+		f.onPut()
+	}
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	if r.Header.Get("Authorization") != "Bearer "+testToken {
@@ -544,5 +549,32 @@ func TestFinishSendsVerdictWhileStopping(t *testing.T) {
 	defer f.lock()()
 	if f.fail == nil || f.fail.Message != "boom" {
 		t.Errorf("fail %+v", f.fail)
+	}
+}
+
+// The worker stopping after the trainer exited 0 still uploads the adapter and completes
+// the job, its lease renewed meanwhile: finished work is not trained again.
+func TestWorkerShutdownAfterTrainingCompletes(t *testing.T) {
+	f := newFakeControl(t, dataset, "")
+	putStarted, release := make(chan struct{}), make(chan struct{})
+	var once sync.Once
+	t.Cleanup(func() { once.Do(func() { close(release) }) }) // before the server closes
+	f.onPut = func() { close(putStarted); <-release }
+	cmd := mustTemplate(t, "/bin/sh", "-c", `echo '{"peft_type":"LORA"}' > "$1/adapter_config.json"`, "trainer", "{output_dir}")
+	workDir, done, stop := startWorkerCancel(t, f, cmd, nil)
+	waitClosed(t, putStarted, "adapter upload")
+	stop()
+	var beats int
+	waitFor(t, f, "heartbeat", func() bool { beats = f.heartbeats; return true })
+	waitFor(t, f, "heartbeats during the upload", func() bool { return f.heartbeats >= beats+2 })
+	once.Do(func() { close(release) })
+	waitClosed(t, done, "worker stopped")
+	emptyDir(t, workDir)
+	defer f.lock()()
+	if f.complete == nil || len(f.adapter) == 0 || f.fail != nil {
+		t.Errorf("complete %+v, adapter %d bytes, fail %+v", f.complete, len(f.adapter), f.fail)
+	}
+	if len(f.badCalls) > 0 {
+		t.Errorf("bad calls: %q", f.badCalls)
 	}
 }
