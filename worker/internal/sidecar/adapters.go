@@ -40,6 +40,9 @@ import (
 // The worker reports the adapters it holds (HeartbeatRequest.Adapters) and lists them
 // among its served models, which is what gateways route on. A load that fails is retried
 // after a backoff (5 s doubling to 5 min per adapter version), logged once per distinct error.
+// No step holds the syncer for ever: a download is given up after 2 minutes plus a second
+// per MiB of archive, an engine load or unload after 5 minutes. An archive URL must be a
+// path on control (the internal token goes nowhere else).
 
 // loraEngine is an engine that loads LoRA adapters at run time.
 type loraEngine interface {
@@ -74,6 +77,10 @@ type adapterSync struct {
 	log      *slog.Logger
 	now      func() time.Time
 	m        *metrics // nil in tests that need none
+	// fetchBound bounds an archive's download and extraction, given its declared bytes;
+	// engineTimeout bounds a load or unload in the engine.
+	fetchBound    func(bytes int64) time.Duration
+	engineTimeout time.Duration
 
 	want    chan []registry.DesiredAdapter // the latest desired set (capacity 1)
 	changed chan struct{}                  // the served set changed: heartbeat early (capacity 1)
@@ -88,9 +95,20 @@ func newAdapterSync(eng loraEngine, fetch func(context.Context, string) (io.Read
 	maxBytes int64, slots int, grace time.Duration, log *slog.Logger) *adapterSync {
 	return &adapterSync{
 		eng: eng, fetch: fetch, dir: dir, maxBytes: maxBytes, slots: slots, grace: grace, log: log, now: time.Now,
+		fetchBound: fetchBound, engineTimeout: engineTimeout,
 		want: make(chan []registry.DesiredAdapter, 1), changed: make(chan struct{}, 1),
 		held: map[string]*heldAdapter{}, failures: map[string]*loadFailure{},
 	}
+}
+
+// engineTimeout bounds a LoRA load or unload: an engine that does not answer in that time
+// is asked again later (load: after the backoff; unload: at the next heartbeat).
+const engineTimeout = 5 * time.Minute
+
+// fetchBound bounds an archive's download and extraction: 2 minutes plus a second per MiB
+// it declares (a download slower than 1 MiB/s is given up and retried after the backoff).
+func fetchBound(bytes int64) time.Duration {
+	return 2*time.Minute + time.Duration(max(bytes, 0)>>20)*time.Second
 }
 
 // Desire hands the syncer control's latest desired set (replacing one not yet taken).
@@ -218,7 +236,9 @@ func (a *adapterSync) apply(ctx context.Context, desired []registry.DesiredAdapt
 	a.mu.Unlock()
 
 	for name, h := range unload {
-		err := a.eng.UnloadLoRA(ctx, name)
+		uctx, cancel := context.WithTimeout(ctx, a.engineTimeout)
+		err := a.eng.UnloadLoRA(uctx, name)
+		cancel()
 		if err != nil && !errors.Is(err, engine.ErrLoRANotLoaded) {
 			a.log.Warn("adapter unload failed; retrying at the next heartbeat", "model", name, "err", err)
 			continue
@@ -325,7 +345,9 @@ func (a *adapterSync) load(ctx context.Context, d registry.DesiredAdapter) (stri
 			return "", err
 		}
 	}
-	err = a.eng.LoadLoRA(ctx, d.Name, dir)
+	lctx, cancel := context.WithTimeout(ctx, a.engineTimeout)
+	defer cancel()
+	err = a.eng.LoadLoRA(lctx, d.Name, dir)
 	if errors.Is(err, engine.ErrLoRALoaded) {
 		// Loaded by an earlier life of this worker: the engine keeps it.
 		a.log.Info("adapter already loaded in the engine; keeping it", "model", d.Name)
@@ -344,6 +366,8 @@ func (a *adapterSync) download(ctx context.Context, d registry.DesiredAdapter, d
 	if err := os.MkdirAll(a.dir, 0o755); err != nil {
 		return fmt.Errorf("adapter cache: %w", err)
 	}
+	ctx, cancel := context.WithTimeout(ctx, a.fetchBound(d.Bytes))
+	defer cancel()
 	rc, err := a.fetch(ctx, d.ArchiveURL)
 	if err != nil {
 		return fmt.Errorf("fetch adapter archive: %w", err)
@@ -428,8 +452,13 @@ func extractTar(r io.Reader, dir string, maxBytes int64) error {
 	}
 }
 
-// fetchArchive GETs a path on control with the internal token.
+// fetchArchive GETs a path on control with the internal token. Only a path is taken: the
+// token goes to control and nowhere else (an absolute URL, or "@host/…" appended to the
+// base, would name another host).
 func (c *controlClient) fetchArchive(ctx context.Context, url string) (io.ReadCloser, error) {
+	if !strings.HasPrefix(url, "/") || strings.HasPrefix(url, "//") {
+		return nil, fmt.Errorf("archive URL %.200q is not a path on control: refused", url)
+	}
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, c.base+url, nil)
 	if err != nil {
 		return nil, err

@@ -491,3 +491,93 @@ func TestAdapterSyncTakesOverLeftovers(t *testing.T) {
 		t.Error("the dropped adapter's cache is kept")
 	}
 }
+
+// stallLoRA is an engine whose LoRA calls hang until their context ends.
+type stallLoRA struct{ fakeLoRA }
+
+func (e *stallLoRA) LoadLoRA(ctx context.Context, _, _ string) error {
+	<-ctx.Done()
+	return ctx.Err()
+}
+
+func (e *stallLoRA) UnloadLoRA(ctx context.Context, _ string) error {
+	<-ctx.Done()
+	return ctx.Err()
+}
+
+// TestAdapterSyncBoundsStalls: a control that stops sending an archive, or an engine that
+// never answers a load or an unload, holds the syncer only until the operation's deadline.
+func TestAdapterSyncBoundsStalls(t *testing.T) {
+	// Ends the stalls should the syncer wait on them (the old code): the test fails, not hangs.
+	ctx, cancel := context.WithCancel(context.Background())
+	t.Cleanup(cancel)
+	applied := func(a *adapterSync, d []registry.DesiredAdapter, what string) {
+		t.Helper()
+		done := make(chan struct{})
+		go func() { defer close(done); a.apply(ctx, d) }()
+		select {
+		case <-done:
+		case <-time.After(10 * time.Second):
+			t.Fatalf("%s: the syncer is still waiting", what)
+		}
+	}
+	d := desired("ft:x", "ftjob-xxxxxxxx")
+
+	stalled := func(ctx context.Context, _ string) (io.ReadCloser, error) {
+		pr, pw := io.Pipe()
+		go func() { <-ctx.Done(); pw.CloseWithError(ctx.Err()) }()
+		return pr, nil // the archive never comes
+	}
+	a := newAdapterSync(&fakeLoRA{loaded: map[string]string{}}, stalled, t.TempDir(), 1<<20, 2, 0, slog.New(slog.DiscardHandler))
+	a.fetchBound = func(int64) time.Duration { return 50 * time.Millisecond }
+	applied(a, []registry.DesiredAdapter{d}, "stalled download")
+	if f := a.failures[d.Name+"\x00"+d.Version]; f == nil || !strings.Contains(f.msg, "deadline") {
+		t.Errorf("failure %+v", f)
+	}
+
+	archive := peftTar(t)
+	fetch := func(context.Context, string) (io.ReadCloser, error) {
+		return io.NopCloser(bytes.NewReader(archive)), nil
+	}
+	eng := &stallLoRA{fakeLoRA{loaded: map[string]string{}}}
+	a = newAdapterSync(eng, fetch, t.TempDir(), 1<<20, 2, 0, slog.New(slog.DiscardHandler))
+	a.engineTimeout = 50 * time.Millisecond
+	applied(a, []registry.DesiredAdapter{d}, "stalled load")
+	if len(a.Held()) != 0 {
+		t.Errorf("held %v after a load that never answered", a.Held())
+	}
+	a.held["ft:x"] = &heldAdapter{version: d.Version, dir: a.cacheDir(d)}
+	applied(a, nil, "stalled unload")
+	if len(a.Held()) != 1 {
+		t.Errorf("held %v: an unload that never answered dropped the adapter", a.Held())
+	}
+}
+
+// TestFetchArchiveRefusesOtherHosts: control's archive URL is a path on control; anything
+// else (a URL, "@host…" that would become the host) is refused before the token is sent.
+func TestFetchArchiveRefusesOtherHosts(t *testing.T) {
+	var hits []string
+	var mu sync.Mutex
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		mu.Lock()
+		hits = append(hits, r.Host+" "+r.URL.Path)
+		mu.Unlock()
+		_, _ = w.Write([]byte("ok"))
+	}))
+	t.Cleanup(srv.Close)
+	c := newControlClient("http://127.0.0.1:1", "tok-0123456789abcdef")
+	for _, u := range []string{"@" + strings.TrimPrefix(srv.URL, "http://") + "/x", srv.URL + "/x", "x"} {
+		rc, err := c.fetchArchive(context.Background(), u)
+		if err == nil {
+			rc.Close()
+		}
+		if err == nil || !strings.Contains(err.Error(), "not a path on control") {
+			t.Errorf("%q: err %v", u, err)
+		}
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if len(hits) > 0 {
+		t.Errorf("requests sent elsewhere than control: %q", hits)
+	}
+}
