@@ -33,10 +33,14 @@ func (e *statusError) Error() string {
 	return fmt.Sprintf("control %s: status %d: %s", e.Path, e.Status, e.Message)
 }
 
+// errOffControl is a URL from control that is not a path on control: refused, so that
+// the internal token goes to control and nowhere else.
+var errOffControl = errors.New("is not a path on control: refused")
+
 // permanent reports whether err is an answer that retrying will not change.
 func permanent(err error) bool {
 	var se *statusError
-	return errors.Is(err, errLeaseLost) || (errors.As(err, &se) && se.Status/100 == 4 && se.Status != http.StatusTooManyRequests && se.Status != http.StatusRequestTimeout)
+	return errors.Is(err, errLeaseLost) || errors.Is(err, errOffControl) || (errors.As(err, &se) && se.Status/100 == 4 && se.Status != http.StatusTooManyRequests && se.Status != http.StatusRequestTimeout)
 }
 
 // client calls control's /internal/v1/fine_tuning endpoints with the internal token.
@@ -51,16 +55,22 @@ func newClient(base, token string) *client {
 	return &client{base: strings.TrimRight(base, "/"), token: token, http: &http.Client{}, callTimeout: 10 * time.Second}
 }
 
-// url resolves a path control gave (a task's file or upload URL) against its base.
-func (c *client) url(path string) string {
-	if strings.HasPrefix(path, "http://") || strings.HasPrefix(path, "https://") {
-		return path
+// url resolves a path control gave (a task's file or upload URL) against its base. Only
+// a path is taken: an absolute URL, "//host…" or "@host…" (which, appended to the base,
+// would become the host) is refused.
+func (c *client) url(path string) (string, error) {
+	if !strings.HasPrefix(path, "/") || strings.HasPrefix(path, "//") {
+		return "", fmt.Errorf("URL %.200q %w", path, errOffControl)
 	}
-	return c.base + path
+	return c.base + path, nil
 }
 
 func (c *client) request(ctx context.Context, method, path, lease string, body io.Reader, length int64, contentType string) (*http.Response, error) {
-	req, err := http.NewRequestWithContext(ctx, method, c.url(path), body)
+	u, err := c.url(path)
+	if err != nil {
+		return nil, err
+	}
+	req, err := http.NewRequestWithContext(ctx, method, u, body)
 	if err != nil {
 		return nil, err
 	}
@@ -177,7 +187,11 @@ func (c *client) download(ctx context.Context, t *training.Task, f training.Task
 	if err != nil {
 		return 0, err
 	}
-	n, err := io.Copy(out, resp.Body)
+	var r io.Reader = resp.Body
+	if f.Bytes > 0 {
+		r = io.LimitReader(r, f.Bytes+1) // more than announced is an error below
+	}
+	n, err := io.Copy(out, r)
 	if cerr := out.Close(); err == nil {
 		err = cerr
 	}
