@@ -38,6 +38,7 @@ type call struct {
 
 	// rewrite
 	body     *bytebufferpool.ByteBuffer // body sent upstream (a copy, possibly edited)
+	uri      []byte                     // scratch for the backend URL (upstreamURI)
 	injected bool                       // include_usage added by us: strip the usage chunk
 
 	// dispatch
@@ -72,23 +73,17 @@ func (c *call) reset() {
 	if cap(edit) > 64<<10 {
 		edit = nil
 	}
-	*c = call{watch: c.watch, edit: edit}
+	*c = call{watch: c.watch, edit: edit, uri: c.uri[:0]}
 }
 
 func (c *call) path() string { return endpointPaths[c.ep] }
 
-// upstreamURI is the backend's URL for the call (base, then the endpoint's path), written
-// in the spare room after the body (fasthttp copies it). The room is grown when short and
-// stays with the pooled buffer, so a steady flow of requests allocates nothing here.
+// upstreamURI is the backend's URL for the call (base, then the endpoint's path), built
+// in the call's own scratch (fasthttp copies it), which the pooled call keeps: a steady
+// flow of requests allocates nothing here.
 func (c *call) upstreamURI(base string) []byte {
-	p := c.path()
-	if n := len(base) + len(p); cap(c.body.B)-len(c.body.B) < n {
-		b := make([]byte, len(c.body.B), len(c.body.B)+n+128)
-		copy(b, c.body.B)
-		c.body.B = b
-	}
-	uri := append(c.body.B[len(c.body.B):], base...)
-	return append(uri, p...)
+	c.uri = append(append(c.uri[:0], base...), c.path()...)
+	return c.uri
 }
 
 // serve runs a request's stages in order. A streamed call leaves serve once the stream is

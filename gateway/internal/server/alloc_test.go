@@ -13,8 +13,8 @@ import (
 // every per-request feature on (fullHandler), allocates at most 4 times in steady state:
 // the request id (it outlives the request in the usage record and the access log), the
 // quota ticket, the backend lease and its breaker's completion func. Issue 15's budget is
-// 5; the URL sent upstream allocated once more before it was written into the body's
-// spare room.
+// 5; building the URL sent upstream allocated twice more before it had its own scratch in
+// the pooled call.
 func TestHandlerChatAllocations(t *testing.T) {
 	h := fullHandler(t)
 	var ctx fasthttp.RequestCtx
