@@ -24,7 +24,14 @@
 // "stop" (the job was cancelled, or its lease given to another worker), the worker shuts
 // down, or MAAS_TRAINER_TIMEOUT passed — sends SIGTERM to the group and SIGKILL after
 // MAAS_TRAINER_STOP_GRACE; whatever the trainer leaves in its group when it exits is killed
-// too.
+// too. A worker that dies without stopping its trainer (SIGKILL, OOM kill) takes the
+// trainer with it (Linux's parent-death signal), but not the trainer's children (a shell
+// template's commands, torchrun's workers), which may go on holding the GPU. Each job's
+// work directory records the worker's pid and the trainer's process group (sweep.go): at
+// start, a worker SIGKILLs the group of every maas-* directory in MAAS_TRAINER_WORK_DIR whose
+// worker no longer runs (when processes of that group still run in that directory) and
+// removes the directory. So orphans last until a worker starts again with the same work
+// directory; a trainer that leaves its group (setsid) or its directory escapes this.
 //
 // A job's life on the worker: claim (with a lease), download the datasets into a fresh
 // work directory, heartbeat every Task.HeartbeatIntervalMS while the trainer runs, send

@@ -46,7 +46,9 @@ type Spec struct {
 	// OnProgress receives each line of standard output, parsed, in order, from one
 	// goroutine. Log lines past MaxLogLines are counted and reported once at the end.
 	OnProgress func(Progress)
-	Logger     *slog.Logger
+	// Started, when set, is given the trainer's process group once it runs.
+	Started func(pgid int)
+	Logger  *slog.Logger
 }
 
 // MaxLogLines bounds the non-progress lines of standard output a run turns into events.
@@ -100,6 +102,9 @@ func Run(ctx context.Context, s Spec) error {
 	}
 	pgid := cmd.Process.Pid
 	log.Info("trainer started", "pid", pgid, "command", s.Args[0])
+	if s.Started != nil {
+		s.Started(pgid)
+	}
 
 	var wg sync.WaitGroup
 	stderrTail := &tail{max: tailLines}

@@ -80,6 +80,7 @@ func visibleDevices(n int) []string {
 func (w *Worker) Run(ctx context.Context) error {
 	slots := w.slots()
 	w.m.slots.Set(float64(len(slots)))
+	sweep(w.o.WorkDir, w.o.Logger)
 	w.o.Logger.Info("training worker started", "worker_id", w.o.WorkerID, "gpus", w.o.GPUs, "slots", len(slots), "trainer", w.o.Command.Words()[0])
 	var wg sync.WaitGroup
 	for _, s := range slots {
@@ -165,11 +166,14 @@ func (w *Worker) runTask(ctx context.Context, s slot, t *training.Task) (string,
 		}
 	}()
 
-	dir, err := os.MkdirTemp(w.o.WorkDir, "maas-"+t.JobID+"-")
+	dir, err := os.MkdirTemp(w.o.WorkDir, workDirPrefix+t.JobID+"-")
 	if err != nil {
 		return resultAbandoned, fmt.Errorf("work directory: %w", err)
 	}
 	defer os.RemoveAll(dir)
+	if err := writeInt(filepath.Join(dir, ownerFile), os.Getpid()); err != nil {
+		return resultAbandoned, fmt.Errorf("work directory: %w", err)
+	}
 
 	// The datasets.
 	trainPath, validPath := filepath.Join(dir, "training.jsonl"), ""
@@ -217,7 +221,11 @@ func (w *Worker) runTask(ctx context.Context, s slot, t *training.Task) (string,
 		env = []string{"CUDA_VISIBLE_DEVICES=" + strings.Join(s.devices, ",")}
 	}
 	runErr := Run(trainCtx, Spec{Args: w.o.Command.Args(values), Dir: dir, Env: env, Timeout: w.o.Timeout, StopGrace: w.o.StopGrace,
-		OnProgress: rep.add, Logger: log})
+		OnProgress: rep.add, Logger: log, Started: func(pgid int) {
+			if err := writeInt(filepath.Join(dir, pgidFile), pgid); err != nil {
+				log.Warn("trainer's process group not recorded: a worker started after this one dies cannot stop what the trainer leaves", "err", err)
+			}
+		}})
 	stopOnShutdown()
 	// A trainer that exited 0 has done its work, even when the worker began stopping meanwhile.
 	if (runErr != nil || jobCtx.Err() != nil) && w.stopped(trainCtx, t, log) {

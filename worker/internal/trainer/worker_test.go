@@ -11,11 +11,13 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"sort"
 	"strconv"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -563,6 +565,17 @@ func TestWorkerShutdownAfterTrainingCompletes(t *testing.T) {
 	cmd := mustTemplate(t, "/bin/sh", "-c", `echo '{"peft_type":"LORA"}' > "$1/adapter_config.json"`, "trainer", "{output_dir}")
 	workDir, done, stop := startWorkerCancel(t, f, cmd, nil)
 	waitClosed(t, putStarted, "adapter upload")
+	// The job's directory names its worker and its trainer's group (for sweep).
+	jobs, _ := filepath.Glob(filepath.Join(workDir, "maas-ftjob-1-*"))
+	if len(jobs) != 1 {
+		t.Fatalf("job directories %q", jobs)
+	}
+	if owner, err := readInt(filepath.Join(jobs[0], ownerFile)); err != nil || owner != os.Getpid() {
+		t.Errorf("owner %d, %v", owner, err)
+	}
+	if pgid, err := readInt(filepath.Join(jobs[0], pgidFile)); err != nil || pgid <= 1 {
+		t.Errorf("trainer group %d, %v", pgid, err)
+	}
 	stop()
 	var beats int
 	waitFor(t, f, "heartbeat", func() bool { beats = f.heartbeats; return true })
@@ -576,5 +589,56 @@ func TestWorkerShutdownAfterTrainingCompletes(t *testing.T) {
 	}
 	if len(f.badCalls) > 0 {
 		t.Errorf("bad calls: %q", f.badCalls)
+	}
+}
+
+// A worker that died (SIGKILL: no clean-up) left a job directory and, in its trainer's
+// process group, a grandchild holding the GPU. The next worker kills the group and removes
+// the directory; directories of running workers, or without an owner, are left alone.
+func TestWorkerSweepsWhatADeadWorkerLeft(t *testing.T) {
+	workDir := t.TempDir()
+	mkJob := func(name string, owner int) string {
+		dir := filepath.Join(workDir, name)
+		if err := os.Mkdir(dir, 0o755); err != nil {
+			t.Fatal(err)
+		}
+		if owner > 0 {
+			if err := writeInt(filepath.Join(dir, ownerFile), owner); err != nil {
+				t.Fatal(err)
+			}
+		}
+		return dir
+	}
+	gone := exec.Command("true")
+	if err := gone.Run(); err != nil {
+		t.Fatal(err)
+	}
+	stale := mkJob("maas-ftjob-dead-1", gone.Process.Pid)
+	live := mkJob("maas-ftjob-live-1", os.Getppid())
+	unowned := mkJob("maas-ftjob-unowned-1", 0)
+	// The dead worker's trainer: its child survives the trainer's SIGKILL (Pdeathsig).
+	pidFile := filepath.Join(t.TempDir(), "grandchild")
+	trainer := exec.Command("/bin/sh", "-c", `sleep 300 & echo $! > "$1"; wait`, "trainer", pidFile)
+	trainer.Dir, trainer.SysProcAttr = stale, &syscall.SysProcAttr{Setpgid: true}
+	if err := trainer.Start(); err != nil {
+		t.Fatal(err)
+	}
+	pid, _ := strconv.Atoi(waitFile(t, pidFile))
+	t.Cleanup(func() { _ = syscall.Kill(pid, syscall.SIGKILL) })
+	_ = trainer.Process.Kill()
+	_ = trainer.Wait()
+	if err := writeInt(filepath.Join(stale, pgidFile), trainer.Process.Pid); err != nil {
+		t.Fatal(err)
+	}
+
+	f := newFakeControl(t, dataset, "")
+	f.task = nil
+	startWorker(t, f, mustTemplate(t, "true"), func(o *Options) { o.WorkDir = workDir })
+	waitGone(t, pid)
+	waitFor(t, f, "stale directory removed", func() bool { _, err := os.Stat(stale); return os.IsNotExist(err) })
+	for _, d := range []string{live, unowned} {
+		if _, err := os.Stat(d); err != nil {
+			t.Errorf("%s: %v", d, err)
+		}
 	}
 }
