@@ -102,7 +102,8 @@ func (c *Client) lora(ctx context.Context, load bool, path string, body map[stri
 		return err
 	}
 	req.Header.Set("Content-Type", "application/json")
-	// Loading reads the adapter's weights: longer than the client's probe timeout.
+	// Loading reads the adapter's weights: longer than the client's probe timeout. The
+	// caller's ctx bounds it (the sidecar's adapter syncer gives each call 5 minutes).
 	hc := *c.HTTP
 	hc.Timeout = 0
 	resp, err := hc.Do(req)
