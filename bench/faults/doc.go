@@ -21,6 +21,9 @@
 //     ledger has all of them.
 //   - TestControlDown: control stopped under load: the gateway keeps serving, and keys
 //     revoked before and during the outage stay refused after control returns.
+//   - TestEngineRestarted: the only engine of a model killed with SIGKILL under streamed
+//     and non-streamed load and started again on its address: only requests refused
+//     while nothing listened may fail, and service is full once it listens (issue 16).
 //   - TestSoak: a steady rate for 10 minutes, the gateway's RSS sampled and its slope
 //     stated (MAAS_FAULTS_FULL only).
 //
