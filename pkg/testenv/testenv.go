@@ -280,6 +280,10 @@ func (p *Platform) Env(extra ...string) []string {
 		"MAAS_INTERNAL_TOKEN=" + p.Token,
 		"MAAS_SECRET_KEY=" + p.Secret,
 		"MAAS_BOOTSTRAP_ADMIN_PASSWORD=" + p.AdminPassword,
+		// A worker's own address (a later MAAS_WORKER_ADDR in extra wins): never the
+		// default port, which a platform running beside the tests (make run) may hold —
+		// a `worker train` started without one failed to bind 127.0.0.1:8003.
+		"MAAS_WORKER_ADDR=" + FreeAddr(p.t),
 	}
 	if p.ControlURL != "" {
 		env = append(env, "MAAS_CONTROL_URL="+p.ControlURL)
