@@ -2,6 +2,7 @@ package vectorindex
 
 import (
 	"bytes"
+	"cmp"
 	"encoding/json"
 	"fmt"
 	"strconv"
@@ -229,37 +230,16 @@ func compare(a, b any) (int, bool) {
 	switch x := a.(type) {
 	case string:
 		y, ok := b.(string)
-		if !ok {
-			return 0, false
-		}
-		switch {
-		case x < y:
-			return -1, true
-		case x > y:
-			return 1, true
-		}
-		return 0, true
+		return cmp.Compare(x, y), ok
 	case float64:
 		y, ok := b.(float64)
-		if !ok {
-			return 0, false
-		}
-		switch {
-		case x < y:
-			return -1, true
-		case x > y:
-			return 1, true
-		}
-		return 0, true
+		return cmp.Compare(x, y), ok
 	case bool:
 		y, ok := b.(bool)
-		if !ok {
-			return 0, false
-		}
 		if x == y {
-			return 0, true
+			return 0, ok
 		}
-		return 1, true
+		return 1, ok
 	}
 	return 0, false
 }
